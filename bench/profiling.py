@@ -1,0 +1,372 @@
+"""Cost of one model: parameters, MACs, activations, speed and peak memory.
+
+Counting follows timm's benchmark.py (fvcore, one image, MACs called "flops" by fvcore)
+with two fixes: fused ``scaled_dot_product_attention`` is counted (fvcore has no handle
+and silently counts it as zero), and ``matmul`` with a broadcast batch (re-attention's
+head mixing, ``(H, H) @ (B, H, N²)``) is counted in full (fvcore drops the batch).
+``closed_form`` gives the same count from the architecture alone; tests hold the two
+together. The train-step count (forward + backward) comes from PyTorch's
+``FlopCounterMode``, which sees the backward kernels, so it is measured, not assumed 3×.
+
+Timing: warm-up, then one measurement per iteration (CUDA events on GPU,
+``time.perf_counter`` on CPU), reported as median and p10/p90.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import statistics
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bench
+from bench.errors import BenchError
+from bench.models import Variant
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's convention for an affine norm
+
+
+# --- counting -------------------------------------------------------------------------
+
+def param_count(model: nn.Module) -> float:
+    """Parameters in millions (timm benchmark.py's ``param_count``)."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def closed_form(v: Variant) -> dict[str, int]:
+    """MACs per image and parameters of ``v``, from its architecture alone.
+
+    ``matmul_macs``: patch embedding, QKV, QKᵀ, AV, head mixing (re-attention blocks:
+    N²·H²), output projection, MLP and head. ``norm_macs``: the LayerNorms, at fvcore's
+    5 per element (``re_norm='layer'`` adds one over the heads of the N×N map;
+    ``'batch'`` is folded into the mixing weights and costs nothing per element).
+    Softmax, GELU, residual adds and biases are not counted, as fvcore does not.
+    """
+    N, D, H, hid = v.seq_len, v.embed_dim, v.num_heads, v.mlp_hidden
+    per_block = N * D * 3 * D + 2 * N * N * D + N * D * D + 2 * N * D * hid
+    matmul = (v.num_patches * v.in_chans * v.patch_size ** 2 * D  # patch embedding (conv)
+              + v.depth * per_block + v.n_re_blocks * N * N * H * H
+              + D * v.num_classes)  # head on the class token
+    norms = (2 * v.depth + 1) * N * D * LAYERNORM_MACS_PER_ELEMENT
+    if v.re_norm == "layer":  # LayerNorm over the heads of every (query, key) pair
+        norms += v.n_re_blocks * N * N * H * LAYERNORM_MACS_PER_ELEMENT
+
+    block_params = (2 * D  # norm1
+                    + 3 * D * D + (3 * D if v.qkv_bias else 0) + D * D + D  # qkv, proj
+                    + 2 * D  # norm2
+                    + D * hid + hid + hid * D + D)  # mlp
+    re_params = H * H + H + {"batch": 2 * H, "layer": 2 * H, "none": 0}[v.re_norm]
+    params = (v.in_chans * v.patch_size ** 2 * D + D  # patch embedding
+              + D + v.seq_len * D  # class token, position embedding
+              + v.depth * block_params + v.n_re_blocks * re_params
+              + 2 * D + D * v.num_classes + v.num_classes)  # final norm, head
+    return {"matmul_macs": matmul, "norm_macs": norms, "macs": matmul + norms, "params": params}
+
+
+def _shape(value) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+    return get_shape(value)
+
+
+def _matmul_macs(inputs, outputs) -> int:
+    a, out = _shape(inputs[0]), _shape(outputs[0])
+    return math.prod(out) * a[-1]  # every output element is a K-long dot product
+
+
+def _sdpa_macs(inputs, outputs) -> int:
+    q, k, v = (_shape(x) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])  # QKᵀ then AV
+
+
+def _sdpa_activations(inputs, outputs) -> int:
+    q, k = _shape(inputs[0]), _shape(inputs[1])
+    return math.prod(q[:-1]) * k[-2] + math.prod(_shape(outputs[0]))  # the map and the output
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> tuple[int, int]:
+    """fvcore MACs and activations for one image of ``input_size`` (C, H, W)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit
+        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+
+    model = model.eval()
+    param = next(model.parameters())
+    x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+    handles = {"aten::matmul": _matmul_macs, "aten::scaled_dot_product_attention": _sdpa_macs}
+    counts = []
+    for analysis, extra in ((FlopCountAnalysis, handles),
+                            (ActivationCountAnalysis, {"aten::scaled_dot_product_attention": _sdpa_activations})):
+        a = analysis(model, x).set_op_handle(**extra)
+        a.unsupported_ops_warnings(False)
+        a.uncalled_modules_warnings(False)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit
+            counts.append(int(a.total()))
+    return counts[0], counts[1]
+
+
+def flop_counter():
+    """PyTorch's FlopCounterMode, taught the CPU flash-attention kernels it misses."""
+    from torch.utils import flop_counter as fc
+
+    def forward(q, k, v, *_args, out_shape=None, **_kwargs):
+        return fc.sdpa_flop_count(q, k, v)
+
+    def backward(grad_out, q, k, v, *_args, out_shape=None, **_kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, q, k, v)
+
+    aten = torch.ops.aten
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
+
+
+def count_train_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """MACs of one forward + backward pass, per image (FlopCounterMode FLOPs / 2)."""
+    model = copy.deepcopy(model).train()  # training mode updates norm statistics
+    param = next(model.parameters())
+    x = torch.randn(2, *input_size, device=param.device, dtype=param.dtype)
+    counter = flop_counter()
+    with counter:
+        model(x).float().logsumexp(-1).sum().backward()
+    return counter.get_total_flops() // 2 // len(x)
+
+
+# --- timing ---------------------------------------------------------------------------
+
+@dataclass
+class Timing:
+    """Milliseconds per step over the measured iterations."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quantile(self, q: float) -> float:
+        s = sorted(self.samples)
+        pos = q * (len(s) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def time_steps(step: Callable[[], Any], *, warmup: int, iters: int, device: torch.device) -> Timing:
+    """Time ``step`` ``iters`` times after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(iters)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return Timing([s.elapsed_time(e) for s, e in events])
+    samples = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Timing(samples)
+
+
+def autocast(device: torch.device, dtype: str):
+    amp = DTYPES[dtype]
+    return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+
+
+def inference_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], Any]:
+    model.eval()
+
+    def step():
+        with torch.inference_mode(), autocast(x.device, dtype):
+            return model(x)
+    return step
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str,
+               optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
+    """One optimisation step: forward, loss, backward, optimizer step."""
+    model.train()
+
+    def step():
+        with autocast(x.device, dtype):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _free(device: torch.device) -> None:
+    import gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_speed(model: nn.Module, input_size: tuple[int, ...], *, mode: str, device: torch.device,
+                  dtype: str, batch_size: int, warmup: int, iters: int,
+                  on_retry: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time inference or a train step; on out-of-memory retry at half the batch.
+
+    Returns timm benchmark.py's columns prefixed ``infer_`` or ``train_``, plus
+    p10/p90 of the step time and the peak CUDA memory (None on CPU).
+    """
+    while True:
+        try:
+            return _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, iters)
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(err):
+                raise
+            _free(device)
+            if batch_size == 1:
+                raise BenchError(f"out of memory on {device_name(device)} at batch size 1 "
+                                 f"({mode}, {dtype})") from None
+            batch_size //= 2
+            if on_retry:
+                on_retry(f"{mode}: out of memory, retrying at batch size {batch_size}")
+
+
+def _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, iters):
+    num_classes = getattr(model, "num_classes", 0) or 1000
+    x = torch.randn(batch_size, *input_size, device=device)
+    if mode == "infer":
+        step = inference_step(model, x, dtype)
+    elif mode == "train":
+        model = copy.deepcopy(model)  # the caller's weights and norm statistics stay as they were
+        y = torch.randint(num_classes, (batch_size,), device=device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step = train_step(model, x, y, dtype, optimizer)
+    else:
+        raise ValueError(f"mode={mode!r}: expected 'infer' or 'train'")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_steps(step, warmup=warmup, iters=iters, device=device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {
+        f"{mode}_samples_per_sec": batch_size / (timing.median / 1e3),
+        f"{mode}_step_time": timing.median,
+        f"{mode}_step_time_p10": timing.quantile(0.1),
+        f"{mode}_step_time_p90": timing.quantile(0.9),
+        f"{mode}_batch_size": batch_size,
+        f"{mode}_peak_mem_mb": peak,
+    }
+
+
+# --- one model ------------------------------------------------------------------------
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"--device {name}: expected cpu or cuda") from None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device, dtype: str) -> dict[str, Any]:
+    """What every figure is recorded with."""
+    return {"device": device.type, "device_name": device_name(device), "dtype": dtype,
+            "torch_version": torch.__version__, "timm_version": timm.__version__,
+            "bench_version": bench.__version__}
+
+
+def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, Variant | None]:
+    """A bench variant or any timm model by name; ``overrides`` change its fields."""
+    variant = bench.models.resolve(name, overrides)
+    if variant is not None:
+        return bench.build_model(variant), variant
+    if not timm.is_model(name):
+        from bench.models import did_you_mean
+        known = list(bench.VARIANTS) + timm.list_models()
+        raise BenchError(f"unknown model {name!r}{did_you_mean(name, known)}; "
+                         "`bench models` lists bench's, `timm.list_models()` timm's")
+    try:
+        return timm.create_model(name, **(overrides or {})), None
+    except TypeError as err:
+        raise BenchError(f"{name}: {err}") from None
+
+
+def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, int]:
+    if variant is not None:
+        return (variant.in_chans, variant.img_size, variant.img_size)
+    from timm.data import resolve_model_data_config
+    return tuple(resolve_model_data_config(model)["input_size"])
+
+
+def profile(name: str, overrides: dict[str, Any] | None = None, *, device: str | None = None,
+            dtype: str = "fp32", batch_size: int = 32, warmup: int | None = None,
+            iters: int | None = None, speed: bool = True,
+            on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every cost figure of one model, as one flat record."""
+    if dtype not in DTYPES:
+        raise BenchError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise BenchError(f"--batch-size {batch_size}: must be at least 1")
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    warmup = (10 if cuda else 2) if warmup is None else warmup
+    iters = (50 if cuda else 5) if iters is None else iters
+    if iters < 1 or warmup < 0:
+        raise BenchError("--iters must be at least 1 and --warmup at least 0")
+    say = on_progress or (lambda _msg: None)
+
+    model, variant = create(name, overrides)
+    size = input_size_of(model, variant)
+    record: dict[str, Any] = {"model": name, **(variant.to_dict() if variant else {}),
+                              "img_size": size[-1], "param_count": param_count(model)}
+    say("counting MACs (fvcore)")
+    macs, acts = count_macs(model, size)
+    record.update(infer_gmacs=macs / 1e9, infer_macts=acts / 1e6)
+    say("counting train-step MACs (FlopCounterMode)")
+    record["train_gmacs"] = count_train_macs(model, size) / 1e9
+    if speed:
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        model.to(dev)
+        common = dict(device=dev, dtype=dtype, batch_size=batch_size, warmup=warmup, iters=iters,
+                      on_retry=say)
+        say(f"timing inference (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
+        record.update(measure_speed(model, size, mode="infer", **common))
+        say(f"timing train step (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
+        record.update(measure_speed(model, size, mode="train", **common))
+        record.update(warmup=warmup, iters=iters)
+    record.update(environment(dev, dtype))
+    return record

@@ -1,0 +1,75 @@
+"""The bench command: output, errors and exit codes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import main, parse_sets
+from bench.errors import SpecError
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_registered_variants(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert code == 0 and {"vit_16b", "deepvit_32b", "vit_micro"} <= set(rows)
+    assert rows["deepvit_32b"]["param_count"] == pytest.approx(48.1, rel=0.005)
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "deepvit_24b" in out
+
+
+def test_profile_json(capsys):
+    code, out, _ = run(capsys, "profile", "deepvit_micro", "--set", "depth=2", "--set", "re_norm=none",
+                       "--batch-size", "4", "--warmup", "0", "--iters", "2", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["depth"] == 2 and record["re_norm"] == "none"
+    for key in ("param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
+                "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
+                "train_batch_size", "device_name", "dtype", "torch_version", "timm_version"):
+        assert key in record
+
+
+def test_profile_table(capsys):
+    code, out, _ = run(capsys, "profile", "vit_micro", "--no-speed")
+    assert code == 0 and "infer_gmacs" in out and "0.000754" in out
+
+
+@pytest.mark.parametrize("argv,code,words", [
+    (["profile", "vit_micro", "--set", "dept=2"], 2, "--set: dept=2: unknown model field (did you mean 'depth'?)"),
+    (["profile", "vit_micro", "--set", "embed_dim=30"], 2, "embed_dim=30: is not divisible by num_heads=4"),
+    (["profile", "vit_micro", "--set", "depth"], 2, "expected key=value"),
+    (["profile", "vit_micro", "--set", "depth=[1"], 2, "not a valid YAML value"),
+    (["profile", "no_such_model"], 1, "unknown model 'no_such_model'"),
+    (["profile", "vit_micro", "--batch-size", "0"], 1, "--batch-size 0"),
+])
+def test_errors_are_one_line_with_exit_code(capsys, argv, code, words):
+    got, out, err = run(capsys, *argv)
+    assert got == code and out == ""
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_parse_sets_reads_yaml_values():
+    assert parse_sets(["depth=6", "attention=re", "mlp_ratio=2.5", "qkv_bias=false", "re_blocks=null"]) == {
+        "depth": 6, "attention": "re", "mlp_ratio": 2.5, "qkv_bias": False, "re_blocks": None}
+    with pytest.raises(SpecError):
+        parse_sets(["=3"])
+
+
+@pytest.mark.parametrize("cmd", [[], ["models"], ["profile"]])
+def test_help_everywhere(cmd):
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *cmd, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0 and "usage: bench" in proc.stdout
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run(["bench", "profile", "no_such_model"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error:")
