@@ -254,7 +254,7 @@ class _Remix(torch.autograd.Function):
             g_gram = by_leaf.get(id(gram))
             if g_gram is not None:
                 sym = ((g_gram + g_gram.t()) / n).to(a.dtype)
-                g_a.baddbmm_(sym.expand(B, -1, -1), a)  # in place: no copy of g_a
+                torch.baddbmm(g_a, sym.expand(B, -1, -1), a, out=g_a)  # accumulate: no copy
             g_m = by_leaf.get(id(m))
             if g_m is not None:
                 g_a = g_a + (g_m / n).to(a.dtype)[None, :, None]

@@ -70,6 +70,7 @@ def test_help_everywhere(cmd):
 
 
 def test_console_script_error_has_no_traceback():
-    proc = subprocess.run(["bench", "profile", "no_such_model"], capture_output=True, text=True)
+    script = os.path.join(os.path.dirname(sys.executable), "bench")  # the installed console script
+    proc = subprocess.run([script, "profile", "no_such_model"], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:")
