@@ -106,10 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.error("interrupted")
         return 130
-    except Exception as e:  # a bug: one line, the traceback on request
+    except Exception as e:  # out of memory outside the retry loop, or a bug
         if os.environ.get("BENCH_DEBUG"):
             raise
-        console.error(f"internal error: {type(e).__name__}: {e} (set BENCH_DEBUG=1 for the traceback)")
+        from bench.profiling import is_oom
+        if is_oom(e):
+            console.error(f"out of memory: {str(e).splitlines()[0]}")
+        else:
+            console.error(f"internal error: {type(e).__name__}: {e} (set BENCH_DEBUG=1 for the traceback)")
         return 1
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.cli import main, parse_sets
 from bench.errors import SpecError
@@ -74,3 +75,18 @@ def test_console_script_error_has_no_traceback():
     proc = subprocess.run([script, "profile", "no_such_model"], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:")
+
+
+def test_out_of_memory_and_bugs_are_one_line(capsys, monkeypatch):
+    import bench.profiling
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+
+    monkeypatch.setattr(bench.profiling, "profile", boom)
+    code, out, err = run(capsys, "profile", "vit_micro")
+    assert code == 1 and err.strip() == "error: out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+
+    monkeypatch.setattr(bench.profiling, "profile", lambda *a, **k: 1 / 0)
+    code, out, err = run(capsys, "profile", "vit_micro")
+    assert code == 1 and "internal error: ZeroDivisionError" in err and "Traceback" not in err
