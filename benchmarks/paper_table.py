@@ -39,8 +39,10 @@ def main() -> None:
     rows = []
     for name in args.models:
         for dtype in args.dtypes:
+            tag = f"{name} {dtype}"
             r = profile(name, device=args.device, dtype=dtype, batch_size=args.batch_size,
-                        warmup=args.warmup, iters=args.iters, on_progress=lambda m: print(f"  {name} {dtype}: {m}", flush=True))
+                        warmup=args.warmup, iters=args.iters,
+                        on_progress=lambda msg, tag=tag: print(f"  {tag}: {msg}", flush=True))
             rows.append(r)
             print(" | ".join(cell(r.get(c)) for c in COLUMNS), flush=True)
     env = rows[0]

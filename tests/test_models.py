@@ -8,7 +8,8 @@ from timm.layers import Attention
 
 import bench
 from bench.errors import SpecError
-from bench.models import VARIANTS, ReAttention, Variant, build_model, capture_attention
+from bench.models import VARIANTS, Variant, build_model, capture_attention
+from bench.reattention import ReAttention
 from bench.profiling import closed_form, param_count
 
 MICRO = VARIANTS["vit_micro"]
@@ -76,7 +77,7 @@ def test_fast_reattention_equals_official_formulation(norm, transform_scale, tra
     grads = torch.autograd.grad(y.square().sum(), params)
     grads_ref = torch.autograd.grad(y_ref.square().sum(),
                                     [x, ref.reatten_matrix.weight, ref.qkv.weight])
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g / g_ref.abs().max(), g_ref / g_ref.abs().max(), rtol=0, atol=5e-5)
     if norm == "batch":
         for buf in ("running_mean", "running_var", "num_batches_tracked"):
@@ -141,7 +142,7 @@ def test_capture_attention_leaves_outputs_unchanged(name):
         model(x)
     for m in raw:  # softmax rows
         torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 17))
-    for block, m_v, m_raw in zip(model.blocks, maps, raw):
+    for block, m_v, m_raw in zip(model.blocks, maps, raw, strict=True):
         if isinstance(block.attn, ReAttention):
             torch.testing.assert_close(m_v, block.attn.mixed_map(m_raw))
             assert not torch.allclose(m_v, m_raw)
@@ -168,7 +169,7 @@ def test_bench_exports():
 
 @pytest.mark.parametrize("dropout", [False, True])
 def test_remix_gradients_match_finite_differences(dropout):
-    from bench.models import _Remix
+    from bench.reattention import _Remix
 
     torch.manual_seed(4)
     mod = ReAttention(8, num_heads=4, attn_drop=0.1 if dropout else 0.0).double().train()
