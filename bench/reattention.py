@@ -64,8 +64,6 @@ class ReAttention(Attention):
     @functools.cache
     def configure(cls, re_norm: str = "batch", re_transform_scale: bool = False) -> type[ReAttention]:
         """A subclass with these defaults: timm's ``attn_layer`` must be a class."""
-        if re_norm not in RE_NORMS:
-            raise ValueError(f"re_norm={re_norm!r}: expected one of {', '.join(RE_NORMS)}")
         name = f"ReAttention_{re_norm}{'_ts' if re_transform_scale else ''}"
         return type(name, (cls,), {"re_norm": re_norm, "re_transform_scale": re_transform_scale,
                                    "__module__": __name__})
@@ -137,43 +135,42 @@ class ReAttention(Attention):
         mixed, b = self._mix(attn)
         return mixed + b.to(mixed.dtype)[:, None, None]
 
+    def _maps(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool):
+        """The raw attention maps (B, H, N, N), after softmax and dropout, and V (B, H, N, d)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
+        return self.attn_drop(attn.softmax(dim=-1)), v  # attn_drop: hook point for raw capture
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) heads → (B, N, C) output."""
+        B, H, N, d = x.shape
+        return self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, N, H * d))))
+
     def reference_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                           is_causal: bool = False) -> torch.Tensor:
         """The official formulation, unfused: Conv2d then the norm over the (B, H, N, N) map.
 
         Slower; kept as the yardstick for tests and benchmarks/reattention_cost.py.
         """
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("reference_forward takes no mask")
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        attn, v = self._maps(x, attn_mask, is_causal)
         mixed = self.reatten_matrix(attn)
         if self.re_norm == "layer":
             mixed = self.var_norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         else:
             mixed = self.var_norm(mixed)
-        x = ((mixed * self.reatten_scale) @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(x)))
+        return self._project((mixed * self.reatten_scale) @ v)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, d)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-        attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
-        attn = self.attn_drop(attn.softmax(dim=-1))  # raw map; hook point for capture
+        attn, v = self._maps(x, attn_mask, is_causal)
         if self.materialize or self.re_norm == "layer":
-            x = self.attn_map(self.mixed_map(attn)) @ v
-        else:
-            mixed, b = self._mix(attn)  # the bias multiplies Σⱼ Vⱼ, not the N×N map
-            x = mixed @ v + b.to(v.dtype)[:, None, None] * v.sum(2, keepdim=True)
-        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
-        x = self.norm(x)
-        return self.proj_drop(self.proj(x))
+            return self._project(self.attn_map(self.mixed_map(attn)) @ v)
+        mixed, b = self._mix(attn)  # the bias multiplies Σⱼ Vⱼ, not the N×N map
+        return self._project(mixed @ v + b.to(v.dtype)[:, None, None] * v.sum(2, keepdim=True))
 
 
 def _mix_heads(W: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

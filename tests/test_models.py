@@ -182,3 +182,15 @@ def test_remix_gradients_match_finite_differences(dropout):
         return mixed, b_eff
 
     assert torch.autograd.gradcheck(f, (a, *params), eps=1e-6, atol=1e-6)
+
+
+def test_reference_and_fast_paths_share_qk_norm():
+    torch.manual_seed(5)
+    mod = ReAttention(32, num_heads=4, qk_norm=True, norm_layer=torch.nn.LayerNorm).eval()
+    with torch.no_grad():
+        mod.q_norm.weight.uniform_(0.2, 3.0)  # a q_norm that matters
+    x = torch.randn(2, 17, 32)
+    torch.testing.assert_close(mod(x), mod.reference_forward(x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        mod.q_norm.weight.fill_(1.0)
+    assert (mod(x) - mod.reference_forward(x)).abs().max() < 1e-5  # same maps either way
