@@ -1,0 +1,226 @@
+"""Reports against hand-built trial records whose means, deltas and fronts are known."""
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.models import Variant
+from bench.report import (VARIANT_FIELDS, _atomic_write, comparison, markdown, pareto_front, summarize,
+                          variant_label, write_report)
+
+MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                num_classes=10).to_dict()
+ENV = {"device": "cpu", "device_name": "Test CPU (2 threads)", "dtype": "fp32", "torch_version": "2.14.1",
+       "timm_version": "1.0.20", "bench_version": "0.1.0"}
+COMPARE = {"by": ["depth"], "baseline": {"attention": "self", "embed_dim": 64},
+           "arms": {"wider ×1.5": {"attention": "self", "embed_dim": 96},
+                    "re-attention": {"attention": "re", "embed_dim": 64}}}
+SPEC = {"name": "handmade", "data": {"dataset": "cifar10", "subset": 512}, "model": {},
+        "train": {"epochs": 2, "lr": 0.001}, "profile": {}, "grid": [], "seeds": [0, 1], "compare": COMPARE}
+INFO = {"generated": "2026-11-27 21:00 UTC", "storage": "sqlite:///study.db"}
+
+
+def records(rows):
+    """rows: (variant changes, top1, status, costs); trial, key and seed filled in."""
+    out = []
+    for i, (changes, top1, status, costs) in enumerate(rows):
+        v = {**MICRO, **changes}
+        out.append({"trial": i, "key": f"k{i}", "status": status, "seed": i % 2,
+                    "error": "RuntimeError: out of memory\ntraceback" if status == "failed" else None,
+                    **v, "param_count": 0.04, "infer_gmacs": 0.001, "infer_macts": 0.01, "train_gmacs": 0.003,
+                    "infer_samples_per_sec": 5000.0, "infer_step_time": 6.4, "infer_batch_size": 32,
+                    "train_samples_per_sec": 1000.0, "train_step_time": 32.0, "train_batch_size": 32,
+                    **costs, "top1": top1, "top1_per_epoch": None if top1 is None else [top1 - 10.0, top1],
+                    "train_loss": 1.0, "epochs": 2, "train_time_s": 3.0, **ENV})
+    return pd.DataFrame(out)
+
+
+BASE, WIDE, RE = {}, {"embed_dim": 96}, {"attention": "re"}
+WIDE_COST = {"infer_gmacs": 0.002, "param_count": 0.09, "train_samples_per_sec": 800.0}
+RE_COST = {"infer_gmacs": 0.001, "param_count": 0.04, "train_samples_per_sec": 900.0}
+
+
+@pytest.fixture
+def sweep():
+    """depth 4: all three arms, two seeds each; depth 8: re-attention only (no baseline)."""
+    return records([
+        (BASE, 70.0, "complete", {}), (BASE, 72.0, "complete", {}),
+        (WIDE, 73.0, "complete", WIDE_COST), (WIDE, 75.0, "complete", WIDE_COST),
+        (RE, 71.0, "complete", RE_COST), (RE, 73.0, "complete", RE_COST),
+        (RE, None, "failed", {**RE_COST, "param_count": None}), (RE, 5.0, "diverged", RE_COST),
+        ({**RE, "depth": 8}, 80.0, "complete", {"infer_gmacs": 0.002, "param_count": 0.08}),
+    ])
+
+
+def test_variant_label_names_only_varying_fields():
+    row = {**MICRO, "attention": "re", "re_blocks": None}
+    assert variant_label(row, ["depth", "attention", "re_blocks"]) == "depth=4 attention=re re_blocks=all"
+    assert variant_label({**row, "mlp_ratio": 2.5}, ["mlp_ratio"]) == "mlp_ratio=2.5"
+    assert variant_label(row, []) == "all"
+    assert VARIANT_FIELDS[:2] == ["img_size", "patch_size"] and "re_transform_scale" in VARIANT_FIELDS
+
+
+def test_summary_mean_std_and_exclusions():
+    df = records([
+        (BASE, 70.0, "complete", {}), (BASE, 72.0, "complete", {}), (BASE, 74.0, "complete", {}),
+        (BASE, 99.0, "diverged", {}),  # a stale top-1 on a diverged trial must not count
+        (BASE, None, "failed", {"param_count": None}),
+        (WIDE, 80.0, "complete", {"param_count": 0.09}),
+        (WIDE, float("inf"), "complete", {"param_count": 0.09}),  # not finite: not a seed
+    ])
+    s = summarize(df).set_index("embed_dim")
+    assert len(s) == 2
+    a = s.loc[64]
+    assert (a["n"], a["trials"], a["diverged"], a["failed"]) == (3, 5, 1, 1)
+    assert a["top1_mean"] == pytest.approx(72.0) and a["top1_std"] == pytest.approx(2.0)  # ddof=1
+    assert (a["top1_min"], a["top1_max"]) == (70.0, 74.0)
+    assert a["param_count"] == pytest.approx(0.04) and a["variant"] == "embed_dim=64"
+    b = s.loc[96]
+    assert b["n"] == 1 and b["top1_mean"] == 80.0 and math.isnan(b["top1_std"])
+
+
+@pytest.mark.parametrize("as_float", [False, True])
+def test_re_blocks_none_groups_as_one_variant(as_float):
+    df = records([
+        (RE, 60.0, "complete", {}), (RE, 62.0, "complete", {}),
+        ({**RE, "re_blocks": 2}, 70.0, "complete", {}), (BASE, 50.0, "complete", {}),
+    ])
+    if as_float:  # what a round trip through storage or CSV gives: 2.0 and NaN
+        df["re_blocks"] = df["re_blocks"].astype(float)
+    s = summarize(df)
+    assert len(s) == 3
+    by_label = dict(zip(s["variant"], s["top1_mean"], strict=True))
+    assert by_label == {"attention=re re_blocks=all": 61.0, "attention=re re_blocks=2": 70.0,
+                        "attention=self re_blocks=all": 50.0}
+
+
+def test_comparison_deltas(sweep):
+    c = comparison(sweep, COMPARE)
+    assert list(zip(c["depth"], c["arm"], strict=True)) == [
+        (4, "baseline"), (4, "wider ×1.5"), (4, "re-attention"), (8, "re-attention")]
+    base, wide, re4, re8 = (c.iloc[i] for i in range(4))
+    assert base["top1_mean"] == 71.0 and base["top1_std"] == pytest.approx(math.sqrt(2))
+    assert base["d_top1"] == 0 and math.isnan(base["d_top1_per_gmac"])
+    assert wide["d_top1"] == pytest.approx(3.0)
+    assert wide["d_gmacs_pct"] == pytest.approx(100.0)
+    assert wide["d_params_pct"] == pytest.approx(125.0)
+    assert wide["d_train_sps_pct"] == pytest.approx(-20.0)
+    assert wide["d_top1_per_gmac"] == pytest.approx(3.0 / 0.001)
+    # re-attention at depth 4: failed and diverged trials excluded; adds no GMACs here
+    assert (re4["n"], re4["failed"], re4["diverged"]) == (2, 1, 1)
+    assert re4["d_top1"] == pytest.approx(1.0) and re4["d_gmacs_pct"] == 0
+    assert math.isnan(re4["d_top1_per_gmac"])
+    assert re4["param_count"] == pytest.approx(0.04)  # the failed trial's missing count is skipped
+    # depth 8 has no baseline: the arm's own figures, NaN deltas
+    assert re8["top1_mean"] == 80.0 and re8["infer_gmacs"] == 0.002
+    assert all(math.isnan(re8[k]) for k in ("d_top1", "d_gmacs_pct", "d_params_pct", "d_top1_per_gmac"))
+
+
+def test_comparison_added_gmacs_gives_points_per_gmac(sweep):
+    sweep.loc[sweep["attention"] == "re", "infer_gmacs"] = 0.00125
+    re4 = comparison(sweep, COMPARE).iloc[2]
+    assert re4["d_top1_per_gmac"] == pytest.approx(1.0 / 0.00025)
+
+
+def test_comparison_names_unknown_field(sweep):
+    with pytest.raises(ValueError, match="dept.*did you mean 'depth'"):
+        comparison(sweep, {**COMPARE, "by": ["dept"]})
+    with pytest.raises(ValueError, match="attn"):
+        comparison(sweep, {**COMPARE, "arms": {"x": {"attn": "re"}}})
+
+
+def test_pareto_front_by_hand():
+    g = [1, 1, 1, 2, 3, 0.5, np.nan, 4, 4, 5, 0.5]
+    t = [50, 50, 40, 60, 60, 30, 99, 70, 70, 65, 20]
+    # equal points are both on the front; same cost lower top-1, or same top-1 higher cost, are not
+    expected = [True, True, False, True, False, True, False, True, True, False, False]
+    assert pareto_front(g, t).tolist() == expected
+    assert pareto_front([], []).tolist() == []
+
+
+def test_pareto_front_matches_brute_force_and_is_fast():
+    rng = np.random.default_rng(0)
+    g, t = rng.integers(0, 20, 400).astype(float), rng.integers(0, 20, 400).astype(float)  # many ties
+    dominated = [((g <= g[i]) & (t >= t[i]) & ((g < g[i]) | (t > t[i]))).any() for i in range(len(g))]
+    assert pareto_front(g, t).tolist() == [not d for d in dominated]
+    g, t = rng.random(10_000), rng.random(10_000)
+    start = time.perf_counter()
+    mask = pareto_front(g, t)
+    assert time.perf_counter() - start < 0.5 and 0 < mask.sum() < 100
+
+
+def test_markdown_cells(sweep):
+    text = markdown(sweep, SPEC, INFO)
+    assert text.startswith("# handmade")
+    assert "generated: 2026-11-27 21:00 UTC · storage: sqlite:///study.db" in text
+    assert "9 trials (7 complete, " in text and "1 failed" in text and "1 diverged" in text
+    assert "4 variants × 2 seeds" in text
+    assert "Test CPU (2 threads) · fp32 · torch 2.14.1 · timm 1.0.20 · bench 0.1.0" in text
+    assert "dataset=cifar10, subset=512" in text and "epochs=2, lr=0.001" in text
+    assert "| 4 | baseline | 71.0 ± 1.4 (n=2) |  | 0.001 |  |" in text
+    wide = "| 4 | wider ×1.5 | 74.0 ± 1.4 (n=2) | +3.0 | 0.002 | +100.0 % | 0.09 | +125.0 % | 800 | −20.0 % | +3,000 |"
+    assert wide in text
+    assert "| 4 | re-attention | 72.0 ± 1.4 (n=2) | +1.0 | 0.001 | 0.0 % | 0.04 | 0.0 % | 900 | −10.0 % | – |" in text
+    assert "| 8 | re-attention | 80.0 (n=1) | – | 0.002 |" in text
+    assert "median 1.41 and max 1.41" in text and "about 2.8 points" in text
+    assert "- trial 6 · depth=4 attention=re embed_dim=64 · seed 0: `RuntimeError: out of memory`" in text
+    assert "## Diverged trials (1)" in text and "- trial 7 · depth=4 attention=re embed_dim=64 · seed 1" in text
+    assert "![top1_vs_gmacs](top1_vs_gmacs.png)" in text
+    assert "-20.0" not in text  # one minus sign throughout
+
+
+def test_markdown_without_spread_or_compare(sweep):
+    one_seed = sweep.drop_duplicates(["depth", "attention", "embed_dim"])
+    text = markdown(one_seed, {**SPEC, "compare": None}, {})
+    assert "## Comparison" not in text and "no estimate of seed noise" in text
+
+
+def test_write_report_files(sweep, tmp_path):
+    sweep.loc[0, "top1_per_epoch"] = json.dumps([60.0, 70.0])  # already a JSON string: kept as is
+    paths = write_report(sweep, SPEC, tmp_path / "out", INFO)
+    assert set(paths) == {"runs.csv", "report.md", "top1_vs_gmacs.png", "top1_vs_depth.png",
+                          "throughput_vs_depth.png"}
+    for path in paths.values():
+        assert path.exists() and path.stat().st_size > 0
+    assert paths["top1_vs_gmacs.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    runs = pd.read_csv(paths["runs.csv"])
+    assert len(runs) == len(sweep)
+    assert list(runs.columns[:6]) == ["trial", "key", "status", "seed", "error", "img_size"]
+    cols = list(runs.columns)
+    assert cols.index("re_transform_scale") < cols.index("param_count") < cols.index("top1") < cols.index("device")
+    assert json.loads(runs.loc[0, "top1_per_epoch"]) == [60.0, 70.0]
+    assert json.loads(runs.loc[1, "top1_per_epoch"]) == [62.0, 72.0]
+    assert runs["top1"].iloc[:2].tolist() == [70.0, 72.0]
+    assert "74.0 ± 1.4 (n=2)" in paths["report.md"].read_text(encoding="utf-8")
+
+
+def test_profile_only_sweep(sweep, tmp_path):
+    df = sweep.drop(columns=["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"])
+    df["status"] = "complete"
+    paths = write_report(df, {**SPEC, "train": None}, tmp_path, INFO)
+    assert set(paths) == {"runs.csv", "report.md", "throughput_vs_depth.png", "gmacs_vs_depth.png"}
+    text = paths["report.md"].read_text(encoding="utf-8")
+    assert "none (profile only)" in text and "top-1" not in text and "Seed-to-seed" not in text
+    assert "| 4 | wider ×1.5 | 0.002 | +100.0 % | 0.09 | +125.0 % | 800 | −20.0 % |" in text
+    assert len(pd.read_csv(paths["runs.csv"])) == len(df)
+    # no speed measured either: only the cost-vs-depth plot is left
+    no_speed = df.assign(train_samples_per_sec=np.nan, infer_samples_per_sec=np.nan)
+    assert set(write_report(no_speed, {**SPEC, "train": None}, tmp_path / "b", INFO)) == {
+        "runs.csv", "report.md", "gmacs_vs_depth.png"}
+
+
+def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
+    path = tmp_path / "report.md"
+    path.write_text("old")
+
+    def crash(f):
+        f.write("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        _atomic_write(path, crash)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
