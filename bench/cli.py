@@ -66,6 +66,76 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_sweep(args: argparse.Namespace):
+    from bench import spec
+    sweep = spec.load(args.sweep, parse_sets(args.set))
+    if getattr(args, "name", None):
+        import dataclasses
+        sweep = dataclasses.replace(sweep, name=spec.parse({"name": args.name}, "--name").name)
+    return sweep
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import run_sweep
+
+    sweep = _load_sweep(args)
+    summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
+                        retry_failed=args.retry_failed, quiet=args.quiet)
+    records = summary["records"]
+    if records and not args.quiet:
+        from bench.runner import label
+        rows = [{"trial": label(_variant(r), sweep, r["seed"]), "status": r["status"], "top1": r.get("top1"),
+                 "param_count": r.get("param_count"), "infer_gmacs": r.get("infer_gmacs"),
+                 "train_samples_per_sec": r.get("train_samples_per_sec"), "time_trial_s": r["time_trial_s"]}
+                for r in records]
+        console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: trials run now",
+                           headers={"top1": "top-1 %", "param_count": "M params", "infer_gmacs": "GMACs",
+                                    "train_samples_per_sec": "train samples/s", "time_trial_s": "s"})
+    if "report" in summary:
+        paths = summary["report"]
+        console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
+    failed = sum(r["status"] == "failed" for r in records)
+    return 1 if failed and failed == len(records) else 0
+
+
+def _variant(record: dict[str, Any]):
+    from bench.models import FIELD_TYPES, Variant
+    return Variant(**{k: record[k] for k in FIELD_TYPES})
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.runner import plan_rows
+
+    sweep = _load_sweep(args)
+    with console.status("calibrating: timing a few train steps", quiet=args.json):
+        rows = plan_rows(sweep, device=args.device, calibrate=not args.no_estimate)
+    if args.json:
+        console.print_json(rows)
+        return 0
+    n = len(sweep.seeds)
+    console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: {len(rows)} variants × {n} seeds",
+                       headers={"param_count": "M params", "infer_gmacs": "GMACs", "est_trial_s": "est. s/trial"})
+    if rows[0]["est_trial_s"] is not None:
+        total = sum(r["est_trial_s"] for r in rows) * n
+        console.out.print(f"estimated total: {total / 60:.1f} min for {len(rows) * n} trials "
+                          "(from a few timed train steps of the cheapest variant; larger models run "
+                          "more efficiently, so big variants are overestimated)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.runner import report_study
+
+    name = args.name
+    if name.endswith((".yaml", ".yml")):
+        from bench import spec
+        name = spec.load(name).name
+    paths = report_study(name, storage=args.storage, results_dir=args.results)
+    for path in paths.values():
+        console.out.print(str(path), highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -93,6 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speed", action="store_true", help="count only: skip timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_profile)
+
+    def sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", metavar="SWEEP", help="a sweep file, e.g. sweeps/quickstart.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec value by its dotted name, e.g. --set train.epochs=2 (repeatable)")
+        p.add_argument("--name", default=None, help="study name (default: the sweep's name)")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    def storage_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", default=None, metavar="URL",
+                       help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")
+        p.add_argument("--results", default="results", metavar="DIR", help="where reports go (default: results)")
+
+    p = sub.add_parser("run", help="run a sweep: profile and proxy-train every variant × seed",
+                       description="Run a sweep. Trials already in the study are skipped, so rerunning "
+                                   "the same command resumes an interrupted sweep.")
+    sweep_args(p)
+    storage_args(p)
+    p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
+    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="list a sweep's variants with params, GMACs and estimated time",
+                       description="Validate a sweep and list its variants; trains nothing.")
+    sweep_args(p)
+    p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("report", help="write runs.csv, report.md and plots from a sweep's study",
+                       description="Rebuild a sweep's report from its study storage alone.")
+    p.add_argument("name", metavar="NAME", help="the sweep's name (or its YAML file)")
+    storage_args(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -64,8 +64,60 @@ def rows_table(rows: Iterable[dict[str, Any]], columns: list[str], title: str | 
                headers: dict[str, str] | None = None) -> None:
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in columns:
-        left = col in ("model", "name", "attention")
+        left = col in ("model", "name", "attention", "variant", "trial", "status")
         table.add_column((headers or {}).get(col, col), justify="left" if left else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(fmt(row.get(c)) for c in columns))
     out.print(table)
+
+
+class SweepProgress:
+    """Progress of a sweep: one bar for the sweep and one for the running trial, with ETA.
+
+    ``quiet`` (or stderr not a terminal, as in CI logs): no bars, one line per finished
+    trial instead (quiet: only those lines).
+    """
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.live = not quiet and err.is_terminal
+        self.progress = None
+
+    def __enter__(self) -> SweepProgress:
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn(), console=err)
+            self.progress.__enter__()
+            self.sweep = self.progress.add_task("sweep", total=self.total, note="")
+            self.trial = self.progress.add_task("trial", total=1, note="", visible=False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start(self, label: str) -> None:
+        if self.progress is not None:
+            self.progress.reset(self.trial, total=1, description=label, note="", visible=True)
+        elif not self.quiet:
+            info(f"[{self.done + 1}/{self.total}] {label}")
+
+    def phase(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.trial, note=message)
+
+    def step(self, step: int, total: int, loss: float | None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.trial, completed=step, total=total,
+                                 note="" if loss is None else f"loss {loss:.3f}")
+
+    def finish(self, label: str, line: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress.update(self.sweep, completed=self.done)
+            self.progress.console.print(f"  {label}: {line}", highlight=False)
+        else:
+            err.print(f"[{self.done}/{self.total}] {label}: {line}", highlight=False, soft_wrap=True)

@@ -59,6 +59,11 @@ class Dataset:
     def img_size(self) -> int:
         return self.train.images.shape[-1]
 
+    def subset(self, train_size: int | None, test_size: int | None) -> Dataset:
+        """The first ``train_size`` / ``test_size`` images of each split (None: all)."""
+        cut = lambda s, n: s if n is None else Split(s.images[:n], s.labels[:n])  # noqa: E731
+        return Dataset(self.name, cut(self.train, train_size), cut(self.test, test_size), self.classes)
+
 
 # --- the built-in procedural dataset -------------------------------------------------
 
@@ -164,7 +169,7 @@ def shapes(*, train_size: int, test_size: int, img_size: int = 32, difficulty: f
 
 # --- real datasets on disk -----------------------------------------------------------
 
-def _missing(what: str, where: Path, how: str) -> BenchError:
+def missing(what: str, where: Path, how: str) -> BenchError:
     return BenchError(f"{what} not found: looked in {where}. {how}")
 
 
@@ -180,7 +185,7 @@ def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
         except Exception as err:  # no network, a full disk: say what failed
             raise BenchError(f"{name}: download to {root} failed ({type(err).__name__}: {err})") from None
     if not base.is_dir():
-        raise _missing(name, base, f"Set data.download: true on a machine with internet, or unpack "
+        raise missing(name, base, f"Set data.download: true on a machine with internet, or unpack "
                        f"{folder} (from https://www.cs.toronto.edu/~kriz/cifar.html) under {root}.")
 
     def load(files: list[str]) -> Split:
@@ -188,7 +193,7 @@ def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
         for fname in files:
             path = base / fname
             if not path.is_file():
-                raise _missing(f"{name} file {fname}", base, "The extracted archive is incomplete.")
+                raise missing(f"{name} file {fname}", base, "The extracted archive is incomplete.")
             with open(path, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
             images.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
@@ -216,7 +221,7 @@ def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", te
     for split in (train_dir, test_dir):
         folder = base / split
         if not folder.is_dir():
-            raise _missing(f"imagefolder split {split!r}", folder,
+            raise missing(f"imagefolder split {split!r}", folder,
                            f"Expected {base}/{train_dir}/<class>/*.png and {base}/{test_dir}/<class>/*.png.")
         found = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if classes is None:
@@ -237,7 +242,7 @@ def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", te
                     raise BenchError(f"imagefolder: cannot read {path}: {err}") from None
                 labels.append(idx)
         if not images:
-            raise _missing(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
+            raise missing(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
                            "Each class folder needs image files.")
         splits[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
     return Dataset(base.name, splits[train_dir], splits[test_dir], classes or [])

@@ -1,7 +1,12 @@
-"""Errors bench reports to a user as one clear line (the CLI maps them to exit codes)."""
+"""Errors bench reports to a user as one clear line (the CLI maps them to exit codes),
+and the checks that raise them."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Iterable, Mapping
 
 
 class BenchError(Exception):
@@ -19,14 +24,57 @@ class SpecError(BenchError, ValueError):
 
     exit_code = 2
 
-    def __init__(self, key: str, value: Any, reason: str, where: str | None = None) -> None:
+    def __init__(self, key: str | None, value: Any, reason: str, where: str | None = None) -> None:
         self.key, self.value, self.reason, self.where = key, value, reason, where
         super().__init__(str(self))
 
     def __str__(self) -> str:
         prefix = f"{self.where}: " if self.where else ""
+        if self.key is None:  # the file as a whole (unreadable, not YAML)
+            return f"{prefix}{self.reason}"
         return f"{prefix}{self.key}={self.value!r}: {self.reason}"
 
     def within(self, where: str | None = None, prefix: str = "") -> SpecError:
         """The same error, placed in a file and under a key prefix (``model.`` say)."""
-        return SpecError(prefix + self.key, self.value, self.reason, where or self.where)
+        key = None if self.key is None else prefix + self.key
+        return SpecError(key, self.value, self.reason, where or self.where)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(values: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    """Unknown keys raise a SpecError with a "did you mean" suggestion."""
+    known = list(known)
+    for key in values:
+        if key not in known:
+            raise SpecError(str(key), values[key], f"unknown {what}" + did_you_mean(key, known))
+
+
+def check_type(name: str, value: Any, expected: Any) -> None:
+    """``expected``: a type or a tuple of types (None allowed). An int passes for a float;
+    a bool passes only for a bool (Python counts it as an int)."""
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    if value is None and None in allowed:
+        return
+    for t in allowed:
+        if t is None or isinstance(value, bool) != (t is bool):
+            continue
+        if isinstance(value, t) or (t is float and isinstance(value, int)):
+            return
+    names = " or ".join("null" if t is None else t.__name__ for t in allowed)
+    raise SpecError(name, value, f"expected {names}, got {type(value).__name__}")
+
+
+def check_fields(obj: Any) -> None:
+    """Type-check every field of a dataclass instance against its annotation."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            expected = tuple(None if a is type(None) else a for a in typing.get_args(hint))
+        else:
+            expected = hint
+        check_type(f.name, getattr(obj, f.name), expected)

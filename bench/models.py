@@ -8,7 +8,6 @@ timm, so ``timm.create_model("deepvit_24b")`` works anywhere once ``bench`` is i
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -19,7 +18,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from bench.errors import SpecError
+from bench.errors import SpecError, check_keys, check_type
 from bench.reattention import RE_NORMS, ReAttention
 
 ATTENTION_TYPES = ("self", "re")
@@ -50,7 +49,7 @@ class Variant:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), FIELD_TYPES[f.name])
+            check_type(f.name, getattr(self, f.name), FIELD_TYPES[f.name])
         positive = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                     "num_classes")
         for name in positive:
@@ -82,9 +81,7 @@ class Variant:
 
         Unknown keys raise a SpecError with a "did you mean" suggestion.
         """
-        for key in values:
-            if key not in FIELD_TYPES:
-                raise SpecError(key, values[key], "unknown model field" + did_you_mean(key, FIELD_TYPES))
+        check_keys(values, FIELD_TYPES, "model field")
         return dataclasses.replace(base or cls(), **values)
 
     def replace(self, **changes: Any) -> Variant:
@@ -127,24 +124,6 @@ FIELD_TYPES: dict[str, Any] = {
     "drop_path_rate": float, "attention": str, "re_blocks": (int, None), "re_norm": str,
     "re_transform_scale": bool,
 }
-
-
-def _check_type(name: str, value: Any, expected: Any) -> None:
-    allowed = expected if isinstance(expected, tuple) else (expected,)
-    if value is None and None in allowed:
-        return
-    for t in allowed:
-        if t is None or isinstance(value, bool) != (t is bool):
-            continue  # bool is an int in Python; keep them apart
-        if isinstance(value, t) or (t is float and isinstance(value, int)):
-            return
-    names = " or ".join("null" if t is None else t.__name__ for t in allowed)
-    raise SpecError(name, value, f"expected {names}, got {type(value).__name__}")
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _block_fn(*, depth: int, attn_layer, first_re: int, re_layer, **kwargs) -> Block:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bench
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.models import Variant
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -314,7 +314,6 @@ def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Modul
     if variant is not None:
         return bench.build_model(variant), variant
     if not timm.is_model(name):
-        from bench.models import did_you_mean
         known = list(bench.VARIANTS) + timm.list_models()
         raise BenchError(f"unknown model {name!r}{did_you_mean(name, known)}; "
                          "`bench models` lists bench's, `timm.list_models()` timm's")
@@ -335,22 +334,32 @@ def profile(name: str, overrides: dict[str, Any] | None = None, *, device: str |
             dtype: str = "fp32", batch_size: int = 32, warmup: int | None = None,
             iters: int | None = None, speed: bool = True,
             on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every cost figure of one model, as one flat record."""
+    """Every cost figure of one model (a bench variant or a timm name), as one flat record."""
     if dtype not in DTYPES:
         raise BenchError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise BenchError(f"--batch-size {batch_size}: must be at least 1")
+    if (iters is not None and iters < 1) or (warmup is not None and warmup < 0):
+        raise BenchError("--iters must be at least 1 and --warmup at least 0")
     dev = resolve_device(device)
-    cuda = dev.type == "cuda"
+    model, variant = create(name, overrides)
+    return {"model": name, **profile_model(model, variant, device=dev, dtype=dtype, batch_size=batch_size,
+                                           warmup=warmup, iters=iters, speed=speed, on_progress=on_progress)}
+
+
+def profile_model(model: nn.Module, variant: Variant | None, *, device: torch.device, dtype: str,
+                  batch_size: int, warmup: int | None = None, iters: int | None = None, speed: bool = True,
+                  on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Params, MACs, activations, and (``speed``) inference and train-step timing of ``model``.
+
+    The model's weights, gradients and norm statistics are left as they were.
+    """
+    cuda = device.type == "cuda"
     warmup = (10 if cuda else 2) if warmup is None else warmup
     iters = (50 if cuda else 5) if iters is None else iters
-    if iters < 1 or warmup < 0:
-        raise BenchError("--iters must be at least 1 and --warmup at least 0")
     say = on_progress or (lambda _msg: None)
-
-    model, variant = create(name, overrides)
     size = input_size_of(model, variant)
-    record: dict[str, Any] = {"model": name, **(variant.to_dict() if variant else {}),
+    record: dict[str, Any] = {**(variant.to_dict() if variant else {}),
                               "img_size": size[-1], "param_count": param_count(model)}
     say("counting MACs (fvcore)")
     macs, acts = count_macs(model, size)
@@ -360,13 +369,13 @@ def profile(name: str, overrides: dict[str, Any] | None = None, *, device: str |
     if speed:
         if cuda:
             torch.backends.cudnn.benchmark = True
-        model.to(dev)
-        common = dict(device=dev, dtype=dtype, batch_size=batch_size, warmup=warmup, iters=iters,
+        model.to(device)
+        common = dict(device=device, dtype=dtype, batch_size=batch_size, warmup=warmup, iters=iters,
                       on_retry=say)
         say(f"timing inference (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
         record.update(measure_speed(model, size, mode="infer", **common))
         say(f"timing train step (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
         record.update(measure_speed(model, size, mode="train", **common))
         record.update(warmup=warmup, iters=iters)
-    record.update(environment(dev, dtype))
+    record.update(environment(device, dtype))
     return record

@@ -15,13 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
 from bench.console import fmt
-from bench.models import FIELD_TYPES, did_you_mean
+from bench.errors import did_you_mean
+from bench.models import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
 IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
@@ -34,9 +33,6 @@ BASELINE = "baseline"
 MINUS = "−"  # every signed figure in report.md uses this sign, never ASCII '-'
 _FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
 _FIELD_ORDER += [f for f in VARIANT_FIELDS if f not in _FIELD_ORDER]
-_COLOURS = {"self": "tab:blue", "re": "tab:red"}
-_SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
-_MAX_SERIES = 12  # lines on one by-depth plot before fields are pooled
 _MAX_LISTED = 50  # failed/diverged trials named in report.md; runs.csv has them all
 
 
@@ -314,116 +310,11 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any])
         lines += _spread_md(summary)
     lines += _summary_md(summary, df, accuracy)
     lines += _trials_md(df, "failed", "Failed trials") + _trials_md(df, "diverged", "Diverged trials")
-    names = _plot_names(df)
+    from bench.plots import plot_names  # plots use this module's summaries
+    names = plot_names(df)
     if names:
         lines += ["## Plots", ""] + [f"![{n.removesuffix('.png')}]({n})\n" for n in names]
     return "\n".join(lines)
-
-
-# --- plots ----------------------------------------------------------------------------
-
-def _plot_names(df: pd.DataFrame) -> list[str]:
-    """The PNGs ``plots`` draws for ``df`` (report.md links exactly these)."""
-    accuracy, has = _has_accuracy(df), (lambda c: c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
-    names = ["top1_vs_gmacs.png"] if accuracy and has("infer_gmacs") else []
-    if "depth" in df:
-        names += ["top1_vs_depth.png"] if accuracy else []
-        names += ["throughput_vs_depth.png"] if has("train_samples_per_sec") or has("infer_samples_per_sec") else []
-        names += ["gmacs_vs_depth.png"] if not accuracy and has("infer_gmacs") else []
-    return names
-
-
-def _series(summary: pd.DataFrame, df: pd.DataFrame) -> tuple[list[tuple], list[str]]:
-    """Lines of a by-depth plot: (label, colour, marker, rows by depth), and the fields pooled.
-
-    One line per attention type × other varying field; past ``_MAX_SERIES`` lines the
-    last of those fields are pooled (mean over their values). Colour says attention type;
-    its shade and the marker tell the other fields apart.
-    """
-    others = [f for f in varying_fields(df) if f != "depth"]
-    while others and summary.groupby(others, dropna=False).ngroups > _MAX_SERIES:
-        others.pop()
-    pooled = [f for f in varying_fields(df) if f not in others and f != "depth"]
-    if pooled:
-        summary = summary.groupby([*others, "depth"], dropna=False).mean(numeric_only=True).reset_index()
-    groups = list(summary.groupby(others, dropna=False, sort=True)) if others else [((), summary)]
-    attention = [rows.iloc[0].get("attention") for _, rows in groups]
-    lines = []
-    for i, (_, rows) in enumerate(groups):
-        same = [j for j, a in enumerate(attention) if a == attention[i]]
-        k, n = same.index(i), len(same)
-        if attention[i] in _SHADES and n > 1:
-            colour = matplotlib.colormaps[_SHADES[attention[i]]](0.45 + 0.5 * k / (n - 1))
-        else:
-            colour = _COLOURS.get(attention[i], f"C{i % 10}")
-        lines.append((variant_label(rows.iloc[0], others), colour, "osD^v<>"[k % 7], rows.sort_values("depth")))
-    return lines, pooled
-
-
-def _top1_vs_gmacs(ax, summary: pd.DataFrame) -> None:
-    s = summary[summary["n"] > 0]
-    for attention, rows in s.groupby("attention", sort=True) if "attention" in s else [("", s)]:
-        ax.errorbar(rows["infer_gmacs"], rows["top1_mean"], yerr=rows["top1_std"].fillna(0), fmt="o",
-                    capsize=3, color=_COLOURS.get(attention), label=f"attention={attention}" if attention else None)
-    front = s[pareto_front(s["infer_gmacs"], s["top1_mean"])].sort_values("infer_gmacs")
-    ax.step(front["infer_gmacs"], front["top1_mean"], where="post", color="k", lw=1, alpha=0.6,
-            label="Pareto front")
-    ax.scatter(front["infer_gmacs"], front["top1_mean"], s=120, facecolors="none", edgecolors="k", zorder=3)
-    if len(s) <= 12:
-        for r in s.itertuples():
-            ax.annotate(r.variant, (r.infer_gmacs, r.top1_mean), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
-    if s["infer_gmacs"].min() > 0 and s["infer_gmacs"].max() / s["infer_gmacs"].min() > 10:
-        ax.set_xscale("log")
-    ax.set(xlabel="GMACs per image (inference)", ylabel="top-1 % (mean ± std over seeds)",
-           title="Accuracy against compute")
-
-
-def _by_depth(ax, summary: pd.DataFrame, df: pd.DataFrame, col: str, ylabel: str, title: str,
-              err: str | None = None) -> None:
-    lines, pooled = _series(summary, df)
-    for label, colour, marker, rows in lines:
-        if rows[col].notna().any():  # e.g. no train speed measured for this series
-            ax.errorbar(rows["depth"], rows[col], yerr=rows[err].fillna(0) if err else None, color=colour,
-                        marker=marker, capsize=3, label=label)
-    ax.set(xlabel="depth (blocks)", ylabel=ylabel,
-           title=title + (f"\n(mean over {', '.join(pooled)})" if pooled else ""))
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
-    fig.clear()  # a Figure without pyplot is freed with its last reference; drop the artists now
-    return path
-
-
-def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Draw the PNGs ``_plot_names`` lists into ``out_dir``; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary, paths = summarize(df), []
-    for name in _plot_names(df):
-        fig = Figure(figsize=(10, 4.5) if name.startswith("throughput") else (6.5, 4.5))
-        if name == "top1_vs_gmacs.png":
-            _top1_vs_gmacs(fig.add_subplot(), summary)
-        elif name == "top1_vs_depth.png":
-            _by_depth(fig.add_subplot(), summary, df, "top1_mean", "top-1 % (mean ± std over seeds)",
-                      "Accuracy against depth", err="top1_std")
-        elif name == "gmacs_vs_depth.png":
-            _by_depth(fig.add_subplot(), summary, df, "infer_gmacs", "GMACs per image (inference)",
-                      "Compute against depth")
-        else:
-            for i, mode in enumerate(("infer", "train")):
-                _by_depth(fig.add_subplot(1, 2, i + 1), summary, df, f"{mode}_samples_per_sec",
-                          f"{mode} samples/s", f"{mode.capitalize()} throughput")
-        for ax in fig.axes:
-            ax.grid(alpha=0.3)
-            n = len(ax.get_legend_handles_labels()[1])
-            if n:  # accuracy rises with cost: lower right is usually empty ("best" is slow on 10k points)
-                ax.legend(fontsize=7, ncol=2 if n > 8 else 1,
-                          loc="lower right" if name == "top1_vs_gmacs.png" else "best")
-        paths.append(_save(fig, out_dir / name))
-    return paths
 
 
 # --- files ----------------------------------------------------------------------------
@@ -465,5 +356,6 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     _atomic_write(paths["runs.csv"], lambda f: runs_frame(df).to_csv(f, index=False))
     text = markdown(df, spec, info)
     _atomic_write(paths["report.md"], lambda f: f.write(text))
+    from bench.plots import plots
     paths.update({p.name: p for p in plots(df, out_dir)})
     return paths

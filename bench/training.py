@@ -4,7 +4,6 @@ same accuracy; a loss that turns NaN/inf stops the run and marks it diverged.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import Dataset, Loader
-from bench.errors import SpecError
+from bench.errors import SpecError, check_fields
 from bench.profiling import autocast
 
 
@@ -36,17 +35,9 @@ class TrainConfig:
     check_every: int = 20       # steps between divergence checks / progress updates (a GPU sync each)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "dtype":
-                if value not in ("auto", "fp32", "bf16"):
-                    raise SpecError("dtype", value, "expected auto, fp32 or bf16")
-            elif f.name == "grad_clip" and value is None:
-                continue
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SpecError(f.name, value, f"expected a number, got {type(value).__name__}")
-            elif f.type == "int" and not isinstance(value, int):
-                raise SpecError(f.name, value, "expected an integer")
+        check_fields(self)
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise SpecError("dtype", self.dtype, "expected auto, fp32 or bf16")
         for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
             if getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be at least 1")

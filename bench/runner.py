@@ -1,0 +1,246 @@
+"""Running sweeps: one function measures one variant (profile, then proxy-train); the
+sweep runner calls it for every variant × seed not yet in the ledger, records each
+result as it lands, and writes the report at the end.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench import console
+from bench.data import Dataset
+from bench.errors import BenchError
+from bench.models import Variant, build_model
+from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
+from bench.spec import ProfileConfig, Sweep, Trial
+from bench.storage import Ledger, default_url, open_study
+from bench.training import TrainConfig, train
+
+
+def _dtype(setting: str, device: torch.device) -> str:
+    return ("bf16" if device.type == "cuda" else "fp32") if setting == "auto" else setting
+
+
+def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
+            train_cfg: TrainConfig | None = None, data: Dataset | None = None,
+            crop_padding: int = 0, flip: bool = False,
+            on_phase: Callable[[str], None] | None = None,
+            on_step: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
+    """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
+
+    ``status`` is "complete" or "diverged"; exceptions propagate to the caller.
+    """
+    say = on_phase or (lambda _msg: None)
+    torch.manual_seed(seed)
+    model = build_model(variant)
+    weights = copy.deepcopy(model.state_dict())
+    t0 = time.perf_counter()
+    record: dict[str, Any] = profile_model(
+        model, variant, device=device, dtype=_dtype(profile.dtype, device), batch_size=profile.batch_size,
+        warmup=profile.warmup, iters=profile.iters, speed=profile.speed, on_progress=say)
+    record["time_profile_s"] = time.perf_counter() - t0
+    record["status"] = "complete"
+    if train_cfg is not None:
+        if data is None:
+            raise ValueError("training needs a dataset")
+        model.load_state_dict(weights)  # profiling used the model: start from the seeded weights
+        torch.manual_seed(seed)         # and the seeded random stream (drop path)
+        say("training")
+        t0 = time.perf_counter()
+        result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
+                       flip=flip, on_step=on_step)
+        record["time_train_s"] = time.perf_counter() - t0
+        if result.pop("diverged"):
+            record["status"] = "diverged"
+        record.update(result)
+        record["train_sps_measured"] = (result["steps"] * train_cfg.batch_size / result["train_time_s"]
+                                        if result["train_time_s"] else None)
+    return record
+
+
+def _line(record: dict[str, Any]) -> str:
+    status = record["status"]
+    if status == "failed":
+        return f"[red]failed[/]: {record['error']}"
+    if status == "diverged":
+        return f"[yellow]diverged[/] (loss {record.get('train_loss')}) after {record.get('steps')} steps"
+    parts = [f"{record['param_count']:.3g} M params", f"{record['infer_gmacs']:.3g} GMACs"]
+    if record.get("top1") is not None:
+        parts.insert(0, f"top-1 {record['top1']:.2f} %")
+    parts.append(f"{record['time_trial_s']:.1f} s")
+    return ", ".join(parts)
+
+
+def label(v: Variant, sweep: Sweep, seed: int | None = None) -> str:
+    """The grid fields of ``v`` (those that vary across the sweep), plus the seed."""
+    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in sweep.variants}) > 1]
+    text = " ".join(f"{f}={getattr(v, f)}" for f in fields) or "base"
+    return text if seed is None else f"{text} seed={seed}"
+
+
+def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Path = "results",
+              device: str | None = None, retry_failed: bool = False, quiet: bool = False,
+              report: bool = True) -> dict[str, Any]:
+    """Run every trial of ``sweep`` that the ledger lacks; write the report."""
+    dev = resolve_device(device)
+    url = storage or default_url(results_dir, sweep.name)
+    objective, direction = ("top1", "maximize") if sweep.train else ("infer_gmacs", "minimize")
+    ledger = Ledger(open_study(url, sweep.name, create=True, direction=direction))
+    ledger.bind(sweep)
+    plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
+    if not quiet:
+        console.info(f"{sweep.name}: {len(sweep.trials())} trials, {plan.done} already done, "
+                     f"{len(plan.todo)} to run"
+                     + (f" ({plan.interrupted} interrupted before)" if plan.interrupted else "")
+                     + (f"; {plan.failed_skipped} failed skipped (--retry-failed reruns them)"
+                        if plan.failed_skipped else "")
+                     + (f"; {plan.running_elsewhere} running in other workers" if plan.running_elsewhere else "")
+                     + f" | {url} | {environment(dev, 'fp32')['device_name']}")
+    datasets: dict[int, Dataset] = {}
+    finished = []
+    with console.SweepProgress(len(plan.todo), quiet=quiet) as progress:
+        for trial in plan.todo:
+            name = label(trial.variant, sweep, trial.seed)
+            progress.start(name)
+            record = _run_trial(trial, sweep, dev, datasets, ledger, objective, progress)
+            finished.append(record)
+            progress.finish(name, _line(record))
+    summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
+    if report:
+        summary["report"] = write_report(ledger, sweep.name, url, results_dir)
+    return summary
+
+
+def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int, Dataset],
+               ledger: Ledger, objective: str, progress: console.SweepProgress) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    handle = ledger.start(trial)
+    base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name}
+    try:
+        data = None
+        if sweep.train is not None:
+            img = trial.variant.img_size
+            if img not in datasets:
+                progress.phase("loading data")
+                datasets[img] = sweep.data.load(img)
+            data = datasets[img]
+        record = measure(trial.variant, trial.seed, device=dev, profile=sweep.profile, train_cfg=sweep.train,
+                         data=data, crop_padding=sweep.data.crop_padding if sweep.data else 0,
+                         flip=bool(sweep.data and sweep.data.flip), on_phase=progress.phase,
+                         on_step=progress.step)
+        record = {**base, **record}
+    except KeyboardInterrupt:
+        ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objective)
+        raise
+    except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
+        record = {**base, "status": "failed", "error": str(err)}
+    except Exception as err:
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        kind = "out of memory" if is_oom(err) else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        record = {**base, "status": "failed", "error": f"{kind}: {first}"[:500]}
+        if is_oom(err) and dev.type == "cuda":
+            torch.cuda.empty_cache()
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["time_trial_s"] = time.perf_counter() - t0
+    record.setdefault("device", dev.type)
+    ledger.finish(handle, _jsonable(record), objective)
+    return record
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    """Optuna stores user attributes as JSON: no NaN/inf (JSON has none)."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+    return {k: fix(v) for k, v in record.items()}
+
+
+# --- reports ----------------------------------------------------------------------------
+
+def write_report(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
+    import pandas as pd
+
+    from bench import report
+
+    rows = ledger.records()
+    if not rows:
+        raise BenchError(f"study {name!r} in {url} has no finished trials yet")
+    df = pd.DataFrame(rows)
+    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    spec = ledger.spec or {"name": name}
+    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
+    return report.write_report(df, spec, Path(results_dir) / name, info)
+
+
+def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
+    url = storage or default_url(results_dir, name)
+    return write_report(Ledger(open_study(url, name, create=False)), name, url, results_dir)
+
+
+# --- plans --------------------------------------------------------------------------------
+
+def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -> list[dict[str, Any]]:
+    """Params, GMACs and an estimated time per trial, training nothing.
+
+    Time = (train samples × epochs × train MACs per sample + profiling steps) divided by
+    this device's MAC rate, measured by timing a few train steps of the cheapest variant.
+    """
+    dev = resolve_device(device)
+    rows = []
+    for v in sweep.variants:
+        cf = closed_form(v)
+        rows.append({"variant": label(v, sweep), "depth": v.depth, "embed_dim": v.embed_dim,
+                     "attention": v.attention, "param_count": cf["params"] / 1e6,
+                     "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
+    rate = _calibrate(min(sweep.variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
+    for row in rows:
+        v = row.pop("_variant")
+        if rate is None:
+            row["est_trial_s"] = None
+            continue
+        train_macs = 3 * closed_form(v)["macs"]  # forward + backward ≈ 3× forward
+        work = 0.0
+        if sweep.train is not None:
+            n_train = _train_samples(sweep)
+            n_test = sweep.data.test_size or 2000 if sweep.data.name == "shapes" else 10000
+            work += sweep.train.epochs * (n_train * train_macs + n_test * train_macs / 3)
+        if sweep.profile.speed:
+            steps = (sweep.profile.warmup or (10 if dev.type == "cuda" else 2)) + \
+                (sweep.profile.iters or (50 if dev.type == "cuda" else 5))
+            work += steps * sweep.profile.batch_size * (train_macs + train_macs / 3)
+        row["est_trial_s"] = work / rate + 1.0  # + build, count, record
+    return rows
+
+
+def _train_samples(sweep: Sweep) -> int:
+    d = sweep.data
+    full = {"shapes": 10000, "cifar10": 50000, "cifar100": 50000}.get(d.name)
+    if full is None:
+        full = sum(1 for p in (d.root_path / d.train_dir).rglob("*") if p.is_file())
+    return min(full, d.train_size) if d.train_size else full
+
+
+def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
+    """Train-step MACs per second of ``v`` on ``dev`` (a few timed steps)."""
+    from bench.profiling import measure_speed
+    batch = sweep.train.batch_size if sweep.train else sweep.profile.batch_size
+    model = build_model(v).to(dev)
+    r = measure_speed(model, (v.in_chans, v.img_size, v.img_size), mode="train", device=dev,
+                      dtype=_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
+                      batch_size=batch, warmup=1, iters=3)
+    return 3 * closed_form(v)["macs"] * r["train_samples_per_sec"]

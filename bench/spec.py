@@ -1,0 +1,419 @@
+"""Sweep specs: a YAML file (plus ``--set`` overrides) read and checked in full before any work.
+
+    name: depth                 # the study's name: results/<name>/
+    data: {name: shapes, train_size: 5000, difficulty: 0.5}
+    model: {img_size: 32, patch_size: 4, embed_dim: 64, num_heads: 4}   # the base variant
+    train: {epochs: 6, batch_size: 32}        # null: profile only
+    profile: {batch_size: 64}
+    grid: {depth: [2, 4, 8], attention: [self, re]}   # or a list of such products
+    seeds: [0, 1]
+    compare:
+      by: [depth]
+      baseline: {attention: self}
+      arms: {re-attention: {attention: re}, wider: {embed_dim: 96}}
+
+Every grid point becomes a ``Variant`` here, so a bad combination fails before the
+first trial; every error names the file, the key and the value (exit code 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from bench.data import CIFAR, missing
+from bench.errors import SpecError, check_fields, check_keys, check_type
+from bench.models import FIELD_TYPES, Variant
+from bench.training import TrainConfig
+
+SECTIONS = ("name", "description", "data", "model", "train", "profile", "grid", "seeds", "compare")
+DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
+NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
+BASELINE = "baseline"
+_COMMON = ("name", "train_size", "test_size", "crop_padding", "flip")
+DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, "root", "download"),
+             "cifar100": (*_COMMON, "root", "download"), "imagefolder": (*_COMMON, "root", "train_dir", "test_dir")}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "shapes"
+    train_size: int | None = None   # shapes: 10000 when unset; real data: the first N (None = all)
+    test_size: int | None = None    # shapes: 2000 when unset
+    difficulty: float = 0.5         # shapes only, in [0, 1]
+    seed: int = 0                   # shapes only: which images
+    root: str = "~/data"            # cifar*, imagefolder
+    download: bool = False          # cifar*: fetch with torchvision when missing
+    train_dir: str = "train"        # imagefolder
+    test_dir: str = "val"           # imagefolder
+    crop_padding: int = 2           # augmentation: random crop after zero padding (0 = off)
+    flip: bool = True               # augmentation: horizontal flip (every shapes class is mirror-symmetric)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.name not in DATASETS:
+            raise SpecError("name", self.name, f"expected one of: {', '.join(DATASETS)}")
+        for key in ("train_size", "test_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise SpecError(key, getattr(self, key), "must be at least 1")
+        if not 0 <= self.difficulty <= 1:
+            raise SpecError("difficulty", self.difficulty, "must be in [0, 1]")
+        if self.crop_padding < 0:
+            raise SpecError("crop_padding", self.crop_padding, "must be at least 0")
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser()
+
+    def check_available(self) -> int:
+        """Fail now, not at the first trial, when the data is missing; the number of classes."""
+        if self.name in CIFAR:
+            folder = self.root_path / CIFAR[self.name][0]
+            if not folder.is_dir() and not self.download:
+                raise missing(self.name, folder, "Set data.download: true on a machine with internet, or "
+                               f"unpack {CIFAR[self.name][0]} under data.root={self.root!r}.")
+            return NUM_CLASSES[self.name]
+        if self.name == "imagefolder":
+            counts = []
+            for split in (self.train_dir, self.test_dir):
+                folder = self.root_path / split
+                if not folder.is_dir():
+                    raise missing(f"imagefolder split {split!r}", folder, "Expected data.root/"
+                                   f"{self.train_dir}/<class>/*.png and data.root/{self.test_dir}/<class>/*.png.")
+                counts.append(sum(1 for p in folder.iterdir() if p.is_dir()))
+            if not counts[0]:
+                raise missing("imagefolder class folders", self.root_path / self.train_dir,
+                               "Each class needs its own folder of images.")
+            return counts[0]
+        return NUM_CLASSES[self.name]
+
+    def load(self, img_size: int):
+        """The dataset at the model's image size (shapes are drawn at it, folders resized)."""
+        from bench import data
+        if self.name == "shapes":
+            return data.shapes(train_size=self.train_size or 10000, test_size=self.test_size or 2000,
+                               img_size=img_size, difficulty=self.difficulty, seed=self.seed)
+        if self.name in CIFAR:
+            ds = data.cifar(self.name, self.root, download=self.download)
+        else:
+            ds = data.imagefolder(self.root, img_size=img_size, train_dir=self.train_dir,
+                                  test_dir=self.test_dir)
+        return ds.subset(self.train_size, self.test_size)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    batch_size: int = 64
+    dtype: str = "auto"        # auto: bf16 on CUDA, fp32 on CPU
+    warmup: int | None = None  # None: 2 on CPU, 10 on CUDA
+    iters: int | None = None   # None: 5 on CPU, 50 on CUDA
+    speed: bool = True         # false: count params and MACs only
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.batch_size < 1:
+            raise SpecError("batch_size", self.batch_size, "must be at least 1")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise SpecError("dtype", self.dtype, "expected auto, fp32 or bf16")
+        if self.iters is not None and self.iters < 1 or self.warmup is not None and self.warmup < 0:
+            raise SpecError("iters", self.iters, "iters must be at least 1, warmup at least 0")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One variant × seed: the unit the study records."""
+
+    key: str
+    variant: Variant
+    seed: int
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    path: str
+    data: DataConfig | None
+    model: dict[str, Any]
+    train: TrainConfig | None
+    profile: ProfileConfig
+    grid: list[dict[str, list[Any]]]
+    seeds: list[int]
+    compare: dict[str, Any] | None
+    variants: list[Variant]
+    description: str | None = None
+
+    def trials(self) -> list[Trial]:
+        return [Trial(trial_key(v, s), v, s) for v in self.variants for s in self.seeds]
+
+    def settings(self) -> dict[str, Any]:
+        """What makes two runs' records comparable: held fixed within one study."""
+        return {"data": _asdict(self.data), "train": _asdict(self.train), "profile": _asdict(self.profile)}
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = self.settings()
+        if self.data is not None:  # only the keys that matter for this dataset
+            settings["data"] = {k: v for k, v in settings["data"].items() if k in DATA_KEYS[self.data.name]}
+        return {"name": self.name, "path": self.path, "description": self.description, **settings,
+                "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
+
+
+def _asdict(obj: Any) -> dict[str, Any] | None:
+    return None if obj is None else dataclasses.asdict(obj)
+
+
+def trial_key(variant: Variant, seed: int) -> str:
+    """Stable identity of a variant × seed (the same in every run and on every machine)."""
+    blob = json.dumps(variant.to_dict(), sort_keys=True)
+    return f"{hashlib.sha1(blob.encode()).hexdigest()[:12]}-s{seed}"
+
+
+# --- reading ----------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SpecError(None, None, f"cannot read the sweep file: {err.strerror or err}", where) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(None, None, f"not valid YAML: {at}{problem}", where) from None
+    if not isinstance(raw, dict):
+        raise SpecError(None, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), "
+                        f"got {type(raw).__name__}", where)
+    return raw
+
+
+def apply_sets(raw: dict[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 2}`` → ``raw["train"]["epochs"] = 2`` (a new dict; ``raw`` unchanged)."""
+    out = json.loads(json.dumps(raw, default=str))  # deep copy of plain YAML data
+    for dotted, value in sets.items():
+        parts = dotted.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(dotted, value, f"{'.'.join(parts[:i + 1])} is not a section", "--set")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep:
+    """Read, override and validate a sweep file. Raises SpecError naming file, key and value."""
+    sets = dict(sets or {})
+    where = str(path)
+    raw = apply_sets(read_yaml(path), sets)
+    try:
+        return parse(raw, where, default_name=Path(path).stem)
+    except SpecError as err:
+        related = lambda a, b: a == b or a.startswith(b + ".")  # noqa: E731
+        if err.key is not None and any(related(err.key, k) or related(k, err.key) for k in sets):
+            raise err.within("--set") from None
+        raise
+
+
+def _section(raw: Mapping[str, Any], key: str, kind: type = dict) -> Any:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise SpecError(key, value, f"expected a {'mapping' if kind is dict else kind.__name__}")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any] | None, prefix: str) -> Any:
+    values = values or {}
+    try:
+        check_keys(values, [f.name for f in dataclasses.fields(cls)], f"{prefix} key")
+        return cls(**values)
+    except SpecError as err:
+        raise err.within(prefix=prefix + ".") from None
+
+
+def parse(raw: Mapping[str, Any], where: str, default_name: str = "sweep") -> Sweep:
+    try:
+        return dataclasses.replace(_parse(raw, default_name), path=where)
+    except SpecError as err:
+        raise err.within(where) from None
+
+
+def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
+    check_keys(raw, SECTIONS, "section")
+    name = raw.get("name", default_name)
+    check_type("name", name, str)
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise SpecError("name", name, "must be a plain file name (it names results/<name>/)")
+
+    train = raw["train"] if "train" in raw else {}  # an explicit null: profile only
+    if train is not None:
+        _section(raw, "train")
+        train = _build(TrainConfig, train, "train")
+    data_raw = _section(raw, "data")
+    if train is not None and data_raw is None:
+        raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
+    data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
+    profile = _build(ProfileConfig, _section(raw, "profile"), "profile")
+
+    model = dict(_section(raw, "model") or {})
+    try:
+        check_keys(model, FIELD_TYPES, "model field")
+        base = Variant.from_dict(model)
+    except SpecError as err:
+        raise err.within(prefix="model.") from None
+    num_classes = data.check_available() if data is not None else None
+    if num_classes is not None:
+        if "num_classes" in model and model["num_classes"] != num_classes:
+            raise SpecError("model.num_classes", model["num_classes"],
+                            f"data {data.name!r} has {num_classes} classes")
+        base = base.replace(num_classes=num_classes)
+
+    grid = _grid(raw.get("grid"))
+    variants = _variants(base, grid, data)
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise SpecError("seeds", seeds, "expected a non-empty list of integers")
+    for s in seeds:
+        check_type("seeds", s, int)
+    if len(set(seeds)) != len(seeds):
+        raise SpecError("seeds", seeds, "lists a seed twice")
+    compare = _compare(raw.get("compare"), variants)
+    description = raw.get("description")
+    check_type("description", description, (str, None))
+    return Sweep(name=name, path="", data=data, model=model, train=train, profile=profile, grid=grid,
+                 seeds=seeds, compare=compare, variants=variants, description=description)
+
+
+def _grid(raw: Any) -> list[dict[str, list[Any]]]:
+    """A mapping (one Cartesian product) or a list of them (their union)."""
+    if raw is None:
+        return [{}]
+    products = raw if isinstance(raw, list) else [raw]
+    if not products:
+        raise SpecError("grid", raw, "is empty (leave it out for the base model alone)")
+    out = []
+    for i, product in enumerate(products):
+        at = f"grid[{i}]" if isinstance(raw, list) else "grid"
+        if not isinstance(product, dict):
+            raise SpecError(at, product, "expected a mapping of variant field → list of values")
+        try:
+            check_keys(product, FIELD_TYPES, "variant field")
+        except SpecError as err:
+            raise err.within(prefix=at + ".") from None
+        axes = {}
+        for field, values in product.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise SpecError(f"{at}.{field}", values, "needs at least one value")
+            axes[field] = values
+        out.append(axes)
+    return out
+
+
+def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig | None) -> list[Variant]:
+    variants: list[Variant] = []
+    for i, axes in enumerate(grid):
+        at = f"grid[{i}]" if len(grid) > 1 else "grid"
+        for combo in itertools.product(*axes.values()):
+            point = dict(zip(axes, combo, strict=True))
+            try:
+                v = base.replace(**point)
+            except SpecError as err:
+                key = f"{at}.{err.key}" if err.key in point else f"model.{err.key}"
+                raise SpecError(key, err.value, f"{err.reason} (at grid point {_show(point)})") from None
+            if data is not None:
+                _fits_data(v, data, at if "img_size" in point else "model", point)
+            if v not in variants:
+                variants.append(v)
+    return variants
+
+
+def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any]) -> None:
+    if data.name in CIFAR and v.img_size != 32:
+        raise SpecError(f"{at}.img_size", v.img_size, f"{data.name} images are 32×32 (at grid point {_show(point)})")
+    if v.in_chans != 3:
+        raise SpecError("model.in_chans", v.in_chans, f"{data.name} images are RGB: in_chans must be 3")
+    if data.crop_padding >= v.img_size:
+        raise SpecError("data.crop_padding", data.crop_padding, f"must be below img_size={v.img_size}")
+
+
+def _show(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "the base model"
+
+
+def _compare(raw: Any, variants: list[Variant]) -> dict[str, Any] | None:
+    """Normalise ``compare``: ``by`` a list, each arm merged onto the baseline filter."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError("compare", raw, "expected a mapping with by, baseline and arms")
+    try:
+        check_keys(raw, ("by", "baseline", "arms"), "compare key")
+    except SpecError as err:
+        raise err.within(prefix="compare.") from None
+    by = raw.get("by", ["depth"])
+    by = [by] if isinstance(by, str) else by
+    if not isinstance(by, list):
+        raise SpecError("compare.by", by, "expected a variant field or a list of them")
+    for field in by:
+        try:
+            check_keys({field: None}, FIELD_TYPES, "variant field")
+        except SpecError as err:
+            raise err.within(prefix="compare.by: ") from None
+    baseline = _filter(raw.get("baseline"), "compare.baseline")
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, dict) or not arms_raw:
+        raise SpecError("compare.arms", arms_raw, "expected a mapping of arm name → changed fields")
+    if BASELINE in arms_raw:
+        raise SpecError("compare.arms", BASELINE, "the name 'baseline' is reserved")
+    arms = {}
+    for arm, changes in arms_raw.items():
+        arms[str(arm)] = {**baseline, **_filter(changes, f"compare.arms.{arm}")}
+    for name, where in [(BASELINE, baseline), *arms.items()]:
+        if not any(all(getattr(v, k) == x for k, x in where.items()) for v in variants):
+            key = "compare.baseline" if name == BASELINE else f"compare.arms.{name}"
+            raise SpecError(key, where, "matches no variant of the grid")
+    return {"by": by, "baseline": baseline, "arms": arms}
+
+
+def _filter(raw: Any, at: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(at, raw, "expected a mapping of variant field → value")
+    try:
+        check_keys(raw, FIELD_TYPES, "variant field")
+        for key, value in raw.items():
+            check_type(key, value, FIELD_TYPES[key])
+    except SpecError as err:
+        raise err.within(prefix=at + ".") from None
+    return dict(raw)

@@ -1,0 +1,184 @@
+"""Study storage: the sweep ledger, one Optuna study per sweep.
+
+SQLite under ``results/<name>/study.db`` by default; any Optuna storage URL works
+(PostgreSQL when several machines share a sweep). Each trial (variant × seed) is one
+Optuna trial whose ``record`` user attribute holds the resolved config, the cost
+figures, accuracy, versions and device: every report is rebuilt from these alone.
+
+Resumption: a trial's ``key`` names its variant × seed. A rerun skips keys already
+complete (or diverged: a result, not a crash), reruns interrupted ones (Ctrl-C, or a
+worker that died: its trial is left RUNNING), and reruns failed ones only when asked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+from optuna.trial import TrialState
+
+from bench.errors import BenchError, SpecError
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED: diverged, a finished result
+
+
+def default_url(results_dir: str | Path, name: str) -> str:
+    return f"sqlite:///{Path(results_dir) / name / 'study.db'}"
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
+
+
+def open_study(url: str, name: str, *, create: bool, direction: str = "maximize") -> optuna.Study:
+    """Load (or with ``create`` make) the study ``name``; a dead database is one clear error."""
+    _quiet_optuna()
+    if create and url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise BenchError(f"no study database at {url[len('sqlite:///'):]} (run `bench run` on the sweep first, "
+                         "or pass --storage / --results)")
+    try:
+        storage = optuna.storages.RDBStorage(url)
+        if create:
+            return optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                       load_if_exists=True)
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise BenchError(f"no study named {name!r} in {_safe(url)} (studies there: {names})") from None
+    except (ImportError, ModuleNotFoundError) as err:
+        raise BenchError(f"storage {_safe(url)}: database driver missing ({err})") from None
+    except Exception as err:  # sqlalchemy's OperationalError & co: unreachable, locked, not a database
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BenchError(f"cannot open study storage {_safe(url)}: {first}") from None
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the worker that claimed a trial still runs (known only for this host)."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's: assume alive
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Plan:
+    todo: list[Any] = field(default_factory=list)  # spec.Trial, in sweep order
+    done: int = 0
+    failed_skipped: int = 0
+    interrupted: int = 0
+    running_elsewhere: int = 0
+
+
+class Ledger:
+    """The sweep's study: which trials are done, and where each new one is recorded."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        return self.study.user_attrs.get("spec")
+
+    def bind(self, sweep) -> None:
+        """Record the sweep's spec; refuse one whose data/train/profile settings differ
+        from those the study's records were made with (they would not compare)."""
+        stored = self.study.user_attrs.get("settings")
+        current = sweep.settings()
+        if stored is not None and stored != current:
+            diffs = [f"{sec}.{k}: {stored[sec].get(k)!r} → {current[sec].get(k)!r}"
+                     for sec in current if stored.get(sec) != current[sec]
+                     for k in sorted(set(stored.get(sec) or {}) | set(current[sec] or {}))
+                     if (stored.get(sec) or {}).get(k) != (current[sec] or {}).get(k)]
+            raise SpecError("name", sweep.name, "this study's records were made with other settings ("
+                            + "; ".join(diffs[:5]) + "); pass --name NEW for a new study", sweep.path)
+        self.study.set_user_attr("settings", current)
+        self.study.set_user_attr("spec", sweep.to_dict())
+
+    def latest(self) -> dict[str, optuna.trial.FrozenTrial]:
+        """The newest trial of each key."""
+        out: dict[str, optuna.trial.FrozenTrial] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            key = t.user_attrs.get("key")
+            if key is not None:
+                out[key] = t  # trials come in number order
+        return out
+
+    def plan(self, trials: Iterable[Any], retry_failed: bool = False) -> Plan:
+        plan = Plan()
+        latest = self.latest()
+        for trial in trials:
+            prev = latest.get(trial.key)
+            if prev is None:
+                plan.todo.append(trial)
+            elif prev.state in DONE:
+                plan.done += 1
+            elif prev.state == TrialState.RUNNING:
+                if _alive(prev.user_attrs.get("worker")):
+                    plan.running_elsewhere += 1
+                else:  # killed mid-trial (kill -9, power loss): close it, run it again
+                    self.study.tell(prev.number, state=TrialState.FAIL)
+                    plan.interrupted += 1
+                    plan.todo.append(trial)
+            elif prev.user_attrs.get("interrupted"):
+                plan.interrupted += 1
+                plan.todo.append(trial)
+            elif retry_failed:
+                plan.todo.append(trial)
+            else:
+                plan.failed_skipped += 1
+        return plan
+
+    def start(self, trial: Any) -> optuna.Trial:
+        handle = self.study.ask()
+        handle.set_user_attr("key", trial.key)
+        handle.set_user_attr("worker", WORKER)
+        handle.set_user_attr("started_at", time.time())
+        return handle
+
+    def finish(self, handle: optuna.Trial, record: dict[str, Any], objective: str) -> None:
+        """Store ``record``; its ``status`` picks the trial state (complete, diverged, failed)."""
+        handle.set_user_attr("record", record)
+        status = record["status"]
+        if status == "complete":
+            self.study.tell(handle, record[objective])
+        elif status == "diverged":
+            self.study.tell(handle, state=TrialState.PRUNED)
+        else:
+            if status == "interrupted":
+                handle.set_user_attr("interrupted", True)
+            self.study.tell(handle, state=TrialState.FAIL)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The newest finished record of each key, with its trial number (the report's rows)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(*DONE, TrialState.FAIL)):
+            record = t.user_attrs.get("record")
+            if record is not None and record.get("status") != "interrupted":
+                rows[t.user_attrs["key"]] = {"trial": t.number, "key": t.user_attrs["key"], **record}
+        return list(rows.values())

@@ -1,0 +1,86 @@
+"""`bench report` on a study of 10,000 records: seconds to rebuild runs.csv, report.md and plots.
+
+    python -m benchmarks.report_speed [--records 10000] [--variants 50]
+
+Fills a fresh SQLite study (in a temporary folder) with synthetic records in bench's
+record vocabulary, then times the report three ways: in-process (load the study +
+write every file), and the `bench report` command end to end (Python start-up and
+imports included). Target: <= 5 s for 10,000 records.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState, create_trial
+
+from bench.models import Variant
+from bench.runner import report_study
+from bench.spec import trial_key
+from bench.storage import default_url, open_study
+
+
+def fake_record(v: Variant, seed: int, rng: random.Random) -> dict:
+    status = rng.choices(["complete", "diverged", "failed"], [96, 2, 2])[0]
+    top1 = None if status != "complete" else 40 + v.depth + 3 * (v.attention == "re") + rng.gauss(0, 1)
+    error = "RuntimeError: boom" if status == "failed" else None
+    return {**v.to_dict(), "seed": seed, "status": status, "error": error,
+            "param_count": v.depth * 0.3, "infer_gmacs": v.depth * 0.02 * (1.006 if v.attention == "re" else 1),
+            "infer_macts": 1.0, "train_gmacs": v.depth * 0.06, "infer_samples_per_sec": 1e4 / v.depth,
+            "infer_step_time": v.depth * 2.0, "infer_batch_size": 256, "train_samples_per_sec": 3e3 / v.depth,
+            "train_step_time": v.depth * 6.0, "train_batch_size": 256, "top1": top1,
+            "top1_per_epoch": [rng.random() * 100 for _ in range(30)], "train_loss": 1.0, "epochs": 30,
+            "train_time_s": 100.0, "device": "cuda", "device_name": "NVIDIA H100", "dtype": "bf16",
+            "torch_version": "2.14.1", "timm_version": "1.0.31", "bench_version": "0.1.0"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=10_000)
+    p.add_argument("--variants", type=int, default=50)
+    args = p.parse_args()
+    rng = random.Random(0)
+    depths = [2 * (i // 2 + 1) for i in range(args.variants)]
+    variants = [Variant(depth=d, attention="re" if i % 2 else "self") for i, d in enumerate(depths)]
+    with tempfile.TemporaryDirectory() as tmp:
+        name = "speed"
+        url = default_url(tmp, name)
+        study = open_study(url, name, create=True)
+        study.set_user_attr("spec", {"name": name, "train": {"epochs": 30},
+                                     "compare": {"by": ["depth"], "baseline": {"attention": "self"},
+                                                 "arms": {"re-attention": {"attention": "re"}}}})
+        t0 = time.perf_counter()
+        trials = []
+        for i in range(args.records):
+            v, seed = variants[i % len(variants)], i // len(variants)
+            record = fake_record(v, seed, rng)
+            state = {"complete": TrialState.COMPLETE, "diverged": TrialState.PRUNED}.get(record["status"],
+                                                                                      TrialState.FAIL)
+            trials.append(create_trial(state=state, value=record["top1"] if state == TrialState.COMPLETE else None,
+                                       user_attrs={"key": trial_key(v, seed), "record": record}))
+        study.add_trials(trials)
+        print(f"filled {args.records} records ({len(variants)} variants) in {time.perf_counter() - t0:.1f} s")
+
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            report_study(name, results_dir=tmp)
+            times.append(time.perf_counter() - t0)
+        print(f"in-process report (load study + write files): {', '.join(f'{t:.2f}' for t in times)} s")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bench.cli", "report", name, "--results", tmp], check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"`bench report` end to end (interpreter start and imports included): "
+              f"{time.perf_counter() - t0:.2f} s  (target <= 5 s)")
+        print(f"rows in runs.csv: {sum(1 for _ in open(Path(tmp) / name / 'runs.csv')) - 1}")
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    main()

@@ -1,0 +1,156 @@
+"""Datasets: the built-in shapes, CIFAR's on-disk format, ImageFolder, the device loader."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import data
+from bench.errors import BenchError
+
+
+def test_shapes_are_deterministic_in_the_seed():
+    a, b = data.make_shapes(64, seed=3), data.make_shapes(64, seed=3)
+    c = data.make_shapes(64, seed=4)
+    assert a.images.shape == (64, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    ds = data.shapes(train_size=50, test_size=20, seed=3)
+    assert not torch.equal(ds.train.images[:20], ds.test.images)  # disjoint streams
+    assert ds.num_classes == 10 and ds.img_size == 32
+
+
+def test_shapes_classes_are_not_told_apart_by_pixel_statistics():
+    split = data.make_shapes(4000, seed=0, difficulty=0.5)
+    x = split.images.float() / 255
+    per_image = torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)  # brightness, contrast
+    for stat in range(2):
+        means = torch.stack([per_image[split.labels == k, stat].mean() for k in range(10)])
+        spread = per_image[:, stat].std()
+        assert (means.max() - means.min()) < 0.5 * spread  # classes overlap in every statistic
+    assert torch.bincount(split.labels, minlength=10).min() > 300  # balanced
+
+
+@pytest.mark.parametrize("kind", range(len(data.SHAPES)))
+def test_every_shape_is_mirror_symmetric(kind):
+    """Horizontal flips keep the label, so flip augmentation is safe on shapes."""
+    c = torch.arange(-8, 9, dtype=torch.float32)
+    dy, dx = torch.meshgrid(c, c, indexing="ij")
+    r = torch.full((1, 1, 1), 6.0)
+    d = data._shape_distance(kind, dx[None], dy[None], r)
+    assert torch.allclose(d, d.flip(-1), atol=1e-5)
+    assert (d < 0).sum() > 10  # the shape has ink
+
+
+def test_difficulty_out_of_range():
+    with pytest.raises(ValueError, match="difficulty"):
+        data.make_shapes(4, difficulty=1.5)
+
+
+def _write_cifar(root, name="cifar10", n=4):
+    folder, label_key, train_files, test_file = data.CIFAR[name]
+    base = root / folder
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for i, fname in enumerate([*train_files, test_file]):
+        arr = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [(i + j) % 10 for j in range(n)]
+        with open(base / fname, "wb") as f:
+            pickle.dump({"data": arr, label_key: labels}, f)
+        written[fname] = (arr, labels)
+    meta = ("batches.meta", {"label_names": [f"c{i}" for i in range(10)]}) if name == "cifar10" \
+        else ("meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
+    with open(base / meta[0], "wb") as f:
+        pickle.dump(meta[1], f)
+    return written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_on_disk_format(tmp_path, name):
+    written = _write_cifar(tmp_path, name)
+    ds = data.cifar(name, tmp_path)
+    _, _, train_files, test_file = data.CIFAR[name]
+    assert len(ds.train) == 4 * len(train_files) and len(ds.test) == 4
+    arr, labels = written[train_files[0]]
+    # rows are 1024 red, 1024 green, 1024 blue values, each row-major 32×32
+    assert ds.train.images[1, 2, 5, 7].item() == arr[1, 2 * 1024 + 5 * 32 + 7]
+    assert ds.train.labels[:4].tolist() == labels
+    assert ds.test.labels.tolist() == written[test_file][1]
+    assert ds.num_classes == (10 if name == "cifar10" else 100)
+    assert ds.classes[3] == ("c3" if name == "cifar10" else "f3")
+
+
+def test_cifar_missing_says_where_and_how(tmp_path):
+    with pytest.raises(BenchError) as err:
+        data.cifar("cifar10", tmp_path)
+    text = str(err.value)
+    assert str(tmp_path / "cifar-10-batches-py") in text and "download" in text
+
+
+def _write_folder(root, colours):
+    for split in ("train", "val"):
+        for cls, rgb in colours.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2 if split == "train" else 1):
+                Image.new("RGB", (20, 12), rgb).save(root / split / cls / f"{i}.png")
+
+
+def test_imagefolder_reads_and_resizes(tmp_path):
+    _write_folder(tmp_path, {"red": (255, 0, 0), "blue": (0, 0, 255)})
+    (tmp_path / "train" / "red" / "notes.txt").write_text("not an image")
+    ds = data.imagefolder(tmp_path, img_size=8)
+    assert ds.classes == ["blue", "red"]  # sorted, as torchvision's ImageFolder
+    assert ds.train.images.shape == (4, 3, 8, 8) and ds.test.images.shape == (2, 3, 8, 8)
+    assert ds.train.labels.tolist() == [0, 0, 1, 1]
+    red = ds.train.images[ds.train.labels == 1][0]
+    assert red[0].min().item() == 255 and red[1:].max().item() == 0
+
+
+def test_imagefolder_missing_split(tmp_path):
+    _write_folder(tmp_path, {"a": (1, 2, 3)})
+    (tmp_path / "val" / "a" / "0.png").unlink()
+    with pytest.raises(BenchError, match="imagefolder images"):
+        data.imagefolder(tmp_path, img_size=8)
+    with pytest.raises(BenchError, match=str(tmp_path / "nowhere" / "train")):
+        data.imagefolder(tmp_path / "nowhere", img_size=8)
+
+
+def _split(n=6, size=5):
+    images = torch.arange(n * 3 * size * size, dtype=torch.int64).remainder(251).to(torch.uint8)
+    return data.Split(images.view(n, 3, size, size), torch.arange(n))
+
+
+def test_loader_eval_keeps_order_and_scales_to_unit_range():
+    split = _split()
+    split.images[0] = 255
+    split.images[1] = 0
+    batches = list(data.Loader(split, batch_size=4, device=torch.device("cpu"), train=False))
+    assert [len(y) for _, y in batches] == [4, 2]  # eval keeps the last partial batch
+    x, y = batches[0]
+    assert y.tolist() == [0, 1, 2, 3]
+    assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0)
+
+
+def test_loader_crop_is_a_shifted_window_and_flip_mirrors():
+    split = _split()
+    loader = data.Loader(split, batch_size=6, device=torch.device("cpu"), train=True, crop_padding=2,
+                         flip=True, seed=0)
+    x = split.images.long()
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    out = loader.augment(split.images).long()
+    for i in range(6):
+        windows = [padded[i, :, oy:oy + 5, ox:ox + 5] for oy in range(5) for ox in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    first, again = (data.Loader(split, batch_size=6, device=torch.device("cpu"), train=True, crop_padding=2,
+                                flip=True, seed=0) for _ in range(2))
+    assert torch.equal(next(iter(first))[0], next(iter(again))[0])  # seeded
+
+
+def test_loader_train_shuffles_and_drops_the_last_partial_batch():
+    split = _split(n=10)
+    loader = data.Loader(split, batch_size=4, device=torch.device("cpu"), train=True, seed=1)
+    labels = torch.cat([y for _, y in loader])
+    assert len(loader) == 2 and len(labels) == 8 and len(set(labels.tolist())) == 8
+    assert labels.tolist() != sorted(labels.tolist())

@@ -1,0 +1,235 @@
+"""Sweeps end to end: the ledger, resumption after Ctrl-C and kill -9, failures, reports, CLI."""
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from bench import runner, spec
+from bench.cli import main
+from bench.errors import BenchError, SpecError
+from bench.profiling import closed_form
+from bench.storage import Ledger, default_url, open_study
+
+TINY = """
+name: tiny
+data: {name: shapes, train_size: 48, test_size: 24}
+model: {img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2, mlp_ratio: 2}
+train: {epochs: 1, batch_size: 16, check_every: 1}
+profile: {batch_size: 4, warmup: 0, iters: 1}
+grid: {depth: [1, 2], attention: [self, re]}
+seeds: [0]
+compare: {baseline: {attention: self}, arms: {re-attention: {attention: re}}}
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run(sweep_file, tmp_path, sets=None, **kwargs):
+    sweep = spec.load(sweep_file, sets)
+    return runner.run_sweep(sweep, results_dir=tmp_path / "results", device="cpu", quiet=True, **kwargs)
+
+
+def ledger(tmp_path, name="tiny"):
+    return Ledger(open_study(default_url(tmp_path / "results", name), name, create=False))
+
+
+def states(tmp_path):
+    return [t.state.name for t in ledger(tmp_path).study.get_trials()]
+
+
+def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path):
+    summary = run(sweep_file, tmp_path)
+    assert summary["ran"] == 4 and states(tmp_path) == ["COMPLETE"] * 4
+    records = ledger(tmp_path).records()
+    sweep = spec.load(sweep_file)
+    for r in records:
+        v = next(v for v in sweep.variants if v.depth == r["depth"] and v.attention == r["attention"])
+        assert r["param_count"] == pytest.approx(closed_form(v)["params"] / 1e6)
+        assert r["infer_gmacs"] == pytest.approx(closed_form(v)["macs"] / 1e9)
+        assert 0 <= r["top1"] <= 100 and r["epochs"] == 1 and r["steps"] == 3
+        assert r["torch_version"] and r["device_name"] and r["key"] == spec.trial_key(v, 0)
+        # per-trial overhead: everything but profiling and training
+        assert r["time_trial_s"] >= r["time_profile_s"] + r["time_train_s"]
+    out = tmp_path / "results" / "tiny"
+    csv = pd.read_csv(out / "runs.csv")
+    assert len(csv) == 4 and list(csv.columns[:4]) == ["trial", "key", "status", "seed"]
+    assert sorted(csv["top1"]) == sorted(r["top1"] for r in records)
+    text = (out / "report.md").read_text()
+    assert "re-attention" in text and "top1_vs_gmacs.png" in text
+    assert {p.name for p in out.glob("*.png")} >= {"top1_vs_gmacs.png", "top1_vs_depth.png",
+                                                   "throughput_vs_depth.png"}
+
+
+def test_rerun_skips_finished_trials_and_is_reproducible(sweep_file, tmp_path):
+    first = run(sweep_file, tmp_path)
+    again = run(sweep_file, tmp_path)
+    assert again["ran"] == 0 and again["plan"].done == 4 and len(states(tmp_path)) == 4
+    # same spec, fresh study: the same accuracies (seeded CPU training)
+    other = tmp_path / "other"
+    other.mkdir()
+    redo = runner.run_sweep(spec.load(sweep_file), results_dir=other, device="cpu", quiet=True, report=False)
+    results = lambda s: sorted((r["depth"], r["attention"], r["top1"], r["train_loss"])  # noqa: E731
+                               for r in s["records"])
+    assert results(first) == results(redo)
+
+
+def test_failures_are_recorded_and_retried_only_on_request(sweep_file, tmp_path, monkeypatch):
+    real = runner.train
+
+    def flaky(model, *args, **kwargs):
+        if len(model.blocks) == 2:
+            raise RuntimeError("boom\nsecond line")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", flaky)
+    summary = run(sweep_file, tmp_path)
+    failed = [r for r in summary["records"] if r["status"] == "failed"]
+    assert len(failed) == 2 and failed[0]["error"] == "RuntimeError: boom"
+    assert sorted(states(tmp_path)) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    report = (tmp_path / "results" / "tiny" / "report.md").read_text()
+    assert "RuntimeError: boom" in report
+
+    monkeypatch.setattr(runner, "train", real)
+    assert run(sweep_file, tmp_path)["ran"] == 0  # failed ones wait for --retry-failed
+    retried = run(sweep_file, tmp_path, retry_failed=True)
+    assert retried["ran"] == 2 and all(r["status"] == "complete" for r in retried["records"])
+    rows = ledger(tmp_path).records()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"complete"}  # newest record per key
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_a_rerun_redoes_it(sweep_file, tmp_path, monkeypatch):
+    real, calls = runner.train, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(sweep_file, tmp_path)
+    assert states(tmp_path) == ["COMPLETE", "FAIL"]
+    monkeypatch.setattr(runner, "train", real)
+    summary = run(sweep_file, tmp_path)
+    assert summary["plan"].interrupted == 1 and summary["ran"] == 3
+    assert len(ledger(tmp_path).records()) == 4
+
+
+def test_diverged_is_a_result_not_a_crash(sweep_file, tmp_path, monkeypatch):
+    real = runner.train
+
+    def nan_for_re(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        if type(model.blocks[0].attn).__name__ != "Attention":
+            result.update(diverged=True, top1=None, train_loss=math.nan)
+        return result
+
+    monkeypatch.setattr(runner, "train", nan_for_re)
+    run(sweep_file, tmp_path)
+    assert sorted(states(tmp_path)) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert run(sweep_file, tmp_path, retry_failed=True)["ran"] == 0
+    df = pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")
+    assert sorted(df["status"]) == ["complete", "complete", "diverged", "diverged"]
+    assert df.loc[df["status"] == "diverged", "top1"].isna().all()
+
+
+def test_kill_9_leaves_a_running_trial_that_the_rerun_redoes(sweep_file, tmp_path):
+    slow = TINY.replace("train_size: 48", "train_size: 4000").replace("epochs: 1", "epochs: 50")
+    sweep_file.write_text(slow)
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(sweep_file), "--results", str(results),
+                             "--device", "cpu", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = results / "tiny" / "study.db"
+    deadline = time.time() + 60
+    running = 0
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    running = con.execute("select count(*) from trials where state='RUNNING'").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass  # tables not created yet
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert running == 1, proc.stderr.read().decode()
+    assert states(tmp_path) == ["RUNNING"]
+
+    sweep_file.write_text(TINY)  # other data and train settings: refused, nothing recorded
+    with pytest.raises(SpecError, match="other settings.*--name"):
+        run(sweep_file, tmp_path)
+    sweep_file.write_text(slow)
+    lg = ledger(tmp_path)
+    plan = lg.plan(spec.load(sweep_file).trials())  # what `bench run` does first: the dead worker's trial
+    assert plan.interrupted == 1 and len(plan.todo) == 4  # is closed and queued again
+    assert [t.state.name for t in lg.study.get_trials()] == ["FAIL"]
+
+
+def test_report_command_rebuilds_from_the_study_alone(sweep_file, tmp_path, capsys):
+    run(sweep_file, tmp_path)
+    out = tmp_path / "results" / "tiny"
+    (out / "report.md").unlink()
+    (out / "runs.csv").unlink()
+    code = main(["report", "tiny", "--results", str(tmp_path / "results")])
+    assert code == 0 and (out / "report.md").is_file() and len(pd.read_csv(out / "runs.csv")) == 4
+    assert str(out / "report.md") in capsys.readouterr().out
+
+
+def test_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(TINY.replace("epochs: 1", "epochs: one"))
+    results = tmp_path / "results"
+    code = main(["run", str(path), "--results", str(results), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}: train.epochs='one': expected int, got str" in err.replace("\n", "")
+    assert not results.exists()
+    code = main(["plan", str(path)])
+    assert code == 2
+
+
+def test_dead_or_missing_storage_is_one_clear_error(sweep_file, tmp_path, capsys):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    code = main(["run", str(sweep_file), "--storage", f"sqlite:///{garbage}", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot open study storage sqlite:///" in err and "Traceback" not in err
+    with pytest.raises(BenchError, match="no study database"):
+        runner.report_study("nothing", results_dir=tmp_path)
+    code = main(["run", str(sweep_file), "--storage", "postgresql://u:secret@127.0.0.1:9/db", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "secret" not in err and "postgresql://u:***@127.0.0.1:9/db" in err
+
+
+def test_plan_lists_closed_form_costs(sweep_file, capsys):
+    import json
+    code = main(["plan", str(sweep_file), "--no-estimate", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    sweep = spec.load(sweep_file)
+    assert code == 0 and len(rows) == 4
+    assert rows[3]["infer_gmacs"] == pytest.approx(closed_form(sweep.variants[3])["macs"] / 1e9)
+    code = main(["plan", str(sweep_file), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and all(r["est_trial_s"] > 1.0 for r in rows)
+    assert rows[3]["est_trial_s"] > rows[0]["est_trial_s"]  # deeper, re-attention: more work
+
+
+def test_optuna_trials_carry_the_key_and_the_objective(sweep_file, tmp_path):
+    run(sweep_file, tmp_path)
+    study = ledger(tmp_path).study
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for t in study.get_trials():
+        assert t.value == t.user_attrs["record"]["top1"] and t.user_attrs["key"].endswith("-s0")
+    assert study.user_attrs["spec"]["name"] == "tiny"
