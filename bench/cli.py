@@ -124,7 +124,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.runner import report_study
+    from bench.report import report_study
 
     name = args.name
     if name.endswith((".yaml", ".yml")):

@@ -14,7 +14,7 @@ from timm.layers import Attention
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from torch import nn
 
-RE_NORMS = ("batch", "layer", "none")
+from bench.variant import RE_NORMS
 
 
 class ReAttention(Attention):

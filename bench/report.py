@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from bench.console import fmt
-from bench.errors import did_you_mean
-from bench.models import FIELD_TYPES
+from bench.errors import BenchError, did_you_mean
+from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
 IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
@@ -359,3 +359,28 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     from bench.plots import plots
     paths.update({p.name: p for p in plots(df, out_dir)})
     return paths
+
+
+# --- from the ledger ------------------------------------------------------------------
+
+def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
+    """Write the report of the study behind ``ledger`` (a bench.storage.Ledger) to results_dir/name."""
+    from datetime import datetime, timezone
+
+    rows = ledger.records()
+    if not rows:
+        raise BenchError(f"study {name!r} in {url} has no finished trials yet")
+    df = pd.DataFrame(rows)
+    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
+    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info)
+
+
+def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
+    """``bench report NAME``: rebuild runs.csv, report.md and the plots from the study alone."""
+    from bench.storage import Ledger, default_url, open_study
+
+    url = storage or default_url(results_dir, name)
+    return report_ledger(Ledger(open_study(url, name, create=False)), name, url, results_dir)

@@ -20,6 +20,7 @@ from bench.data import Dataset
 from bench.errors import BenchError
 from bench.models import Variant, build_model
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
+from bench.report import report_ledger
 from bench.spec import ProfileConfig, Sweep, Trial
 from bench.storage import Ledger, default_url, open_study
 from bench.training import TrainConfig, train
@@ -115,7 +116,7 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
             progress.finish(name, _line(record))
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
     if report:
-        summary["report"] = write_report(ledger, sweep.name, url, results_dir)
+        summary["report"] = report_ledger(ledger, sweep.name, url, results_dir)
     return summary
 
 
@@ -166,30 +167,6 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
             return [fix(x) for x in v]
         return v
     return {k: fix(v) for k, v in record.items()}
-
-
-# --- reports ----------------------------------------------------------------------------
-
-def write_report(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
-    import pandas as pd
-
-    from bench import report
-
-    rows = ledger.records()
-    if not rows:
-        raise BenchError(f"study {name!r} in {url} has no finished trials yet")
-    df = pd.DataFrame(rows)
-    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    spec = ledger.spec or {"name": name}
-    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
-    return report.write_report(df, spec, Path(results_dir) / name, info)
-
-
-def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
-    url = storage or default_url(results_dir, name)
-    return write_report(Ledger(open_study(url, name, create=False)), name, url, results_dir)
 
 
 # --- plans --------------------------------------------------------------------------------

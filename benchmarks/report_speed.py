@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from bench.models import Variant
-from bench.runner import report_study
+from bench.report import report_study
 from bench.spec import trial_key
 from bench.storage import default_url, open_study
 

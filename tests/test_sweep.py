@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from bench import runner, spec
+from bench import report, runner, spec
 from bench.cli import main
 from bench.errors import BenchError, SpecError
 from bench.profiling import closed_form
@@ -207,7 +207,7 @@ def test_dead_or_missing_storage_is_one_clear_error(sweep_file, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 1 and "cannot open study storage sqlite:///" in err and "Traceback" not in err
     with pytest.raises(BenchError, match="no study database"):
-        runner.report_study("nothing", results_dir=tmp_path)
+        report.report_study("nothing", results_dir=tmp_path)
     code = main(["run", str(sweep_file), "--storage", "postgresql://u:secret@127.0.0.1:9/db", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 1 and "secret" not in err and "postgresql://u:***@127.0.0.1:9/db" in err
@@ -233,3 +233,22 @@ def test_optuna_trials_carry_the_key_and_the_objective(sweep_file, tmp_path):
     for t in study.get_trials():
         assert t.value == t.user_attrs["record"]["top1"] and t.user_attrs["key"].endswith("-s0")
     assert study.user_attrs["spec"]["name"] == "tiny"
+
+
+def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path, monkeypatch):
+    real = runner.train
+
+    def flaky(model, *args, **kwargs):
+        if len(model.blocks) == 2:
+            raise RuntimeError("boom")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", flaky)
+    run(sweep_file, tmp_path)
+    monkeypatch.setattr(runner, "train", real)
+    run(sweep_file, tmp_path, retry_failed=True)  # two trials per failed key: the newest wins
+    lg = ledger(tmp_path)
+    fast = lg.records()
+    assert lg._records_sql() is not None and len(lg.study.get_trials()) == 6
+    monkeypatch.setattr(lg, "_records_sql", lambda: None)
+    assert fast == lg.records() and len(fast) == 4 and {r["status"] for r in fast} == {"complete"}
