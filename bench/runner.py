@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.models import Variant, build_model
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
 from bench.report import report_ledger
-from bench.spec import ProfileConfig, Sweep, Trial
+from bench.spec import SHAPES_SIZES, ProfileConfig, Sweep, Trial
 from bench.storage import Ledger, default_url, open_study
 from bench.training import TrainConfig, train
 
@@ -124,7 +124,9 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
                ledger: Ledger, objective: str, progress: console.SweepProgress) -> dict[str, Any]:
     t0 = time.perf_counter()
     handle = ledger.start(trial)
-    base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name}
+    # the resolved config: with it, every record stands alone
+    base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
+            "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile")}}
     try:
         data = None
         if sweep.train is not None:
@@ -193,8 +195,7 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
         train_macs = 3 * closed_form(v)["macs"]  # forward + backward ≈ 3× forward
         work = 0.0
         if sweep.train is not None:
-            n_train = _train_samples(sweep)
-            n_test = sweep.data.test_size or 2000 if sweep.data.name == "shapes" else 10000
+            n_train, n_test = _split_sizes(sweep)
             work += sweep.train.epochs * (n_train * train_macs + n_test * train_macs / 3)
         if sweep.profile.speed:
             steps = (sweep.profile.warmup or (10 if dev.type == "cuda" else 2)) + \
@@ -204,12 +205,17 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     return rows
 
 
-def _train_samples(sweep: Sweep) -> int:
+def _split_sizes(sweep: Sweep) -> tuple[int, int]:
+    """Train and test images per epoch, without loading the data."""
     d = sweep.data
-    full = {"shapes": 10000, "cifar10": 50000, "cifar100": 50000}.get(d.name)
-    if full is None:
-        full = sum(1 for p in (d.root_path / d.train_dir).rglob("*") if p.is_file())
-    return min(full, d.train_size) if d.train_size else full
+    if d.name == "shapes":
+        return d.train_size or SHAPES_SIZES[0], d.test_size or SHAPES_SIZES[1]
+    if d.name in ("cifar10", "cifar100"):
+        full = (50000, 10000)
+    else:
+        full = tuple(sum(1 for p in (d.root_path / split).rglob("*") if p.is_file())
+                     for split in (d.train_dir, d.test_dir))
+    return min(full[0], d.train_size or full[0]), min(full[1], d.test_size or full[1])
 
 
 def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:

@@ -35,6 +35,7 @@ from bench.training import TrainConfig
 SECTIONS = ("name", "description", "data", "model", "train", "profile", "grid", "seeds", "compare")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
 NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
+SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
 BASELINE = "baseline"
 _COMMON = ("name", "train_size", "test_size", "crop_padding", "flip")
 DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, "root", "download"),
@@ -97,8 +98,9 @@ class DataConfig:
         """The dataset at the model's image size (shapes are drawn at it, folders resized)."""
         from bench import data
         if self.name == "shapes":
-            return data.shapes(train_size=self.train_size or 10000, test_size=self.test_size or 2000,
-                               img_size=img_size, difficulty=self.difficulty, seed=self.seed)
+            train_size, test_size = self.train_size or SHAPES_SIZES[0], self.test_size or SHAPES_SIZES[1]
+            return data.shapes(train_size=train_size, test_size=test_size, img_size=img_size,
+                               difficulty=self.difficulty, seed=self.seed)
         if self.name in CIFAR:
             ds = data.cifar(self.name, self.root, download=self.download)
         else:

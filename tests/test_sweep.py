@@ -85,15 +85,18 @@ def test_rerun_skips_finished_trials_and_is_reproducible(sweep_file, tmp_path):
     assert results(first) == results(redo)
 
 
-def test_failures_are_recorded_and_retried_only_on_request(sweep_file, tmp_path, monkeypatch):
-    real = runner.train
-
+def fail_depth_2(real):
+    """runner.train, raising for the 2-block variants."""
     def flaky(model, *args, **kwargs):
         if len(model.blocks) == 2:
             raise RuntimeError("boom\nsecond line")
         return real(model, *args, **kwargs)
+    return flaky
 
-    monkeypatch.setattr(runner, "train", flaky)
+
+def test_failures_are_recorded_and_retried_only_on_request(sweep_file, tmp_path, monkeypatch):
+    real = runner.train
+    monkeypatch.setattr(runner, "train", fail_depth_2(real))
     summary = run(sweep_file, tmp_path)
     failed = [r for r in summary["records"] if r["status"] == "failed"]
     assert len(failed) == 2 and failed[0]["error"] == "RuntimeError: boom"
@@ -237,13 +240,7 @@ def test_optuna_trials_carry_the_key_and_the_objective(sweep_file, tmp_path):
 
 def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path, monkeypatch):
     real = runner.train
-
-    def flaky(model, *args, **kwargs):
-        if len(model.blocks) == 2:
-            raise RuntimeError("boom")
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "train", flaky)
+    monkeypatch.setattr(runner, "train", fail_depth_2(real))
     run(sweep_file, tmp_path)
     monkeypatch.setattr(runner, "train", real)
     run(sweep_file, tmp_path, retry_failed=True)  # two trials per failed key: the newest wins
