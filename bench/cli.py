@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sweep = _load_sweep(args)
     summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
-                        retry_failed=args.retry_failed, quiet=args.quiet)
+                        retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights)
     records = summary["records"]
     if records and not args.quiet:
         from bench.runner import label
@@ -132,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         name = spec.load(name).name
     paths = report_study(name, storage=args.storage, results_dir=args.results)
     for path in paths.values():
-        console.out.print(str(path), highlight=False)
+        console.out.print(str(path), highlight=False, markup=False)
     return 0
 
 
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_args(p)
     storage_args(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
+    p.add_argument("--save-weights", action="store_true",
+                   help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
     p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
     p.set_defaults(func=cmd_run)
 

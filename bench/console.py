@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape  # user text may hold [brackets] that rich would read as markup
 from rich.table import Table
 
 out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes: no squeezed tables
@@ -16,11 +17,11 @@ err = Console(stderr=True)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err.print(message, style="dim", highlight=False, soft_wrap=True)
+    err.print(escape(message), style="dim", highlight=False, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -8,7 +8,9 @@ timm, so ``timm.create_model("deepvit_24b")`` works anywhere once ``bench`` is i
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -17,6 +19,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from bench.errors import BenchError
 from bench.reattention import ReAttention
 from bench.variant import ATTENTION_TYPES, FIELD_TYPES, Variant  # noqa: F401 (re-exported)
 
@@ -86,6 +89,38 @@ def resolve(name: str, overrides: Mapping[str, Any] | None = None) -> Variant | 
     if name not in VARIANTS:
         return None
     return VARIANTS[name].replace(**(overrides or {}))
+
+
+# --- weights ------------------------------------------------------------------------
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """The model's state (parameters and buffers) as safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load safetensors weights (plain tensors: no pickled code runs) into ``model``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    try:
+        state = load_file(str(path), device=str(device))
+    except (OSError, SafetensorError) as err:
+        raise BenchError(f"cannot read weights {path}: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        lines = str(err).strip().splitlines()
+        raise BenchError(f"weights {path} do not fit this model: {lines[min(1, len(lines) - 1)].strip()}") from None
+    return model
 
 
 # --- attention capture ----------------------------------------------------------------

@@ -16,12 +16,13 @@ from typing import Any, Callable
 import torch
 
 from bench import console
-from bench.data import Dataset
+from bench.collapse import SUMMARY, analyse
+from bench.data import Dataset, Loader, Split
 from bench.errors import BenchError
-from bench.models import Variant, build_model
+from bench.models import Variant, build_model, save_weights
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
 from bench.report import report_ledger
-from bench.spec import SHAPES_SIZES, ProfileConfig, Sweep, Trial
+from bench.spec import SHAPES_SIZES, CollapseConfig, ProfileConfig, Sweep, Trial
 from bench.storage import Ledger, default_url, open_study
 from bench.training import TrainConfig, train
 
@@ -32,17 +33,19 @@ def _dtype(setting: str, device: torch.device) -> str:
 
 def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
             train_cfg: TrainConfig | None = None, data: Dataset | None = None,
-            crop_padding: int = 0, flip: bool = False,
-            on_phase: Callable[[str], None] | None = None,
+            crop_padding: int = 0, flip: bool = False, collapse: CollapseConfig | None = None,
+            weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
             on_step: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
     """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
 
+    With ``collapse``, the trained model's attention collapse on the first test images (and,
+    ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
     ``status`` is "complete" or "diverged"; exceptions propagate to the caller.
     """
     say = on_phase or (lambda _msg: None)
     torch.manual_seed(seed)
     model = build_model(variant)
-    weights = copy.deepcopy(model.state_dict())
+    weights = copy.deepcopy(model.state_dict()) if train_cfg is not None else None
     t0 = time.perf_counter()
     record: dict[str, Any] = profile_model(
         model, variant, device=device, dtype=_dtype(profile.dtype, device), batch_size=profile.batch_size,
@@ -54,6 +57,10 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             raise ValueError("training needs a dataset")
         model.load_state_dict(weights)  # profiling used the model: start from the seeded weights
         torch.manual_seed(seed)         # and the seeded random stream (drop path)
+        images = eval_images(data, collapse.images, device) if collapse else None
+        if collapse and collapse.at_init:
+            say("attention collapse at initialisation")
+            _add_collapse(record, model.to(device), images, collapse, prefix="init_")
         say("training")
         t0 = time.perf_counter()
         result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
@@ -64,13 +71,35 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         record.update(result)
         record["train_sps_measured"] = (result["steps"] * train_cfg.batch_size / result["train_time_s"]
                                         if result["train_time_s"] else None)
+        if collapse and record["status"] == "complete":
+            say("attention collapse")
+            _add_collapse(record, model, images, collapse)
+        if weights_path is not None:
+            save_weights(model, weights_path)
+            record["weights"] = str(weights_path)
     return record
+
+
+def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
+    """The fixed evaluation batch: the first ``n`` test images, normalised as in training."""
+    first = Split(data.test.images[:n], data.test.labels[:n])
+    return next(iter(Loader(first, batch_size=len(first), device=device, train=False)))[0]
+
+
+def _add_collapse(record: dict[str, Any], model: torch.nn.Module, images: torch.Tensor,
+                  cfg: CollapseConfig, prefix: str = "") -> None:
+    t0 = time.perf_counter()
+    result = analyse(model, images, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    record[f"{prefix}collapse"] = result
+    for key in SUMMARY:
+        record[f"{prefix}{key}"] = result[key]
+    record[f"time_{prefix}collapse_s"] = time.perf_counter() - t0
 
 
 def _line(record: dict[str, Any]) -> str:
     status = record["status"]
     if status == "failed":
-        return f"[red]failed[/]: {record['error']}"
+        return f"[red]failed[/]: {console.escape(record['error'])}"
     if status == "diverged":
         return f"[yellow]diverged[/] (loss {record.get('train_loss')}) after {record.get('steps')} steps"
     parts = [f"{record['param_count']:.3g} M params", f"{record['infer_gmacs']:.3g} GMACs"]
@@ -89,8 +118,9 @@ def label(v: Variant, sweep: Sweep, seed: int | None = None) -> str:
 
 def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Path = "results",
               device: str | None = None, retry_failed: bool = False, quiet: bool = False,
-              report: bool = True) -> dict[str, Any]:
-    """Run every trial of ``sweep`` that the ledger lacks; write the report."""
+              report: bool = True, save_weights: bool = False) -> dict[str, Any]:
+    """Run every trial of ``sweep`` that the ledger lacks; write the report. ``save_weights``:
+    keep each trained model as results_dir/name/weights/KEY.safetensors."""
     dev = resolve_device(device)
     url = storage or default_url(results_dir, sweep.name)
     objective, direction = ("top1", "maximize") if sweep.train else ("infer_gmacs", "minimize")
@@ -111,7 +141,9 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
         for trial in plan.todo:
             name = label(trial.variant, sweep, trial.seed)
             progress.start(name)
-            record = _run_trial(trial, sweep, dev, datasets, ledger, objective, progress)
+            weights = Path(results_dir) / sweep.name / "weights" / f"{trial.key}.safetensors" \
+                if save_weights and sweep.train else None
+            record = _run_trial(trial, sweep, dev, datasets, ledger, objective, progress, weights)
             finished.append(record)
             progress.finish(name, _line(record))
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
@@ -121,12 +153,13 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
 
 
 def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int, Dataset],
-               ledger: Ledger, objective: str, progress: console.SweepProgress) -> dict[str, Any]:
+               ledger: Ledger, objective: str, progress: console.SweepProgress,
+               weights: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     handle = ledger.start(trial)
     # the resolved config: with it, every record stands alone
     base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
-            "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile")}}
+            "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile", "collapse")}}
     try:
         data = None
         if sweep.train is not None:
@@ -137,7 +170,8 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
             data = datasets[img]
         record = measure(trial.variant, trial.seed, device=dev, profile=sweep.profile, train_cfg=sweep.train,
                          data=data, crop_padding=sweep.data.crop_padding if sweep.data else 0,
-                         flip=bool(sweep.data and sweep.data.flip), on_phase=progress.phase,
+                         flip=bool(sweep.data and sweep.data.flip), collapse=sweep.collapse,
+                         weights_path=weights, on_phase=progress.phase,
                          on_step=progress.step)
         record = {**base, **record}
     except KeyboardInterrupt:
@@ -153,9 +187,10 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
         record = {**base, "status": "failed", "error": f"{kind}: {first}"[:500]}
         if is_oom(err) and dev.type == "cuda":
             torch.cuda.empty_cache()
+    if record["status"] == "failed":
+        record.update(environment(dev, _dtype(sweep.profile.dtype, dev)))
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
-    record.setdefault("device", dev.type)
     ledger.finish(handle, _jsonable(record), objective)
     return record
 

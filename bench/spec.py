@@ -32,7 +32,7 @@ from bench.errors import SpecError, check_fields, check_keys, check_type
 from bench.models import FIELD_TYPES, Variant
 from bench.training import TrainConfig
 
-SECTIONS = ("name", "description", "data", "model", "train", "profile", "grid", "seeds", "compare")
+SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
 NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
 SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
@@ -128,6 +128,28 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class CollapseConfig:
+    """Attention-collapse analysis of every trained trial (bench.collapse), on a fixed batch:
+    the first ``images`` test images."""
+
+    images: int = 64
+    which: str = "v"             # v: the map that multiplies V (re-generated for re-attention); raw: softmax
+    threshold: float = 0.8       # cross-layer: the paper's
+    head_threshold: float = 0.5  # cross-head: the paper's
+    at_init: bool = False        # also before training, to see what training did
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.images < 1:
+            raise SpecError("images", self.images, "must be at least 1")
+        if self.which not in ("v", "raw"):
+            raise SpecError("which", self.which, "expected v or raw")
+        for key in ("threshold", "head_threshold"):
+            if not -1 <= getattr(self, key) <= 1:
+                raise SpecError(key, getattr(self, key), "a cosine threshold must be in [-1, 1]")
+
+
+@dataclass(frozen=True)
 class Trial:
     """One variant × seed: the unit the study records."""
 
@@ -149,13 +171,15 @@ class Sweep:
     compare: dict[str, Any] | None
     variants: list[Variant]
     description: str | None = None
+    collapse: CollapseConfig | None = None
 
     def trials(self) -> list[Trial]:
         return [Trial(trial_key(v, s), v, s) for v in self.variants for s in self.seeds]
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs' records comparable: held fixed within one study."""
-        return {"data": _asdict(self.data), "train": _asdict(self.train), "profile": _asdict(self.profile)}
+        return {"data": _asdict(self.data), "train": _asdict(self.train), "profile": _asdict(self.profile),
+                "collapse": _asdict(self.collapse)}
 
     def to_dict(self) -> dict[str, Any]:
         settings = self.settings()
@@ -283,6 +307,10 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
         raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
     data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
     profile = _build(ProfileConfig, _section(raw, "profile"), "profile")
+    collapse = raw["collapse"] if "collapse" in raw else {}  # an explicit null: off
+    if collapse is not None:
+        _section(raw, "collapse")
+        collapse = _build(CollapseConfig, collapse, "collapse") if train is not None else None
 
     model = dict(_section(raw, "model") or {})
     try:
@@ -312,7 +340,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     description = raw.get("description")
     check_type("description", description, (str, None))
     return Sweep(name=name, path="", data=data, model=model, train=train, profile=profile, grid=grid,
-                 seeds=seeds, compare=compare, variants=variants, description=description)
+                 seeds=seeds, compare=compare, variants=variants, description=description, collapse=collapse)
 
 
 def _grid(raw: Any) -> list[dict[str, list[Any]]]:

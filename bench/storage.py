@@ -86,6 +86,19 @@ def _alive(worker: str | None) -> bool:
     return True
 
 
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``section.key: old → new`` for every stored setting the current run changes. A section
+    or key the study has never stored (one a newer bench added) is not a difference."""
+    out = []
+    for section, before in stored.items():
+        now = current.get(section)
+        if isinstance(before, dict) and isinstance(now, dict):
+            out += [f"{section}.{k}: {v!r} → {now.get(k)!r}" for k, v in before.items() if now.get(k) != v]
+        elif before != now:
+            out.append(f"{section}: {before!r} → {now!r}")
+    return out
+
+
 @dataclass
 class Plan:
     todo: list[Any] = field(default_factory=list)  # spec.Trial, in sweep order
@@ -106,18 +119,14 @@ class Ledger:
         return self.study.user_attrs.get("spec")
 
     def bind(self, sweep) -> None:
-        """Record the sweep's spec; refuse one whose data/train/profile settings differ
-        from those the study's records were made with (they would not compare)."""
+        """Record the sweep's spec; refuse one whose settings (data, train, profile, collapse)
+        differ from those the study's records were made with: they would not compare."""
         stored = self.study.user_attrs.get("settings")
-        current = sweep.settings()
-        if stored is not None and stored != current:
-            diffs = [f"{sec}.{k}: {stored[sec].get(k)!r} → {current[sec].get(k)!r}"
-                     for sec in current if stored.get(sec) != current[sec]
-                     for k in sorted(set(stored.get(sec) or {}) | set(current[sec] or {}))
-                     if (stored.get(sec) or {}).get(k) != (current[sec] or {}).get(k)]
+        diffs = _differences(stored or {}, sweep.settings())
+        if diffs:
             raise SpecError("name", sweep.name, "this study's records were made with other settings ("
                             + "; ".join(diffs[:5]) + "); pass --name NEW for a new study", sweep.path)
-        self.study.set_user_attr("settings", current)
+        self.study.set_user_attr("settings", sweep.settings())
         self.study.set_user_attr("spec", sweep.to_dict())
 
     def latest(self) -> dict[str, optuna.trial.FrozenTrial]:

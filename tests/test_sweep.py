@@ -62,6 +62,10 @@ def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path)
         assert r["torch_version"] and r["device_name"] and r["key"] == spec.trial_key(v, 0)
         # per-trial overhead: everything but profiling and training
         assert r["time_trial_s"] >= r["time_profile_s"] + r["time_train_s"]
+        # attention collapse of the trained model, per block
+        d = r["depth"]
+        assert len(r["collapse"]["similarity"]) == d and len(r["collapse"]["cross_head_similarity"]) == d
+        assert r["similar_blocks"] == r["collapse"]["similar_blocks"] and 0 <= r["similar_blocks"] <= d - 1
     out = tmp_path / "results" / "tiny"
     csv = pd.read_csv(out / "runs.csv")
     assert len(csv) == 4 and list(csv.columns[:4]) == ["trial", "key", "status", "seed"]
@@ -89,7 +93,7 @@ def fail_depth_2(real):
     """runner.train, raising for the 2-block variants."""
     def flaky(model, *args, **kwargs):
         if len(model.blocks) == 2:
-            raise RuntimeError("boom\nsecond line")
+            raise RuntimeError("boom in [/tmp/x]\nsecond line")  # brackets: not rich markup
         return real(model, *args, **kwargs)
     return flaky
 
@@ -99,10 +103,10 @@ def test_failures_are_recorded_and_retried_only_on_request(sweep_file, tmp_path,
     monkeypatch.setattr(runner, "train", fail_depth_2(real))
     summary = run(sweep_file, tmp_path)
     failed = [r for r in summary["records"] if r["status"] == "failed"]
-    assert len(failed) == 2 and failed[0]["error"] == "RuntimeError: boom"
+    assert len(failed) == 2 and failed[0]["error"] == "RuntimeError: boom in [/tmp/x]"
     assert sorted(states(tmp_path)) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
     report = (tmp_path / "results" / "tiny" / "report.md").read_text()
-    assert "RuntimeError: boom" in report
+    assert "RuntimeError: boom in [/tmp/x]" in report
 
     monkeypatch.setattr(runner, "train", real)
     assert run(sweep_file, tmp_path)["ran"] == 0  # failed ones wait for --retry-failed
@@ -249,3 +253,26 @@ def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path, monkeypatch)
     assert lg._records_sql() is not None and len(lg.study.get_trials()) == 6
     monkeypatch.setattr(lg, "_records_sql", lambda: None)
     assert fast == lg.records() and len(fast) == 4 and {r["status"] for r in fast} == {"complete"}
+
+
+def test_saved_weights_reload_to_the_same_model(sweep_file, tmp_path):
+    import torch
+
+    from bench.models import build_model, load_weights
+    from bench.variant import FIELD_TYPES, Variant
+
+    run(sweep_file, tmp_path, save_weights=True)
+    r = next(r for r in ledger(tmp_path).records() if r["depth"] == 2 and r["attention"] == "re")
+    path = tmp_path / "results" / "tiny" / "weights" / f"{r['key']}.safetensors"
+    assert r["weights"] == str(path) and path.is_file()
+    model = load_weights(build_model(Variant(**{k: r[k] for k in FIELD_TYPES})), path).eval()
+    fresh = build_model(Variant(**{k: r[k] for k in FIELD_TYPES})).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert not torch.allclose(model(x), fresh(x))  # trained, not initial, weights
+    assert model.blocks[1].attn.var_norm.num_batches_tracked.item() == 3  # buffers too (3 steps)
+    with pytest.raises(BenchError, match="do not fit this model"):
+        load_weights(build_model(Variant(**{**{k: r[k] for k in FIELD_TYPES}, "depth": 1})), path)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    with pytest.raises(BenchError, match="cannot read weights"):
+        load_weights(fresh, bad)

@@ -1,0 +1,140 @@
+"""Attention-collapse metrics (DeepViT, Zhou et al. 2021, arXiv 2103.11886, Fig. 1).
+
+``A^p_h`` is block p's attention map for head h: (N, N), rows = queries, after the
+softmax (for re-attention, by default the re-generated map that multiplies V). The
+column ``A^p_{h,:,t}`` says how much token t feeds every output token.
+
+- cross-layer similarity ``M^{p,q}_{h,t} = cos(A^p_{h,:,t}, A^q_{h,:,t})``;
+  ``similarity[p, q]`` is its mean over images, heads and tokens;
+- ``similar_ratio[k][p]``: share of (image, head, token) with ``M^{p,p+k} > threshold``;
+- block p >= 1 is *similar* when ``similarity[p-1, p] > threshold``; ``similar_blocks``
+  counts them (the paper's "#Similar Blocks");
+- cross-head similarity in block p: mean of ``cos(A^p_{h,:,t}, A^p_{g,:,t})`` over
+  head pairs h != g, images and tokens, and the share above ``head_threshold``.
+
+All are sums over images, accumulated chunk by chunk, so the result does not depend on
+how the evaluation batch is split. A column of zeros has cosine 0 with anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+KS = (1, 2, 3)
+
+
+@dataclass
+class CollapseStats:
+    """Running sums over an evaluation batch; ``result()`` gives the metrics."""
+
+    threshold: float = 0.8
+    head_threshold: float = 0.5
+    gram: torch.Tensor | None = None          # (D, D) Σ cos over (b, h, t), float64
+    above: dict[int, torch.Tensor] = field(default_factory=dict)  # k -> (D - k,) counts of M^{p,p+k} > thr
+    head_sum: torch.Tensor | None = None      # (D,) Σ cos over head pairs
+    head_above: torch.Tensor | None = None    # (D,) counts above head_threshold
+    columns: int = 0                          # (b, h, t) triples seen per block
+    head_pairs: int = 0                       # (b, h != g, t) seen per block
+
+    def update(self, maps: Iterable[torch.Tensor]) -> None:
+        """Add one chunk: one (B, H, N, N) map per block, in block order."""
+        cols = torch.stack([_unit_columns(a) for a in maps])  # (D, B, H, N_q, N_t)
+        d, b, h, _, n = cols.shape
+        flat = cols.flatten(1).double()
+        gram = flat @ flat.T                                   # Σ_{b,h,i,t} Â^p Â^q = Σ_{b,h,t} M^{p,q}
+        self.gram = gram if self.gram is None else self.gram + gram
+        for k in KS:
+            if k < d:
+                m = (cols[:-k] * cols[k:]).sum(3)              # (D - k, B, H, N_t): M^{p,p+k}
+                count = (m > self.threshold).flatten(1).sum(1).double()
+                self.above[k] = count if k not in self.above else self.above[k] + count
+        pairs = torch.einsum("dbhit,dbgit->dbhgt", cols, cols)  # (D, B, H, H, N_t)
+        off = ~torch.eye(h, dtype=torch.bool, device=cols.device)
+        between = pairs[:, :, off]                             # (D, B, H(H-1), N_t)
+        hs, ha = between.flatten(1).double().sum(1), (between > self.head_threshold).flatten(1).sum(1).double()
+        self.head_sum = hs if self.head_sum is None else self.head_sum + hs
+        self.head_above = ha if self.head_above is None else self.head_above + ha
+        self.columns += b * h * n
+        self.head_pairs += b * h * (h - 1) * n
+
+    def result(self) -> dict[str, Any]:
+        if self.gram is None:
+            raise ValueError("no attention maps were added")
+        sim = (self.gram / self.columns).float()
+        d = sim.shape[0]
+        adjacent = [float(sim[p - 1, p]) for p in range(1, d)]
+        out: dict[str, Any] = {
+            "similarity": sim.tolist(),
+            "adjacent_similarity": adjacent,
+            "similar_ratio": {str(k): (self.above[k] / self.columns).tolist() if k in self.above else []
+                              for k in KS},
+            "similar_blocks": sum(s > self.threshold for s in adjacent),
+            "adjacent_similarity_mean": sum(adjacent) / len(adjacent) if adjacent else None,
+            "threshold": self.threshold, "head_threshold": self.head_threshold,
+        }
+        if self.head_pairs:
+            head = (self.head_sum / self.head_pairs).tolist()
+            out.update(cross_head_similarity=head,
+                       cross_head_share=(self.head_above / self.head_pairs).tolist(),
+                       cross_head_similarity_mean=sum(head) / len(head))
+        else:  # one head: no pairs
+            out.update(cross_head_similarity=[], cross_head_share=[], cross_head_similarity_mean=None)
+        return out
+
+
+def _unit_columns(a: torch.Tensor) -> torch.Tensor:
+    """Each column ``a[b, h, :, t]`` scaled to unit length (zero columns stay zero)."""
+    a = a.float()
+    return a / a.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+
+
+def metrics(maps_per_block: list[torch.Tensor], threshold: float = 0.8, head_threshold: float = 0.5) -> dict:
+    """The metrics of one set of maps (one (B, H, N, N) tensor per block)."""
+    stats = CollapseStats(threshold, head_threshold)
+    stats.update(maps_per_block)
+    return stats.result()
+
+
+@torch.inference_mode()
+def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: int | None = None,
+            threshold: float = 0.8, head_threshold: float = 0.5, budget_mb: float = 256) -> dict[str, Any]:
+    """Run ``images`` through ``model`` in chunks (eval mode) and measure attention collapse.
+
+    ``which='v'``: the map that multiplies V (re-generated for re-attention blocks);
+    ``'raw'``: the softmax maps. Memory is bounded: ``chunk`` images at a time (default:
+    as many as keep one copy of every block's maps under ``budget_mb``).
+    """
+    from bench.models import capture_attention
+
+    if chunk is None:
+        blocks = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")]
+        tokens = _tokens(model, images)
+        per_image = sum(m.num_heads for m in blocks) * tokens * tokens * 4 / 2**20
+        chunk = max(1, int(budget_mb // max(per_image, 1e-9)))
+    was_training = model.training
+    model.eval()
+    stats = CollapseStats(threshold, head_threshold)
+    try:
+        with capture_attention(model, which=which) as maps:
+            for start in range(0, len(images), chunk):
+                maps.clear()
+                model(images[start:start + chunk])
+                stats.update(maps)
+                maps.clear()
+    finally:
+        model.train(was_training)
+    return stats.result()
+
+
+def _tokens(model: nn.Module, images: torch.Tensor) -> int:
+    """Sequence length of ``model`` on ``images`` (patches + prefix tokens), from timm's attributes."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None:
+        return images.shape[-1] * images.shape[-2]  # a bound, not timm: be safe
+    return grid[0] * grid[1] + getattr(model, "num_prefix_tokens", 1)
+
+
+SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean")

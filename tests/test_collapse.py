@@ -1,0 +1,90 @@
+"""Attention-collapse metrics against hand-built maps."""
+import math
+
+import pytest
+import torch
+
+from bench.collapse import CollapseStats, analyse, metrics
+from bench.models import build_model, resolve
+
+
+def softmaxed(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).mul(3).softmax(-1)
+
+
+def test_identical_maps_in_every_block_are_fully_similar():
+    a = softmaxed(2, 3, 5, 5)
+    r = metrics([a.clone() for _ in range(6)])
+    assert torch.allclose(torch.tensor(r["similarity"]), torch.ones(6, 6), atol=1e-6)
+    assert r["similar_blocks"] == 5 and r["adjacent_similarity_mean"] == pytest.approx(1.0)
+    assert r["similar_ratio"]["1"] == pytest.approx([1.0] * 5) and len(r["similar_ratio"]["3"]) == 3
+
+
+def test_one_hot_maps_with_disjoint_columns_are_dissimilar():
+    n, depth = 6, 4
+    eye = torch.eye(n)
+    # block p: query i attends only to token (i + p) mod n, so column t is non-zero at a different query per block
+    maps = [eye.roll(p, dims=1).expand(1, 2, n, n) for p in range(depth)]
+    r = metrics(maps)
+    assert torch.allclose(torch.tensor(r["similarity"]), torch.eye(depth), atol=1e-6)
+    assert r["similar_blocks"] == 0 and r["similar_ratio"]["2"] == [0.0, 0.0]
+
+
+def test_similarity_is_the_cosine_of_columns():
+    # one head, 2 tokens; column 0 is (1, 0) then (1, 1)/√2: cos = 0.707; column 1 is zero then (0, 1)
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    b = torch.tensor([[0.5, 0.0], [0.5, 1.0]]).view(1, 1, 2, 2)
+    r = metrics([a, b])
+    expected = (1 / math.sqrt(2) + 0.0) / 2  # a zero column has cosine 0
+    assert r["similarity"][0][1] == pytest.approx(expected, abs=1e-6)
+    assert r["similar_ratio"]["1"] == [0.0] and r["similar_blocks"] == 0
+    assert metrics([a, b], threshold=0.7)["similar_ratio"]["1"] == [0.5]  # 0.707 > 0.7 for 1 of 2 columns
+
+
+def test_cross_head_similarity_by_hand():
+    same = softmaxed(1, 1, 4, 4).expand(1, 2, 4, 4)        # two identical heads
+    n = 4
+    disjoint = torch.stack([torch.eye(n), torch.eye(n).roll(1, dims=1)]).unsqueeze(0)  # (1, 2, 4, 4)
+    r = metrics([same, disjoint])
+    assert r["cross_head_similarity"] == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert r["cross_head_share"] == pytest.approx([1.0, 0.0])
+
+
+def test_head_permutations():
+    maps = [softmaxed(2, 4, 5, 5, seed=s) for s in range(3)]
+    base = metrics(maps)
+    perm = torch.tensor([2, 0, 3, 1])
+    everywhere = metrics([m[:, perm] for m in maps])  # the same relabelling in every block
+    for key in ("similarity", "cross_head_similarity", "cross_head_share"):
+        assert torch.allclose(torch.tensor(everywhere[key]), torch.tensor(base[key]), atol=1e-6)
+    one_block = metrics([maps[0][:, perm], maps[1], maps[2]])  # head h of block 0 now meets another head
+    assert one_block["similarity"][0][1] != pytest.approx(base["similarity"][0][1], abs=1e-4)
+    assert one_block["cross_head_similarity"] == pytest.approx(base["cross_head_similarity"], abs=1e-6)
+
+
+def test_result_does_not_depend_on_chunking():
+    maps = [softmaxed(7, 3, 6, 6, seed=s) for s in range(5)]
+    whole = metrics(maps)
+    stats = CollapseStats()
+    for lo, hi in ((0, 2), (2, 3), (3, 7)):
+        stats.update([m[lo:hi] for m in maps])
+    parts = stats.result()
+    for key in ("similarity", "cross_head_similarity", "cross_head_share"):
+        assert torch.allclose(torch.tensor(parts[key]), torch.tensor(whole[key]), atol=1e-6)
+    for k in ("1", "2", "3"):
+        assert parts["similar_ratio"][k] == pytest.approx(whole["similar_ratio"][k])
+
+
+def test_analyse_a_model_in_chunks_and_both_maps():
+    torch.manual_seed(0)
+    model = build_model(resolve("deepvit_micro", {"depth": 3}))
+    images = torch.randn(10, 3, 32, 32)
+    one = analyse(model, images, chunk=10)
+    three = analyse(model, images, chunk=3)
+    assert torch.allclose(torch.tensor(one["similarity"]), torch.tensor(three["similarity"]), atol=1e-5)
+    assert len(one["similarity"]) == 3 and len(one["cross_head_similarity"]) == 3
+    raw = analyse(model, images, which="raw", chunk=4)
+    assert not torch.allclose(torch.tensor(raw["similarity"]), torch.tensor(one["similarity"]), atol=1e-3)
+    assert model.training  # analyse switches to eval and back
+    assert all(0.0 <= s <= 1.0 + 1e-6 for row in raw["similarity"] for s in row)  # softmax maps: cos >= 0
