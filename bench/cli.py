@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
@@ -136,6 +137,58 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collapse(args: argparse.Namespace) -> int:
+    from bench import collapse
+
+    common = dict(images=args.images, which=args.which, threshold=args.threshold,
+                  head_threshold=args.head_threshold, device=args.device)
+    with console.status("analysing attention maps", quiet=args.json):
+        if args.trial is not None:
+            if args.set or args.weights:
+                raise BenchError("--trial analyses a sweep's trial as trained: --set and --weights do not apply")
+            result, context = collapse.analyse_trial(args.name, args.trial, storage=args.storage,
+                                                     results_dir=args.results, **common)
+        else:
+            defaults = {"images": 64, "which": "v", "threshold": 0.8, "head_threshold": 0.5}
+            try:
+                result, context = collapse.analyse_model(
+                    args.name, parse_sets(args.set), weights=args.weights,
+                    **{k: defaults[k] if v is None and k in defaults else v for k, v in common.items()})
+            except SpecError as e:
+                raise e.within("--set") from None
+    out = Path(args.out or Path(args.results) / "collapse" / _slug(context["model"]))
+    from bench.plots import collapse_figures
+    paths = collapse_figures(result, out, context["model"])
+    _atomic_json(out / "collapse.json", {**context, **result})
+    if args.json:
+        console.print_json({**context, **result, "files": [str(p) for p in paths]})
+        return 0
+    rows = collapse.per_block_rows(result, context["attention"])
+    k = result["threshold"]
+    console.rows_table(rows, list(rows[0]), title=f"{context['model']}: attention collapse on {context['images']} "
+                       f"{context['data']} ({context['weights']})",
+                       headers={"sim_prev": "sim. to p−1", "share_k1": f"share>{k} k=1", "share_k2": "k=2",
+                                "share_k3": "k=3", "cross_head": "cross-head sim.",
+                                "cross_head_share": f"share>{result['head_threshold']}"})
+    console.out.print(f"similar blocks: {result['similar_blocks']} of {len(rows) - 1} · mean similarity to the "
+                      f"previous block: {console.fmt(result['adjacent_similarity_mean'])} · mean cross-head "
+                      f"similarity: {console.fmt(result['cross_head_similarity_mean'])}", highlight=False)
+    for path in [*paths, out / "collapse.json"]:
+        console.out.print(str(path), highlight=False, markup=False)
+    return 0
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    import json
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -193,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("collapse", help="attention-collapse metrics and heatmaps of one model or trial",
+                       description="Cross-layer and cross-head similarity of attention maps (DeepViT's "
+                                   "analysis) on a fixed batch: a registered or timm model (untrained, or "
+                                   "--weights), or with --trial a trained trial of a sweep (its saved weights).")
+    p.add_argument("name", metavar="NAME", help="a model name, or with --trial a sweep's name")
+    p.add_argument("--trial", default=None, metavar="N|KEY", help="a trial of sweep NAME (number or key)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a model field")
+    p.add_argument("--weights", default=None, metavar="FILE", help="safetensors weights to load")
+    p.add_argument("--images", type=int, default=None, help="evaluation images (default 64, or the sweep's)")
+    p.add_argument("--which", choices=["v", "raw"], default=None,
+                   help="v: the map that multiplies V (default); raw: the softmax maps")
+    p.add_argument("--threshold", type=float, default=None, help="cross-layer threshold (default 0.8)")
+    p.add_argument("--head-threshold", type=float, default=None, help="cross-head threshold (default 0.5)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the PNGs and collapse.json go "
+                   "(default: RESULTS/collapse/<model>)")
+    storage_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_collapse)
 
     p = sub.add_parser("report", help="write runs.csv, report.md and plots from a sweep's study",
                        description="Rebuild a sweep's report from its study storage alone.")

@@ -18,6 +18,7 @@ how the evaluation batch is split. A column of zeros has cosine 0 with anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -138,3 +139,93 @@ def _tokens(model: nn.Module, images: torch.Tensor) -> int:
 
 
 SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean")
+
+
+# --- entry points (``bench collapse``) ------------------------------------------------
+
+def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights: str | None = None,
+                  images: int = 64, which: str = "v", threshold: float = 0.8, head_threshold: float = 0.5,
+                  device: str | None = None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A registered (or timm) model, untrained or with ``weights``, on the built-in shapes
+    test images at its input size. Returns (metrics, context)."""
+    from bench.data import Dataset, make_shapes
+    from bench.models import load_weights
+    from bench.profiling import create, input_size_of, resolve_device
+    from bench.runner import eval_images
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model, variant = create(name, overrides)
+    size = input_size_of(model, variant)
+    if weights:
+        load_weights(model, weights)
+    test = make_shapes(images, img_size=size[-1], seed=1_000_003)  # fixed images, apart from any training set
+    batch = eval_images(Dataset("shapes", test, test, []), images, dev)
+    result = analyse(model.to(dev), batch, which=which, threshold=threshold, head_threshold=head_threshold)
+    return result, {"model": name, "weights": weights or "initialisation", "images": len(batch),
+                    "data": "shapes (built-in) test images", "attention": _attention_types(model)}
+
+
+def analyse_trial(study: str, trial: str, *, storage: str | None = None, results_dir: str = "results",
+                  images: int | None = None, which: str | None = None, threshold: float | None = None,
+                  head_threshold: float | None = None, device: str | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trained trial of a sweep, from its saved weights, on the sweep's evaluation batch
+    (the first test images of its dataset); settings default to the sweep's."""
+    from bench.errors import BenchError
+    from bench.models import build_model, load_weights
+    from bench.profiling import resolve_device
+    from bench.runner import eval_images
+    from bench.spec import CollapseConfig, DataConfig
+    from bench.storage import Ledger, default_url, open_study
+    from bench.variant import FIELD_TYPES, Variant
+
+    url = storage or default_url(results_dir, study)
+    records = Ledger(open_study(url, study, create=False)).records()
+    found = [r for r in records if str(r["trial"]) == str(trial) or r["key"] == str(trial)]
+    if not found:
+        raise BenchError(f"no finished trial {trial!r} in study {study!r} (trials: "
+                         f"{', '.join(str(r['trial']) for r in records[:20]) or 'none'})")
+    record = found[0]
+    path = record.get("weights")
+    if not path or not Path(path).is_file():
+        raise BenchError(f"trial {record['trial']} of {study!r} has no saved weights"
+                         + (f" ({path} is gone)" if path else "")
+                         + "; run the sweep with --save-weights to keep them for new trials")
+    config = record.get("config") or {}
+    if not config.get("data"):
+        raise BenchError(f"trial {record['trial']} of {study!r} records no dataset to evaluate on")
+    cfg = CollapseConfig(**(config.get("collapse") or {}))
+    cfg = CollapseConfig(images=images or cfg.images, which=which or cfg.which,
+                         threshold=cfg.threshold if threshold is None else threshold,
+                         head_threshold=cfg.head_threshold if head_threshold is None else head_threshold)
+    dev = resolve_device(device)
+    variant = Variant(**{k: record[k] for k in FIELD_TYPES})
+    model = load_weights(build_model(variant), path).to(dev)
+    data = DataConfig(**config["data"]).load(variant.img_size)
+    batch = eval_images(data, cfg.images, dev)
+    result = analyse(model, batch, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    return result, {"model": f"{study} trial {record['trial']} ({record['key']})", "weights": path,
+                    "images": len(batch), "data": f"{data.name} test images", "top1": record.get("top1"),
+                    "attention": _attention_types(model)}
+
+
+def _attention_types(model: nn.Module) -> list[str]:
+    from timm.layers import Attention
+
+    from bench.reattention import ReAttention
+    return ["re" if isinstance(m, ReAttention) else "self" for m in model.modules() if isinstance(m, Attention)]
+
+
+def per_block_rows(result: dict[str, Any], attention: list[str]) -> list[dict[str, Any]]:
+    """One row per block: what ``bench collapse`` prints."""
+    rows = []
+    for p in range(len(result["similarity"])):
+        row = {"block": p, "attention": attention[p] if p < len(attention) else "",
+               "sim_prev": result["adjacent_similarity"][p - 1] if p else None}
+        for k, ratios in result["similar_ratio"].items():
+            row[f"share_k{k}"] = ratios[p - int(k)] if p >= int(k) else None
+        if result["cross_head_similarity"]:
+            row.update(cross_head=result["cross_head_similarity"][p], cross_head_share=result["cross_head_share"][p])
+        rows.append(row)
+    return rows

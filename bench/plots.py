@@ -3,10 +3,13 @@ depth per attention type (matplotlib ``Figure`` objects: no pyplot state, no GUI
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bench.report import _atomic_write, _has_accuracy, pareto_front, summarize, variant_label, varying_fields
 
@@ -23,7 +26,78 @@ def plot_names(df: pd.DataFrame) -> list[str]:
         names += ["top1_vs_depth.png"] if accuracy else []
         names += ["throughput_vs_depth.png"] if has("train_samples_per_sec") or has("infer_samples_per_sec") else []
         names += ["gmacs_vs_depth.png"] if not accuracy and has("infer_gmacs") else []
+        names += ["collapse_vs_depth.png"] if has("similar_blocks") else []
+    names += ["collapse_heatmaps.png"] if _deepest(df) else []
     return names
+
+
+def _deepest(df: pd.DataFrame) -> list[tuple[str, list[list[float]]]]:
+    """(title, seed-mean similarity matrix) of the deepest self- and re-attention variant."""
+    if "collapse" not in df or "depth" not in df:
+        return []
+    done = df[df["collapse"].map(lambda c: isinstance(c, dict) and bool(c.get("similarity")))]
+    if "status" in done:
+        done = done[done["status"] == "complete"]
+    out = []
+    for attention, name in (("self", "ViT"), ("re", "DeepViT")):
+        rows = done[done["attention"] == attention] if "attention" in done else done.iloc[0:0]
+        if rows.empty:
+            continue
+        deepest = rows[rows["depth"] == rows["depth"].max()]
+        others = [f for f in varying_fields(done) if f not in ("depth", "attention", "seed")]
+        first = deepest.iloc[0]
+        if others:  # several variants at that depth (say, widths): the first one's seeds
+            fill = lambda x: x.astype(object).where(x.notna(), "none")  # noqa: E731 (NaN never equals NaN)
+            deepest = deepest[(fill(deepest[others]) == fill(first[others])).all(axis=1)]
+        matrices = np.array([c["similarity"] for c in deepest["collapse"]], dtype=float)
+        label = variant_label(first, others) if others else ""
+        out.append((f"{name}, {int(first['depth'])} blocks{', ' + label if label else ''} "
+                    f"({len(matrices)} seed{'s' * (len(matrices) > 1)})", matrices.mean(0).tolist()))
+    return out
+
+
+def similarity_heatmap(ax, matrix: list[list[float]], title: str) -> None:
+    """Block × block mean cross-layer similarity, as the paper's Fig. 1 heatmaps."""
+    image = ax.imshow(np.asarray(matrix), vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mean cosine similarity")
+    ax.set(xlabel="block q", ylabel="block p", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def collapse_curve(ax, result: Mapping[str, Any], title: str) -> None:
+    """Per block: similarity to the previous block, share of similar tokens (k = 1, 2, 3),
+    and cross-head similarity."""
+    d = len(result["similarity"])
+    ax.plot(range(1, d), result["adjacent_similarity"], "o-", label="mean sim. to block p−1")
+    for k, ratios in result["similar_ratio"].items():
+        if ratios:
+            ax.plot(range(int(k), d), ratios, ".--", label=f"share > {result['threshold']} with block p−{k}")
+    if result.get("cross_head_similarity"):
+        ax.plot(range(d), result["cross_head_similarity"], "s:", label="cross-head sim.")
+    ax.axhline(result["threshold"], color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="block p", ylabel="similarity / share", ylim=(-0.05, 1.05) if _unit(result) else None,
+           title=title)
+
+
+def _unit(result: Mapping[str, Any]) -> bool:
+    return min(min(row) for row in result["similarity"]) >= -1e-6
+
+
+def collapse_figures(result: Mapping[str, Any], out_dir: Path, title: str) -> list[Path]:
+    """``similarity_heatmap.png`` and ``similarity_per_block.png`` for one analysed model."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(5.5, 4.5))
+    similarity_heatmap(fig.add_subplot(), result["similarity"], title)
+    paths = [_save(fig, out_dir / "similarity_heatmap.png")]
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    collapse_curve(ax, result, title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return paths + [_save(fig, out_dir / "similarity_per_block.png")]
 
 
 def _series(summary: pd.DataFrame, df: pd.DataFrame) -> tuple[list[tuple], list[str]]:
@@ -79,6 +153,7 @@ def _by_depth(ax, summary: pd.DataFrame, df: pd.DataFrame, col: str, ylabel: str
         if rows[col].notna().any():  # e.g. no train speed measured for this series
             ax.errorbar(rows["depth"], rows[col], yerr=rows[err].fillna(0) if err else None, color=colour,
                         marker=marker, capsize=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="depth (blocks)", ylabel=ylabel,
            title=title + (f"\n(mean over {', '.join(pooled)})" if pooled else ""))
 
@@ -96,12 +171,21 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, paths = summarize(df), []
     for name in plot_names(df):
-        fig = Figure(figsize=(10, 4.5) if name.startswith("throughput") else (6.5, 4.5))
+        wide = name.startswith(("throughput", "collapse"))
+        fig = Figure(figsize=(10, 4.5) if wide else (6.5, 4.5))
         if name == "top1_vs_gmacs.png":
             _top1_vs_gmacs(fig.add_subplot(), summary)
         elif name == "top1_vs_depth.png":
             _by_depth(fig.add_subplot(), summary, df, "top1_mean", "top-1 % (mean ± std over seeds)",
                       "Accuracy against depth", err="top1_std")
+        elif name == "collapse_vs_depth.png":
+            _by_depth(fig.add_subplot(1, 2, 1), summary, df, "similar_blocks", "similar blocks (mean over seeds)",
+                      "Similar blocks (adjacent similarity > threshold)")
+            _by_depth(fig.add_subplot(1, 2, 2), summary, df, "adjacent_similarity_mean",
+                      "mean similarity to the previous block", "Cross-layer similarity")
+        elif name == "collapse_heatmaps.png":
+            for i, (title, matrix) in enumerate(_deepest(df)):
+                similarity_heatmap(fig.add_subplot(1, 2, i + 1), matrix, title)
         elif name == "gmacs_vs_depth.png":
             _by_depth(fig.add_subplot(), summary, df, "infer_gmacs", "GMACs per image (inference)",
                       "Compute against depth")
@@ -110,6 +194,8 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 _by_depth(fig.add_subplot(1, 2, i + 1), summary, df, f"{mode}_samples_per_sec",
                           f"{mode} samples/s", f"{mode.capitalize()} throughput")
         for ax in fig.axes:
+            if name == "collapse_heatmaps.png":
+                break
             ax.grid(alpha=0.3)
             n = len(ax.get_legend_handles_labels()[1])
             if n:  # accuracy rises with cost: lower right is usually empty ("best" is slow on 10k points)

@@ -27,6 +27,7 @@ IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
 COST_COLS = ["param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
              "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
              "train_batch_size"]
+COLLAPSE_COLS = ["similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean"]  # bench.collapse
 ACCURACY_COLS = ["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"]
 ENV_COLS = ["device", "device_name", "dtype", "torch_version", "timm_version", "bench_version"]
 BASELINE = "baseline"
@@ -67,7 +68,7 @@ def _work(df: pd.DataFrame) -> pd.DataFrame:
     top1 = pd.to_numeric(df["top1"], errors="coerce") if "top1" in df else nan
     cols = {"_top1": top1.where((status == "complete") & np.isfinite(top1)),
             "_diverged": status == "diverged", "_failed": status == "failed"}
-    cols.update({c: pd.to_numeric(df[c], errors="coerce") if c in df else nan for c in COST_COLS})
+    cols.update({c: pd.to_numeric(df[c], errors="coerce") if c in df else nan for c in COST_COLS + COLLAPSE_COLS})
     return df[[f for f in VARIANT_FIELDS if f in df]].assign(**cols)
 
 
@@ -76,7 +77,7 @@ def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
              "top1_std": ("_top1", "std"),  # ddof=1; NaN for n < 2
              "top1_min": ("_top1", "min"), "top1_max": ("_top1", "max"),
              "diverged": ("_diverged", "sum"), "failed": ("_failed", "sum"),
-             **{c: (c, "mean") for c in COST_COLS}}
+             **{c: (c, "mean") for c in COST_COLS + COLLAPSE_COLS}}
     return work.groupby(keys, dropna=False, sort=True, observed=True).agg(**named).reset_index()
 
 
@@ -253,7 +254,8 @@ def _spread_md(summary: pd.DataFrame) -> list[str]:
 def _summary_md(summary: pd.DataFrame, df: pd.DataFrame, accuracy: bool, limit: int = 500) -> list[str]:
     varying = varying_fields(df) or ["variant"]
     cols = {"param_count": "M params", "infer_gmacs": "GMACs", "infer_samples_per_sec": "infer samples/s",
-            "train_samples_per_sec": "train samples/s"}
+            "train_samples_per_sec": "train samples/s", "similar_blocks": "similar blocks",
+            "adjacent_similarity_mean": "adjacent sim.", "cross_head_similarity_mean": "cross-head sim."}
     cols = {c: h for c, h in cols.items() if summary[c].notna().any()}
     counts = [c for c in ("diverged", "failed") if summary[c].any()]
     headers = varying + (["top-1 %", "min–max"] if accuracy else []) + list(cols.values()) + counts

@@ -90,3 +90,14 @@ def test_out_of_memory_and_bugs_are_one_line(capsys, monkeypatch):
     monkeypatch.setattr(bench.profiling, "profile", lambda *a, **k: 1 / 0)
     code, out, err = run(capsys, "profile", "vit_micro")
     assert code == 1 and "internal error: ZeroDivisionError" in err and "Traceback" not in err
+
+
+def test_collapse_of_a_registered_model(capsys, tmp_path):
+    code, out, _ = run(capsys, "collapse", "vit_micro", "--set", "depth=3", "--images", "8", "--out",
+                       str(tmp_path), "--json", "--device", "cpu")
+    result = json.loads(out)
+    assert code == 0 and len(result["similarity"]) == 3 and result["images"] == 8
+    assert result["attention"] == ["self"] * 3 and result["weights"] == "initialisation"
+    assert (tmp_path / "similarity_heatmap.png").is_file() and (tmp_path / "collapse.json").is_file()
+    code, out, _ = run(capsys, "collapse", "deepvit_micro", "--images", "4", "--out", str(tmp_path))
+    assert code == 0 and "similar blocks:" in out and "cross-head" in out

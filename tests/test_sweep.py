@@ -76,6 +76,21 @@ def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path)
                                                    "throughput_vs_depth.png"}
 
 
+def test_collapse_at_initialisation_too(sweep_file, tmp_path):
+    summary = run(sweep_file, tmp_path, sets={"collapse.at_init": True, "grid.depth": [2], "grid.attention": ["self"],
+                                                     "compare": None})
+    r = summary["records"][0]
+    assert len(r["init_collapse"]["similarity"]) == 2 and "init_similar_blocks" in r
+    assert r["init_collapse"]["similarity"] != r["collapse"]["similarity"]  # training changed the maps
+    assert r["time_init_collapse_s"] > 0 and r["time_collapse_s"] > 0
+
+
+def test_collapse_null_turns_it_off(sweep_file, tmp_path):
+    one = {"grid.depth": [1], "grid.attention": ["self"], "compare": None}
+    r = run(sweep_file, tmp_path, sets={"collapse": None, **one})
+    assert "collapse" not in r["records"][0] and "similar_blocks" not in r["records"][0]
+
+
 def test_rerun_skips_finished_trials_and_is_reproducible(sweep_file, tmp_path):
     first = run(sweep_file, tmp_path)
     again = run(sweep_file, tmp_path)
@@ -276,3 +291,29 @@ def test_saved_weights_reload_to_the_same_model(sweep_file, tmp_path):
     bad.write_bytes(b"\x00" * 16)
     with pytest.raises(BenchError, match="cannot read weights"):
         load_weights(fresh, bad)
+
+
+def test_collapse_of_a_trial_reproduces_its_record(sweep_file, tmp_path, capsys):
+    import json
+
+    run(sweep_file, tmp_path, save_weights=True)
+    record = next(r for r in ledger(tmp_path).records() if r["depth"] == 2 and r["attention"] == "re")
+    out = tmp_path / "col"
+    code = main(["collapse", "tiny", "--trial", str(record["trial"]), "--results", str(tmp_path / "results"),
+                 "--device", "cpu", "--out", str(out), "--json"])
+    got = json.loads(capsys.readouterr().out)
+    import torch
+    assert code == 0
+    assert torch.allclose(torch.tensor(got["similarity"]), torch.tensor(record["collapse"]["similarity"]), atol=1e-5)
+    assert got["similar_blocks"] == record["similar_blocks"]
+    assert {p.name for p in out.iterdir()} == {"similarity_heatmap.png", "similarity_per_block.png",
+                                               "collapse.json"}
+
+
+def test_collapse_of_a_trial_without_weights_says_how(sweep_file, tmp_path, capsys):
+    run(sweep_file, tmp_path)
+    code = main(["collapse", "tiny", "--trial", "0", "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 1 and "has no saved weights" in err and "--save-weights" in err
+    code = main(["collapse", "tiny", "--trial", "99", "--results", str(tmp_path / "results")])
+    assert code == 1 and "no finished trial '99'" in capsys.readouterr().err
