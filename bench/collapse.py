@@ -44,20 +44,22 @@ class CollapseStats:
         """Add one chunk: one (B, H, N, N) map per block, in block order."""
         cols = torch.stack([_unit_columns(a) for a in maps])  # (D, B, H, N_q, N_t)
         d, b, h, _, n = cols.shape
-        flat = cols.flatten(1).double()
-        gram = flat @ flat.T                                   # Σ_{b,h,i,t} Â^p Â^q = Σ_{b,h,t} M^{p,q}
+        flat = cols.flatten(1)
+        gram = (flat @ flat.T).double()                        # Σ_{b,h,i,t} Â^p Â^q = Σ_{b,h,t} M^{p,q}
         self.gram = gram if self.gram is None else self.gram + gram
-        for k in KS:
-            if k < d:
-                m = (cols[:-k] * cols[k:]).sum(3)              # (D - k, B, H, N_t): M^{p,p+k}
-                count = (m > self.threshold).flatten(1).sum(1).double()
-                self.above[k] = count if k not in self.above else self.above[k] + count
-        pairs = torch.einsum("dbhit,dbgit->dbhgt", cols, cols)  # (D, B, H, H, N_t)
         off = ~torch.eye(h, dtype=torch.bool, device=cols.device)
-        between = pairs[:, :, off]                             # (D, B, H(H-1), N_t)
-        hs, ha = between.flatten(1).double().sum(1), (between > self.head_threshold).flatten(1).sum(1).double()
-        self.head_sum = hs if self.head_sum is None else self.head_sum + hs
-        self.head_above = ha if self.head_above is None else self.head_above + ha
+        head_sum, head_above = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        for p in range(d):  # block by block: temporaries stay one block's size
+            for k in KS:
+                if p + k < d:
+                    m = (cols[p] * cols[p + k]).sum(-2)       # (B, H, N_t): M^{p,p+k}
+                    self.above.setdefault(k, torch.zeros(d - k, dtype=torch.float64))
+                    self.above[k][p] += (m > self.threshold).sum().item()
+            between = torch.einsum("bhit,bgit->bhgt", cols[p], cols[p])[:, off]  # (B, H(H-1), N_t)
+            head_sum[p] = between.double().sum()
+            head_above[p] = (between > self.head_threshold).sum().item()
+        self.head_sum = head_sum if self.head_sum is None else self.head_sum + head_sum
+        self.head_above = head_above if self.head_above is None else self.head_above + head_above
         self.columns += b * h * n
         self.head_pairs += b * h * (h - 1) * n
 
@@ -113,7 +115,7 @@ def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: 
     if chunk is None:
         blocks = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")]
         tokens = _tokens(model, images)
-        per_image = sum(m.num_heads for m in blocks) * tokens * tokens * 4 / 2**20
+        per_image = 2 * sum(m.num_heads for m in blocks) * tokens * tokens * 4 / 2**20  # captured + unit maps
         chunk = max(1, int(budget_mb // max(per_image, 1e-9)))
     was_training = model.training
     model.eval()
