@@ -72,7 +72,10 @@ def _load_sweep(args: argparse.Namespace):
     sweep = spec.load(args.sweep, parse_sets(args.set))
     if getattr(args, "name", None):
         import dataclasses
-        sweep = dataclasses.replace(sweep, name=spec.parse({"name": args.name}, "--name").name)
+        try:
+            sweep = dataclasses.replace(sweep, name=spec.check_name(args.name))
+        except SpecError as e:
+            raise e.within("--name") from None
     return sweep
 
 
@@ -128,9 +131,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import report_study
 
     name = args.name
-    if name.endswith((".yaml", ".yml")):
+    if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
         from bench import spec
-        name = spec.load(name).name
+        name = spec.check_name(spec.read_yaml(name).get("name", Path(name).stem))
     paths = report_study(name, storage=args.storage, results_dir=args.results)
     for path in paths.values():
         console.out.print(str(path), highlight=False, markup=False)

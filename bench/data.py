@@ -244,7 +244,10 @@ def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", te
         if not images:
             raise missing(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
                            "Each class folder needs image files.")
-        splits[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+        # a fixed shuffle: read class by class, but any first-N subset (train_size, the
+        # collapse batch) must hold every class
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+        splits[split] = Split(torch.stack(images)[order], torch.tensor(labels, dtype=torch.int64)[order])
     return Dataset(base.name, splits[train_dir], splits[test_dir], classes or [])
 
 

@@ -69,14 +69,11 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         if result.pop("diverged"):
             record["status"] = "diverged"
         record.update(result)
-        record["train_sps_measured"] = (result["steps"] * train_cfg.batch_size / result["train_time_s"]
-                                        if result["train_time_s"] else None)
         if collapse and record["status"] == "complete":
             say("attention collapse")
             _add_collapse(record, model, images, collapse)
-        if weights_path is not None:
-            save_weights(model, weights_path)
-            record["weights"] = str(weights_path)
+        if weights_path is not None and record["status"] == "complete":
+            record["weights"] = str(save_weights(model, weights_path).resolve())
     return record
 
 

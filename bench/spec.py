@@ -123,8 +123,10 @@ class ProfileConfig:
             raise SpecError("batch_size", self.batch_size, "must be at least 1")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise SpecError("dtype", self.dtype, "expected auto, fp32 or bf16")
-        if self.iters is not None and self.iters < 1 or self.warmup is not None and self.warmup < 0:
-            raise SpecError("iters", self.iters, "iters must be at least 1, warmup at least 0")
+        if self.iters is not None and self.iters < 1:
+            raise SpecError("iters", self.iters, "must be at least 1")
+        if self.warmup is not None and self.warmup < 0:
+            raise SpecError("warmup", self.warmup, "must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -178,13 +180,14 @@ class Sweep:
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs' records comparable: held fixed within one study."""
-        return {"data": _asdict(self.data), "train": _asdict(self.train), "profile": _asdict(self.profile),
+        data = _asdict(self.data)
+        if data is not None:  # only the keys that matter for this dataset
+            data = {k: v for k, v in data.items() if k in DATA_KEYS[self.data.name]}
+        return {"data": data, "train": _asdict(self.train), "profile": _asdict(self.profile),
                 "collapse": _asdict(self.collapse)}
 
     def to_dict(self) -> dict[str, Any]:
         settings = self.settings()
-        if self.data is not None:  # only the keys that matter for this dataset
-            settings["data"] = {k: v for k, v in settings["data"].items() if k in DATA_KEYS[self.data.name]}
         return {"name": self.name, "path": self.path, "description": self.description, **settings,
                 "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
 
@@ -268,6 +271,14 @@ def load(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep:
         raise
 
 
+def check_name(name: Any) -> str:
+    """A study name: it names results/<name>/, so a plain file name."""
+    check_type("name", name, str)
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise SpecError("name", name, "must be a plain file name (it names results/<name>/)")
+    return name
+
+
 def _section(raw: Mapping[str, Any], key: str, kind: type = dict) -> Any:
     value = raw.get(key)
     if value is not None and not isinstance(value, kind):
@@ -293,10 +304,7 @@ def parse(raw: Mapping[str, Any], where: str, default_name: str = "sweep") -> Sw
 
 def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     check_keys(raw, SECTIONS, "section")
-    name = raw.get("name", default_name)
-    check_type("name", name, str)
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise SpecError("name", name, "must be a plain file name (it names results/<name>/)")
+    name = check_name(raw.get("name", default_name))
 
     train = raw["train"] if "train" in raw else {}  # an explicit null: profile only
     if train is not None:
@@ -305,6 +313,13 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     data_raw = _section(raw, "data")
     if train is not None and data_raw is None:
         raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
+    if data_raw is not None:
+        kind = data_raw.get("name", DataConfig.name)
+        if kind in DATA_KEYS:  # keys that mean nothing for this dataset are mistakes
+            try:
+                check_keys(data_raw, DATA_KEYS[kind], f"key for data {kind!r}")
+            except SpecError as err:
+                raise err.within(prefix="data.") from None
     data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
     profile = _build(ProfileConfig, _section(raw, "profile"), "profile")
     collapse = raw["collapse"] if "collapse" in raw else {}  # an explicit null: off
@@ -326,7 +341,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
         base = base.replace(num_classes=num_classes)
 
     grid = _grid(raw.get("grid"))
-    variants = _variants(base, grid, data)
+    variants = _variants(base, grid, data, num_classes)
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -369,7 +384,8 @@ def _grid(raw: Any) -> list[dict[str, list[Any]]]:
     return out
 
 
-def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig | None) -> list[Variant]:
+def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig | None,
+              num_classes: int | None = None) -> list[Variant]:
     variants: list[Variant] = []
     for i, axes in enumerate(grid):
         at = f"grid[{i}]" if len(grid) > 1 else "grid"
@@ -381,19 +397,23 @@ def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig 
                 key = f"{at}.{err.key}" if err.key in point else f"model.{err.key}"
                 raise SpecError(key, err.value, f"{err.reason} (at grid point {_show(point)})") from None
             if data is not None:
-                _fits_data(v, data, at if "img_size" in point else "model", point)
+                _fits_data(v, data, at, point, num_classes)
             if v not in variants:
                 variants.append(v)
     return variants
 
 
-def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any]) -> None:
+def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any], num_classes: int | None) -> None:
+    key = lambda f: f"{at}.{f}" if f in point else f"model.{f}"  # noqa: E731 (where the value came from)
+    here = f" (at grid point {_show(point)})"
     if data.name in CIFAR and v.img_size != 32:
-        raise SpecError(f"{at}.img_size", v.img_size, f"{data.name} images are 32×32 (at grid point {_show(point)})")
+        raise SpecError(key("img_size"), v.img_size, f"{data.name} images are 32×32{here}")
+    if num_classes is not None and v.num_classes != num_classes:
+        raise SpecError(key("num_classes"), v.num_classes, f"data {data.name!r} has {num_classes} classes")
     if v.in_chans != 3:
-        raise SpecError("model.in_chans", v.in_chans, f"{data.name} images are RGB: in_chans must be 3")
+        raise SpecError(key("in_chans"), v.in_chans, f"{data.name} images are RGB: in_chans must be 3")
     if data.crop_padding >= v.img_size:
-        raise SpecError("data.crop_padding", data.crop_padding, f"must be below img_size={v.img_size}")
+        raise SpecError("data.crop_padding", data.crop_padding, f"must be below img_size={v.img_size}{here}")
 
 
 def _show(point: Mapping[str, Any]) -> str:

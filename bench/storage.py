@@ -72,7 +72,7 @@ def _safe(url: str) -> str:
 
 def _alive(worker: str | None) -> bool:
     """Whether the worker that claimed a trial still runs (known only for this host)."""
-    if not worker:
+    if not worker or worker == WORKER:  # ours cannot be running yet: an earlier process with our pid
         return False
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname():
@@ -130,12 +130,13 @@ class Ledger:
         self.study.set_user_attr("spec", sweep.to_dict())
 
     def latest(self) -> dict[str, optuna.trial.FrozenTrial]:
-        """The newest trial of each key."""
+        """The trial that speaks for each key: its newest finished one (complete or diverged)
+        if there is one, else its newest."""
         out: dict[str, optuna.trial.FrozenTrial] = {}
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self.study.get_trials(deepcopy=False):  # in number order
             key = t.user_attrs.get("key")
-            if key is not None:
-                out[key] = t  # trials come in number order
+            if key is not None and not (key in out and out[key].state in DONE and t.state not in DONE):
+                out[key] = t
         return out
 
     def plan(self, trials: Iterable[Any], retry_failed: bool = False) -> Plan:
@@ -150,7 +151,8 @@ class Ledger:
             elif prev.state == TrialState.RUNNING:
                 if _alive(prev.user_attrs.get("worker")):
                     plan.running_elsewhere += 1
-                else:  # killed mid-trial (kill -9, power loss): close it, run it again
+                else:  # killed mid-trial (kill -9, power loss): close it as interrupted, run it again
+                    self.study._storage.set_trial_user_attr(prev._trial_id, "interrupted", True)
                     self.study.tell(prev.number, state=TrialState.FAIL)
                     plan.interrupted += 1
                     plan.todo.append(trial)
@@ -190,9 +192,12 @@ class Ledger:
             rows = ((t.number, t.user_attrs.get("key"), t.user_attrs.get("record"))
                     for t in self.study.get_trials(deepcopy=False, states=(*DONE, TrialState.FAIL)))
         latest: dict[str, dict[str, Any]] = {}
-        for number, key, record in rows:  # in trial order: the newest wins
-            if key is not None and record is not None and record.get("status") != "interrupted":
-                latest[key] = {"trial": number, "key": key, **record}
+        for number, key, record in rows:  # in trial order: the newest wins, a failure never over a result
+            if key is None or record is None or record.get("status") == "interrupted":
+                continue
+            if record.get("status") == "failed" and latest.get(key, {}).get("status") in ("complete", "diverged"):
+                continue
+            latest[key] = {"trial": number, "key": key, **record}
         return list(latest.values())
 
     def _records_sql(self) -> list[tuple[int, str | None, dict[str, Any] | None]] | None:

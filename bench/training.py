@@ -41,14 +41,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
             if getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be at least 1")
-        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
-            raise SpecError("min_lr", self.min_lr, f"needs 0 <= min_lr <= lr={self.lr} and lr > 0")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise SpecError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}]")
-        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise SpecError("label_smoothing", self.label_smoothing, "must be in [0, 1); weight_decay >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise SpecError("beta1", self.beta1, "betas must be in [0, 1)")
+        checks = [("lr", self.lr > 0, "must be positive"),
+                  ("min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]"),
+                  ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"must be in [0, epochs={self.epochs}]"),
+                  ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+                  ("beta1", 0 <= self.beta1 < 1, "must be in [0, 1)"),
+                  ("beta2", 0 <= self.beta2 < 1, "must be in [0, 1)")]
+        for key, ok, reason in checks:
+            if not ok:
+                raise SpecError(key, getattr(self, key), reason)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise SpecError("grad_clip", self.grad_clip, "must be positive (or null for no clipping)")
 
@@ -152,4 +154,6 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
             on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1])
     result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
                   epochs=cfg.epochs, steps=step, train_time_s=time.perf_counter() - start)
+    if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check
+        result.update(diverged=True, top1=None)
     return result

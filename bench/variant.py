@@ -5,6 +5,7 @@ construction. Pure data (no torch), so specs, ledgers and reports load without i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 from bench.errors import SpecError, check_keys, check_type
@@ -63,6 +64,22 @@ class Variant:
         if self.re_blocks is not None and not 0 <= self.re_blocks <= self.depth:
             raise SpecError("re_blocks", self.re_blocks,
                             f"re-attention needs 0..depth={self.depth} blocks")
+        self._canonicalise()
+
+    def _canonicalise(self) -> None:
+        """One spelling per architecture, so equal models get equal trial keys: floats as
+        floats (``mlp_ratio: 4`` is 4.0), re-attention options at their defaults when no
+        block re-attends, and ``re_blocks: depth`` as null (all blocks)."""
+        fix = functools.partial(object.__setattr__, self)
+        for name in ("mlp_ratio", "drop_path_rate"):
+            fix(name, float(getattr(self, name)))
+        if self.attention != "re" or self.re_blocks == 0:
+            fix("attention", "self")
+            for f in dataclasses.fields(self):
+                if f.name.startswith("re_"):
+                    fix(f.name, f.default)
+        elif self.re_blocks == self.depth:
+            fix("re_blocks", None)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], base: Variant | None = None) -> Variant:

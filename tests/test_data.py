@@ -89,11 +89,11 @@ def test_cifar_missing_says_where_and_how(tmp_path):
     assert str(tmp_path / "cifar-10-batches-py") in text and "download" in text
 
 
-def _write_folder(root, colours):
+def _write_folder(root, colours, n_train=2):
     for split in ("train", "val"):
         for cls, rgb in colours.items():
             (root / split / cls).mkdir(parents=True)
-            for i in range(2 if split == "train" else 1):
+            for i in range(n_train if split == "train" else 1):
                 Image.new("RGB", (20, 12), rgb).save(root / split / cls / f"{i}.png")
 
 
@@ -103,9 +103,16 @@ def test_imagefolder_reads_and_resizes(tmp_path):
     ds = data.imagefolder(tmp_path, img_size=8)
     assert ds.classes == ["blue", "red"]  # sorted, as torchvision's ImageFolder
     assert ds.train.images.shape == (4, 3, 8, 8) and ds.test.images.shape == (2, 3, 8, 8)
-    assert ds.train.labels.tolist() == [0, 0, 1, 1]
+    assert sorted(ds.train.labels.tolist()) == [0, 0, 1, 1]
+    assert torch.equal(data.imagefolder(tmp_path, img_size=8).train.labels, ds.train.labels)  # a fixed order
     red = ds.train.images[ds.train.labels == 1][0]
     assert red[0].min().item() == 255 and red[1:].max().item() == 0
+
+
+def test_imagefolder_subsets_hold_every_class(tmp_path):
+    _write_folder(tmp_path, {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}, n_train=10)
+    ds = data.imagefolder(tmp_path, img_size=4).subset(6, None)  # read class by class, shuffled once
+    assert set(ds.train.labels.tolist()) == {0, 1, 2}
 
 
 def test_imagefolder_missing_split(tmp_path):

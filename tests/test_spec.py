@@ -101,6 +101,10 @@ def test_train_null_profiles_only_and_needs_no_data(tmp_path):
     (dict(model={"num_classes": 5, "img_size": 16, "patch_size": 4, "embed_dim": 16, "num_heads": 2}), {},
      "model.num_classes=5: data 'shapes' has 10 classes"),
     (dict(name="../escape"), {}, "name='../escape': must be a plain file name"),
+    (dict(data={"name": "shapes", "root": "/data"}), {},
+     "data.root='/data': unknown key for data 'shapes'"),
+    (dict(grid={"num_classes": [5]}), {}, "grid.num_classes=5: data 'shapes' has 10 classes"),
+    (dict(profile={"warmup": -1}), {}, "profile.warmup=-1: must be at least 0"),
     ({}, {"train.lr": "x"}, "--set: train.lr='x': expected float, got str"),
     ({}, {"trian.lr": 1}, "--set: trian={'lr': 1}: unknown section (did you mean 'train'?)"),
 ])
@@ -155,6 +159,16 @@ def test_apply_sets_leaves_the_original_alone():
         spec.apply_sets(raw, {"train.epochs.x": 1})
 
 
-def test_trial_key_depends_on_every_field():
-    v = Variant()
+def test_trial_key_depends_on_every_field_that_changes_the_model():
+    v = Variant(attention="re")
     assert spec.trial_key(v, 0) != spec.trial_key(v.replace(re_norm="layer"), 0) != spec.trial_key(v, 1)
+    # one spelling per architecture: the same model, the same key
+    assert spec.trial_key(Variant(mlp_ratio=2), 0) == spec.trial_key(Variant(mlp_ratio=2.0), 0)
+    assert spec.trial_key(Variant(re_norm="layer"), 0) == spec.trial_key(Variant(), 0)  # no block re-attends
+    assert spec.trial_key(v.replace(re_blocks=12), 0) == spec.trial_key(v, 0)
+
+
+def test_grid_of_re_options_does_not_train_the_same_vit_twice(tmp_path):
+    text = edit(BASE, grid={"attention": ["self", "re"], "re_norm": ["batch", "layer"]})
+    sweep = spec.load(write(tmp_path, text))
+    assert [(v.attention, v.re_norm) for v in sweep.variants] == [("self", "batch"), ("re", "batch"), ("re", "layer")]

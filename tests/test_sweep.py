@@ -197,7 +197,8 @@ def test_kill_9_leaves_a_running_trial_that_the_rerun_redoes(sweep_file, tmp_pat
     lg = ledger(tmp_path)
     plan = lg.plan(spec.load(sweep_file).trials())  # what `bench run` does first: the dead worker's trial
     assert plan.interrupted == 1 and len(plan.todo) == 4  # is closed and queued again
-    assert [t.state.name for t in lg.study.get_trials()] == ["FAIL"]
+    closed = lg.study.get_trials()
+    assert [t.state.name for t in closed] == ["FAIL"] and closed[0].user_attrs["interrupted"] is True
 
 
 def test_report_command_rebuilds_from_the_study_alone(sweep_file, tmp_path, capsys):
@@ -317,3 +318,24 @@ def test_collapse_of_a_trial_without_weights_says_how(sweep_file, tmp_path, caps
     assert code == 1 and "has no saved weights" in err and "--save-weights" in err
     code = main(["collapse", "tiny", "--trial", "99", "--results", str(tmp_path / "results")])
     assert code == 1 and "no finished trial '99'" in capsys.readouterr().err
+
+
+def test_a_later_failure_never_hides_a_result(sweep_file, tmp_path):
+    run(sweep_file, tmp_path)
+    lg = ledger(tmp_path)
+    trial = spec.load(sweep_file).trials()[0]
+    handle = lg.start(trial)  # say, a second worker's duplicate that ran out of memory
+    lg.finish(handle, {"status": "failed", "error": "out of memory", "seed": 0}, "top1")
+    assert lg.plan([trial]).done == 1
+    assert [r["status"] for r in lg.records() if r["key"] == trial.key] == ["complete"]
+
+
+def test_name_option_and_report_from_a_yaml_path(sweep_file, tmp_path, capsys):
+    results = str(tmp_path / "results")
+    code = main(["run", str(sweep_file), "--name", "other", "--results", results, "--device", "cpu", "--quiet",
+                 "--set", "grid.depth=[1]", "--set", "seeds=[0]"])
+    assert code == 0 and (tmp_path / "results" / "other" / "report.md").is_file()
+    code = main(["run", str(sweep_file), "--name", "../x", "--results", results])
+    assert code == 2 and "--name: name='../x': must be a plain file name" in capsys.readouterr().err
+    sweep_file.write_text(TINY.replace("name: tiny", "name: other"))
+    assert main(["report", str(sweep_file), "--results", results]) == 0
