@@ -1,9 +1,11 @@
-"""ViT and DeepViT variants built on timm: the variant spec, the registry, attention capture.
+"""ViT and DeepViT models built on timm: building a variant (bench.variant), the registry,
+trained weights (safetensors), attention capture.
 
 DeepViT (Zhou et al. 2021, arXiv 2103.11886) is a ViT with one part swapped:
 self-attention becomes re-attention (bench.reattention), passed to timm's
 ``VisionTransformer`` as ``attn_layer``. The paper's six models are registered with
-timm, so ``timm.create_model("deepvit_24b")`` works anywhere once ``bench`` is imported.
+timm, so ``timm.create_model("deepvit_24b")`` works anywhere once this module is imported
+(``import bench.models``, or any use of ``bench.Variant``, ``bench.build_model`` & co.).
 """
 from __future__ import annotations
 
