@@ -44,11 +44,14 @@ def fmt(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "–" if value is None else str(value)
     if isinstance(value, float):
-        if value == 0 or not math.isfinite(value):
+        if value == 0:
+            return "0"
+        if not math.isfinite(value):
             return str(value)
         digits = max(0, 3 - int(math.floor(math.log10(abs(value)))))
         text = f"{value:,.{min(digits, 6)}f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
+        text = text.rstrip("0").rstrip(".") if "." in text else text
+        return "0" if text == "-0" else text  # a tiny negative, rounded away
     return str(value)
 
 
