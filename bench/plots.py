@@ -31,28 +31,40 @@ def plot_names(df: pd.DataFrame) -> list[str]:
     return names
 
 
-def _deepest(df: pd.DataFrame) -> list[tuple[str, list[list[float]]]]:
-    """(title, seed-mean similarity matrix) of the deepest self- and re-attention variant."""
-    if "collapse" not in df or "depth" not in df:
+def deepest_trials(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows: its seeds) of the deepest analysed self- and re-attention variant."""
+    if "similar_blocks" not in df or "depth" not in df or "attention" not in df:
         return []
-    done = df[df["collapse"].map(lambda c: isinstance(c, dict) and bool(c.get("similarity")))]
+    done = df[pd.to_numeric(df["similar_blocks"], errors="coerce").notna()]
     if "status" in done:
         done = done[done["status"] == "complete"]
+    others = [f for f in varying_fields(done) if f not in ("depth", "attention", "seed")]
     out = []
     for attention, name in (("self", "ViT"), ("re", "DeepViT")):
-        rows = done[done["attention"] == attention] if "attention" in done else done.iloc[0:0]
+        rows = done[done["attention"] == attention]
         if rows.empty:
             continue
         deepest = rows[rows["depth"] == rows["depth"].max()]
-        others = [f for f in varying_fields(done) if f not in ("depth", "attention", "seed")]
         first = deepest.iloc[0]
         if others:  # several variants at that depth (say, widths): the first one's seeds
             fill = lambda x: x.astype(object).where(x.notna(), "none")  # noqa: E731 (NaN never equals NaN)
             deepest = deepest[(fill(deepest[others]) == fill(first[others])).all(axis=1)]
-        matrices = np.array([c["similarity"] for c in deepest["collapse"]], dtype=float)
         label = variant_label(first, others) if others else ""
         out.append((f"{name}, {int(first['depth'])} blocks{', ' + label if label else ''} "
-                    f"({len(matrices)} seed{'s' * (len(matrices) > 1)})", matrices.mean(0).tolist()))
+                    f"({len(deepest)} seed{'s' * (len(deepest) > 1)})", deepest))
+    return out
+
+
+def _deepest(df: pd.DataFrame) -> list[tuple[str, list[list[float]]]]:
+    """(title, seed-mean similarity matrix) for ``deepest_trials``, from the ``collapse`` column
+    (which a report loads for just these trials)."""
+    if "collapse" not in df:
+        return []
+    out = []
+    for title, rows in deepest_trials(df):
+        found = [c["similarity"] for c in rows["collapse"] if isinstance(c, dict) and c.get("similarity")]
+        if found:
+            out.append((title, np.array(found, dtype=float).mean(0).tolist()))
     return out
 
 

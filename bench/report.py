@@ -355,7 +355,8 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
-    _atomic_write(paths["runs.csv"], lambda f: runs_frame(df).to_csv(f, index=False))
+    details = [c for c in ("collapse", "init_collapse") if c in df]  # per-block arrays: in the study, not here
+    _atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
     text = markdown(df, spec, info)
     _atomic_write(paths["report.md"], lambda f: f.write(text))
     from bench.plots import plots
@@ -376,6 +377,10 @@ def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> 
     for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
+    if "collapse" not in df:  # per-block details live beside the records: load the heatmaps' only
+        from bench.plots import deepest_trials
+        numbers = [int(n) for _, rows in deepest_trials(df) for n in rows["trial"]]
+        df["collapse"] = df["trial"].map(ledger.details(numbers))
     info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
     return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info)
 

@@ -3,9 +3,10 @@
     python -m benchmarks.report_speed [--records 10000] [--variants 50]
 
 Fills a fresh SQLite study (in a temporary folder) with synthetic records in bench's
-record vocabulary, then times the report three ways: in-process (load the study +
-write every file), and the `bench report` command end to end (Python start-up and
-imports included). Target: <= 5 s for 10,000 records.
+record vocabulary, each with its attention-collapse details (a depth × depth similarity
+matrix and per-block arrays, stored beside the record as bench does), then times the
+report: in-process (load the study + write every file), and the `bench report` command
+end to end (Python start-up and imports included). Target: <= 5 s for 10,000 records.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def fake_record(v: Variant, seed: int, rng: random.Random) -> dict:
             "infer_step_time": v.depth * 2.0, "infer_batch_size": 256, "train_samples_per_sec": 3e3 / v.depth,
             "train_step_time": v.depth * 6.0, "train_batch_size": 256, "top1": top1,
             "top1_per_epoch": [rng.random() * 100 for _ in range(30)], "train_loss": 1.0, "epochs": 30,
-            "train_time_s": 100.0, "device": "cuda", "device_name": "NVIDIA H100", "dtype": "bf16",
+            "train_time_s": 100.0, "similar_blocks": rng.randint(0, v.depth - 1),
+            "adjacent_similarity_mean": rng.random(), "cross_head_similarity_mean": rng.random(),
+            "device": "cuda", "device_name": "NVIDIA H100", "dtype": "bf16",
             "torch_version": "2.14.1", "timm_version": "1.0.31", "bench_version": "0.1.0"}
 
 
@@ -62,8 +65,14 @@ def main() -> None:
             record = fake_record(v, seed, rng)
             state = {"complete": TrialState.COMPLETE, "diverged": TrialState.PRUNED}.get(record["status"],
                                                                                       TrialState.FAIL)
+            d = v.depth
+            details = {"similarity": [[rng.random() for _ in range(d)] for _ in range(d)],
+                       "adjacent_similarity": [rng.random() for _ in range(d - 1)],
+                       "similar_ratio": {str(k): [rng.random() for _ in range(d - k)] for k in (1, 2, 3)},
+                       "cross_head_similarity": [rng.random() for _ in range(d)],
+                       "cross_head_share": [rng.random() for _ in range(d)]}
             trials.append(create_trial(state=state, value=record["top1"] if state == TrialState.COMPLETE else None,
-                                       user_attrs={"key": trial_key(v, seed), "record": record}))
+                                       user_attrs={"key": trial_key(v, seed), "record": record, "collapse": details}))
         study.add_trials(trials)
         print(f"filled {args.records} records ({len(variants)} variants) in {time.perf_counter() - t0:.1f} s")
 

@@ -52,7 +52,9 @@ def states(tmp_path):
 def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path):
     summary = run(sweep_file, tmp_path)
     assert summary["ran"] == 4 and states(tmp_path) == ["COMPLETE"] * 4
-    records = ledger(tmp_path).records()
+    lg = ledger(tmp_path)
+    records = lg.records()
+    details = lg.details([r["trial"] for r in records])  # per-block arrays, stored beside each record
     sweep = spec.load(sweep_file)
     for r in records:
         v = next(v for v in sweep.variants if v.depth == r["depth"] and v.attention == r["attention"])
@@ -64,8 +66,9 @@ def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path)
         assert r["time_trial_s"] >= r["time_profile_s"] + r["time_train_s"]
         # attention collapse of the trained model, per block
         d = r["depth"]
-        assert len(r["collapse"]["similarity"]) == d and len(r["collapse"]["cross_head_similarity"]) == d
-        assert r["similar_blocks"] == r["collapse"]["similar_blocks"] and 0 <= r["similar_blocks"] <= d - 1
+        c = details[r["trial"]]
+        assert "collapse" not in r and len(c["similarity"]) == d and len(c["cross_head_similarity"]) == d
+        assert r["similar_blocks"] == c["similar_blocks"] and 0 <= r["similar_blocks"] <= d - 1
     out = tmp_path / "results" / "tiny"
     csv = pd.read_csv(out / "runs.csv")
     assert len(csv) == 4 and list(csv.columns[:4]) == ["trial", "key", "status", "seed"]
@@ -266,9 +269,12 @@ def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path, monkeypatch)
     run(sweep_file, tmp_path, retry_failed=True)  # two trials per failed key: the newest wins
     lg = ledger(tmp_path)
     fast = lg.records()
-    assert lg._records_sql() is not None and len(lg.study.get_trials()) == 6
-    monkeypatch.setattr(lg, "_records_sql", lambda: None)
+    assert len(lg.study.get_trials()) == 6
+    fast_details = lg.details([r["trial"] for r in fast])
+    assert lg._attrs_sql(("key",)) is not None and len(fast_details) == 4
+    monkeypatch.setattr(lg, "_attrs_sql", lambda *a, **k: None)
     assert fast == lg.records() and len(fast) == 4 and {r["status"] for r in fast} == {"complete"}
+    assert fast_details == lg.details([r["trial"] for r in fast])
 
 
 def test_saved_weights_reload_to_the_same_model(sweep_file, tmp_path):
@@ -305,7 +311,8 @@ def test_collapse_of_a_trial_reproduces_its_record(sweep_file, tmp_path, capsys)
     got = json.loads(capsys.readouterr().out)
     import torch
     assert code == 0
-    assert torch.allclose(torch.tensor(got["similarity"]), torch.tensor(record["collapse"]["similarity"]), atol=1e-5)
+    stored = ledger(tmp_path).details([record["trial"]])[record["trial"]]["similarity"]
+    assert torch.allclose(torch.tensor(got["similarity"]), torch.tensor(stored), atol=1e-5)
     assert got["similar_blocks"] == record["similar_blocks"]
     assert {p.name for p in out.iterdir()} == {"similarity_heatmap.png", "similarity_per_block.png",
                                                "collapse.json"}
