@@ -24,6 +24,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from bench.errors import BenchError, SpecError
+
 KS = (1, 2, 3)
 
 
@@ -91,7 +93,8 @@ class CollapseStats:
 def _unit_columns(a: torch.Tensor) -> torch.Tensor:
     """Each column ``a[b, h, :, t]`` scaled to unit length (zero columns stay zero)."""
     a = a.float()
-    return a / a.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+    norm = a.norm(dim=-2, keepdim=True)
+    return a / torch.where(norm > 0, norm, torch.ones_like(norm))  # tiny columns normalised too
 
 
 def metrics(maps_per_block: list[torch.Tensor], threshold: float = 0.8, head_threshold: float = 0.5) -> dict:
@@ -115,7 +118,8 @@ def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: 
     if chunk is None:
         blocks = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")]
         tokens = _tokens(model, images)
-        per_image = 2 * sum(m.num_heads for m in blocks) * tokens * tokens * 4 / 2**20  # captured + unit maps
+        # at the peak: the captured maps, their unit-column copies, and the stack of those
+        per_image = 3 * sum(m.num_heads for m in blocks) * tokens * tokens * 4 / 2**20
         chunk = max(1, int(budget_mb // max(per_image, 1e-9)))
     was_training = model.training
     model.eval()
@@ -155,6 +159,11 @@ def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights
     from bench.profiling import create, input_size_of, resolve_device
     from bench.runner import eval_images
 
+    from bench.spec import CollapseConfig
+    try:  # the checks a sweep's collapse section gets
+        CollapseConfig(images=images, which=which, threshold=threshold, head_threshold=head_threshold)
+    except SpecError as err:
+        raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model, variant = create(name, overrides)
@@ -174,7 +183,6 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A trained trial of a sweep, from its saved weights, on the sweep's evaluation batch
     (the first test images of its dataset); settings default to the sweep's."""
-    from bench.errors import BenchError
     from bench.models import build_model, load_weights
     from bench.profiling import resolve_device
     from bench.runner import eval_images
@@ -190,6 +198,9 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
                          f"{', '.join(str(r['trial']) for r in records[:20]) or 'none'})")
     record = found[0]
     path = record.get("weights")
+    beside = Path(results_dir) / study / "weights" / f"{record['key']}.safetensors"
+    if (not path or not Path(path).is_file()) and beside.is_file():  # results moved or copied elsewhere
+        path = str(beside)
     if not path or not Path(path).is_file():
         raise BenchError(f"trial {record['trial']} of {study!r} has no saved weights"
                          + (f" ({path} is gone)" if path else "")
@@ -198,9 +209,12 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
     if not config.get("data"):
         raise BenchError(f"trial {record['trial']} of {study!r} records no dataset to evaluate on")
     cfg = CollapseConfig(**(config.get("collapse") or {}))
-    cfg = CollapseConfig(images=images or cfg.images, which=which or cfg.which,
-                         threshold=cfg.threshold if threshold is None else threshold,
-                         head_threshold=cfg.head_threshold if head_threshold is None else head_threshold)
+    try:
+        cfg = CollapseConfig(images=cfg.images if images is None else images, which=which or cfg.which,
+                             threshold=cfg.threshold if threshold is None else threshold,
+                             head_threshold=cfg.head_threshold if head_threshold is None else head_threshold)
+    except SpecError as err:
+        raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
     dev = resolve_device(device)
     variant = Variant(**{k: record[k] for k in FIELD_TYPES})
     model = load_weights(build_model(variant), path).to(dev)

@@ -196,8 +196,10 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             _by_depth(fig.add_subplot(1, 2, 2), summary, df, "adjacent_similarity_mean",
                       "mean similarity to the previous block", "Cross-layer similarity")
         elif name == "collapse_heatmaps.png":
-            for i, (title, matrix) in enumerate(_deepest(df)):
-                similarity_heatmap(fig.add_subplot(1, 2, i + 1), matrix, title)
+            items = _deepest(df)
+            fig.set_size_inches(5 * len(items), 4.5)
+            for i, (title, matrix) in enumerate(items):
+                similarity_heatmap(fig.add_subplot(1, len(items), i + 1), matrix, title)
         elif name == "gmacs_vs_depth.png":
             _by_depth(fig.add_subplot(), summary, df, "infer_gmacs", "GMACs per image (inference)",
                       "Compute against depth")

@@ -377,10 +377,15 @@ def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> 
     for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
-    if "collapse" not in df:  # per-block details live beside the records: load the heatmaps' only
-        from bench.plots import deepest_trials
-        numbers = [int(n) for _, rows in deepest_trials(df) for n in rows["trial"]]
-        df["collapse"] = df["trial"].map(ledger.details(numbers))
+    # per-block details live beside the records: load the heatmaps' only (records from before
+    # that change still carry theirs inside)
+    from bench.plots import deepest_trials
+    have = df["collapse"].map(lambda c: isinstance(c, dict)) if "collapse" in df else pd.Series(False, df.index)
+    numbers = [int(n) for _, rows in deepest_trials(df) for n in rows["trial"]
+               if not have[df.index[df["trial"] == n]].any()]
+    if numbers:
+        loaded = df["trial"].map(ledger.details(numbers))
+        df["collapse"] = loaded.where(~have, df["collapse"]) if "collapse" in df else loaded
     info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
     return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info)
 

@@ -69,12 +69,20 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         if result.pop("diverged"):
             record["status"] = "diverged"
         record.update(result)
-        if collapse and record["status"] == "complete":
-            say("attention collapse")
-            _add_collapse(record, model, images, collapse)
         if weights_path is not None and record["status"] == "complete":
             record["weights"] = str(save_weights(model, weights_path).resolve())
+        if collapse and record["status"] == "complete":
+            say("attention collapse")
+            try:  # the trained result stands even if its analysis fails
+                _add_collapse(record, model, images, collapse)
+            except Exception as err:
+                record["collapse_error"] = f"{type(err).__name__}: {_first_line(err)}"
     return record
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
@@ -180,8 +188,7 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         kind = "out of memory" if is_oom(err) else type(err).__name__
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record = {**base, "status": "failed", "error": f"{kind}: {first}"[:500]}
+        record = {**base, "status": "failed", "error": f"{kind}: {_first_line(err)}"[:500]}
         if is_oom(err) and dev.type == "cuda":
             torch.cuda.empty_cache()
     if record["status"] == "failed":
@@ -199,6 +206,8 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
             return str(v)
         if isinstance(v, list):
             return [fix(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
         return v
     return {k: fix(v) for k, v in record.items()}
 

@@ -88,3 +88,9 @@ def test_analyse_a_model_in_chunks_and_both_maps():
     assert not torch.allclose(torch.tensor(raw["similarity"]), torch.tensor(one["similarity"]), atol=1e-3)
     assert model.training  # analyse switches to eval and back
     assert all(0.0 <= s <= 1.0 + 1e-6 for row in raw["similarity"] for s in row)  # softmax maps: cos >= 0
+
+
+def test_tiny_columns_are_normalised_not_zeroed():
+    a = torch.tensor([[1e-20, 0.0], [2e-20, 1.0]]).view(1, 1, 2, 2)  # column 0 is tiny but not zero
+    r = metrics([a, a.clone()])
+    assert r["similarity"][0][1] == pytest.approx(1.0, abs=1e-6)  # both columns match themselves

@@ -346,3 +346,26 @@ def test_name_option_and_report_from_a_yaml_path(sweep_file, tmp_path, capsys):
     assert code == 2 and "--name: name='../x': must be a plain file name" in capsys.readouterr().err
     sweep_file.write_text(TINY.replace("name: tiny", "name: other"))
     assert main(["report", str(sweep_file), "--results", results]) == 0
+
+
+def test_a_failing_analysis_keeps_the_trained_result(sweep_file, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the maps")
+
+    monkeypatch.setattr(runner, "analyse", broken)
+    r = run(sweep_file, tmp_path, sets={"grid.depth": [1], "grid.attention": ["self"], "compare": None},
+            save_weights=True)["records"][0]
+    assert r["status"] == "complete" and r["top1"] is not None and "similar_blocks" not in r
+    assert r["collapse_error"] == "MemoryError: no room for the maps" and r["weights"]
+
+
+def test_collapse_finds_weights_in_a_moved_results_folder(sweep_file, tmp_path, capsys):
+    import json
+    import shutil
+
+    run(sweep_file, tmp_path, sets={"grid.depth": [1], "grid.attention": ["re"], "compare": None},
+        save_weights=True)
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tmp_path / "results"), str(moved))
+    code = main(["collapse", "tiny", "--trial", "0", "--results", str(moved), "--json", "--out", str(tmp_path / "c")])
+    assert code == 0 and json.loads(capsys.readouterr().out)["weights"].startswith(str(moved))
