@@ -21,7 +21,7 @@ from bench.data import Dataset, Loader, Split
 from bench.errors import BenchError
 from bench.models import Variant, build_model, save_weights
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
-from bench.report import report_ledger
+from bench.report import report_ledger, variant_label
 from bench.spec import SHAPES_SIZES, CollapseConfig, ProfileConfig, Sweep, Trial
 from bench.storage import Ledger, default_url, open_study
 from bench.training import TrainConfig, train
@@ -117,7 +117,7 @@ def _line(record: dict[str, Any]) -> str:
 def label(v: Variant, sweep: Sweep, seed: int | None = None) -> str:
     """The grid fields of ``v`` (those that vary across the sweep), plus the seed."""
     fields = [f for f in v.to_dict() if len({getattr(x, f) for x in sweep.variants}) > 1]
-    text = " ".join(f"{f}={getattr(v, f)}" for f in fields) or "base"
+    text = variant_label(v.to_dict(), fields) if fields else "base"  # as the report labels it
     return text if seed is None else f"{text} seed={seed}"
 
 
