@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,6 +28,7 @@ from bench.errors import BenchError, SpecError
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED: diverged, a finished result
+HEARTBEAT = (30, 120)  # seconds: a worker's heartbeat interval, and the silence that makes its trial stale
 DETAILS = ("collapse", "init_collapse")  # per-block arrays: stored beside the record, not in it
 
 
@@ -38,8 +41,12 @@ def _quiet_optuna() -> None:
     logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
 
 
-def open_study(url: str, name: str, *, create: bool, direction: str = "maximize") -> optuna.Study:
-    """Load (or with ``create`` make) the study ``name``; a dead database is one clear error."""
+def open_study(url: str, name: str, *, create: bool, direction: str = "maximize",
+               heartbeat: tuple[int, int] = HEARTBEAT) -> optuna.Study:
+    """Load (or with ``create`` make) the study ``name``; a dead database is one clear error.
+
+    ``heartbeat``: (interval, grace period) in seconds. A running trial's worker records a
+    heartbeat every interval; one silent for the grace period is stale (its worker died)."""
     _quiet_optuna()
     if create and url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +54,9 @@ def open_study(url: str, name: str, *, create: bool, direction: str = "maximize"
         raise BenchError(f"no study database at {url[len('sqlite:///'):]} (run `bench run` on the sweep first, "
                          "or pass --storage / --results)")
     try:
-        storage = optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1])
         if create:
             return optuna.create_study(storage=storage, study_name=name, direction=direction,
                                        load_if_exists=True)
@@ -114,6 +123,7 @@ class Ledger:
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
+        self._beats: dict[int, threading.Event] = {}  # trial id -> stop signal of its heartbeat
 
     @property
     def spec(self) -> dict[str, Any] | None:
@@ -142,6 +152,9 @@ class Ledger:
 
     def plan(self, trials: Iterable[Any], retry_failed: bool = False) -> Plan:
         plan = Plan()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # RUNNING, heartbeat silent: its worker died
         latest = self.latest()
         for trial in trials:
             prev = latest.get(trial.key)
@@ -157,7 +170,7 @@ class Ledger:
                     self.study.tell(prev.number, state=TrialState.FAIL)
                     plan.interrupted += 1
                     plan.todo.append(trial)
-            elif prev.user_attrs.get("interrupted"):
+            elif prev.user_attrs.get("interrupted") or "record" not in prev.user_attrs:  # never finished
                 plan.interrupted += 1
                 plan.todo.append(trial)
             elif retry_failed:
@@ -167,16 +180,43 @@ class Ledger:
         return plan
 
     def start(self, trial: Any) -> optuna.Trial:
-        handle = self.study.ask()
+        with warnings.catch_warnings():  # Optuna expects heartbeats from optimize(); ours come from _beat
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            handle = self.study.ask()
         handle.set_user_attr("key", trial.key)
         handle.set_user_attr("worker", WORKER)
         handle.set_user_attr("started_at", time.time())
+        self._beat(handle._trial_id)
         return handle
+
+    def _beat(self, trial_id: int) -> None:
+        """Record a heartbeat for ``trial_id`` now and every interval until ``finish``."""
+        storage = self.study._storage
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        if not interval:
+            return
+        stop = self._beats[trial_id] = threading.Event()
+
+        def run() -> None:
+            while True:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # a database hiccup: the next beat may get through
+                    pass
+                if stop.wait(interval):
+                    return
+        threading.Thread(target=run, name=f"bench-heartbeat-{trial_id}", daemon=True).start()
+
+    def _stop_beat(self, trial_id: int) -> None:
+        stop = self._beats.pop(trial_id, None)
+        if stop is not None:
+            stop.set()
 
     def finish(self, handle: optuna.Trial, record: dict[str, Any], objective: str) -> None:
         """Store ``record``; its ``status`` picks the trial state (complete, diverged, failed).
         Bulky per-block details (``DETAILS``) get their own attributes: reports load them
         only for the trials they draw."""
+        self._stop_beat(handle._trial_id)
         for key in DETAILS:
             if key in record:
                 handle.set_user_attr(key, record[key])

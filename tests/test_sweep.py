@@ -369,3 +369,22 @@ def test_collapse_finds_weights_in_a_moved_results_folder(sweep_file, tmp_path, 
     shutil.move(str(tmp_path / "results"), str(moved))
     code = main(["collapse", "tiny", "--trial", "0", "--results", str(moved), "--json", "--out", str(tmp_path / "c")])
     assert code == 0 and json.loads(capsys.readouterr().out)["weights"].startswith(str(moved))
+
+
+def test_a_dead_worker_elsewhere_is_reclaimed_when_its_heartbeat_stops(sweep_file, tmp_path):
+    import time
+
+    from bench.storage import Ledger, default_url, open_study
+
+    sweep = spec.load(sweep_file)
+    url = default_url(tmp_path / "results", "tiny")
+    lg = Ledger(open_study(url, "tiny", create=True, heartbeat=(1, 2)))
+    lg.bind(sweep)
+    trial = sweep.trials()[0]
+    handle = lg.start(trial)
+    handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
+    assert lg.plan([trial]).running_elsewhere == 1  # alive while it beats
+    lg._stop_beat(handle._trial_id)  # the worker dies (kill -9): no more beats
+    time.sleep(3.5)
+    plan = Ledger(open_study(url, "tiny", create=True, heartbeat=(1, 2))).plan([trial])
+    assert plan.interrupted == 1 and plan.todo == [trial]
