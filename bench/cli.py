@@ -162,7 +162,10 @@ def cmd_collapse(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.results) / "collapse" / _slug(context["model"]))
     from bench.plots import collapse_figures
     paths = collapse_figures(result, out, context["model"])
-    _atomic_json(out / "collapse.json", {**context, **result})
+    import json
+
+    from bench.report import atomic_write
+    atomic_write(out / "collapse.json", lambda f: json.dump({**context, **result}, f, indent=1, default=str))
     if args.json:
         console.print_json({**context, **result, "files": [str(p) for p in paths]})
         return 0
@@ -183,13 +186,6 @@ def cmd_collapse(args: argparse.Namespace) -> int:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    import json
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.report import _atomic_write, _has_accuracy, pareto_front, summarize, variant_label, varying_fields
+from bench.report import atomic_write, _has_accuracy, pareto_front, summarize, variant_label, varying_fields
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
@@ -172,7 +172,7 @@ def _by_depth(ax, summary: pd.DataFrame, df: pd.DataFrame, col: str, ylabel: str
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
     fig.clear()  # a Figure without pyplot is freed with its last reference; drop the artists now
     return path
 

@@ -184,6 +184,13 @@ def time_steps(step: Callable[[], Any], *, warmup: int, iters: int, device: torc
     return Timing(samples)
 
 
+def resolve_dtype(setting: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on CUDA, fp32 on CPU; anything else as given."""
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast(device: torch.device, dtype: str):
     amp = DTYPES[dtype]
     return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()

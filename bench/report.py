@@ -321,7 +321,7 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any])
 
 # --- files ----------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> None:
     """Write through a temp file in the same folder, then rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # not mkstemp: keep umask perms
     try:
@@ -356,9 +356,9 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
     details = [c for c in ("collapse", "init_collapse") if c in df]  # per-block arrays: in the study, not here
-    _atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
+    atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
     text = markdown(df, spec, info)
-    _atomic_write(paths["report.md"], lambda f: f.write(text))
+    atomic_write(paths["report.md"], lambda f: f.write(text))
     from bench.plots import plots
     paths.update({p.name: p for p in plots(df, out_dir)})
     return paths

@@ -20,15 +20,11 @@ from bench.collapse import SUMMARY, analyse
 from bench.data import Dataset, Loader, Split
 from bench.errors import BenchError
 from bench.models import Variant, build_model, save_weights
-from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device
+from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device, resolve_dtype
 from bench.report import report_ledger, variant_label
 from bench.spec import SHAPES_SIZES, CollapseConfig, ProfileConfig, Sweep, Trial
 from bench.storage import Ledger, default_url, open_study
 from bench.training import TrainConfig, train
-
-
-def _dtype(setting: str, device: torch.device) -> str:
-    return ("bf16" if device.type == "cuda" else "fp32") if setting == "auto" else setting
 
 
 def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
@@ -48,7 +44,7 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
     weights = copy.deepcopy(model.state_dict()) if train_cfg is not None else None
     t0 = time.perf_counter()
     record: dict[str, Any] = profile_model(
-        model, variant, device=device, dtype=_dtype(profile.dtype, device), batch_size=profile.batch_size,
+        model, variant, device=device, dtype=resolve_dtype(profile.dtype, device), batch_size=profile.batch_size,
         warmup=profile.warmup, iters=profile.iters, speed=profile.speed, on_progress=say)
     record["time_profile_s"] = time.perf_counter() - t0
     record["status"] = "complete"
@@ -192,7 +188,7 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
         if is_oom(err) and dev.type == "cuda":
             torch.cuda.empty_cache()
     if record["status"] == "failed":
-        record.update(environment(dev, _dtype(sweep.profile.dtype, dev)))
+        record.update(environment(dev, resolve_dtype(sweep.profile.dtype, dev)))
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
     ledger.finish(handle, _jsonable(record), objective)
@@ -265,6 +261,6 @@ def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
     batch = sweep.train.batch_size if sweep.train else sweep.profile.batch_size
     model = build_model(v).to(dev)
     r = measure_speed(model, (v.in_chans, v.img_size, v.img_size), mode="train", device=dev,
-                      dtype=_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
+                      dtype=resolve_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
                       batch_size=batch, warmup=1, iters=3)
     return 3 * closed_form(v)["macs"] * r["train_samples_per_sec"]

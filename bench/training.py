@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.data import Dataset, Loader
 from bench.errors import SpecError, check_fields
-from bench.profiling import autocast
+from bench.profiling import autocast, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,7 @@ class TrainConfig:
             raise SpecError("grad_clip", self.grad_clip, "must be positive (or null for no clipping)")
 
     def resolved_dtype(self, device: torch.device) -> str:
-        if self.dtype != "auto":
-            return self.dtype
-        return "bf16" if device.type == "cuda" else "fp32"
+        return resolve_dtype(self.dtype, device)
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, floor: float) -> float:

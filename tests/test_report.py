@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bench.models import Variant
-from bench.report import (VARIANT_FIELDS, _atomic_write, comparison, markdown, pareto_front, summarize,
+from bench.report import (VARIANT_FIELDS, atomic_write, comparison, markdown, pareto_front, summarize,
                           variant_label, write_report)
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
@@ -213,7 +213,7 @@ def test_profile_only_sweep(sweep, tmp_path):
         "runs.csv", "report.md", "gmacs_vs_depth.png"}
 
 
-def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
+def testatomic_write_keeps_the_old_file_on_a_crash(tmp_path):
     path = tmp_path / "report.md"
     path.write_text("old")
 
@@ -222,5 +222,5 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        _atomic_write(path, crash)
+        atomic_write(path, crash)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
