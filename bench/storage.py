@@ -165,8 +165,7 @@ class Ledger:
             elif prev.state == TrialState.RUNNING:
                 if _alive(prev.user_attrs.get("worker")):
                     plan.running_elsewhere += 1
-                else:  # killed mid-trial (kill -9, power loss): close it as interrupted, run it again
-                    self.study._storage.set_trial_user_attr(prev._trial_id, "interrupted", True)
+                else:  # killed mid-trial (kill -9, power loss): close it (no record: interrupted), run it again
                     self.study.tell(prev.number, state=TrialState.FAIL)
                     plan.interrupted += 1
                     plan.todo.append(trial)
