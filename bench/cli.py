@@ -83,12 +83,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_sweep
 
     sweep = _load_sweep(args)
+    if args.workers < 1:
+        raise SpecError("workers", args.workers, "must be at least 1", where="--workers")
     summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
-                        retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights)
+                        retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
+                        workers=args.workers)
     records = summary["records"]
     if records and not args.quiet:
         from bench.runner import label
-        rows = [{"trial": label(_variant(r), sweep, r["seed"]), "status": r["status"], "top1": r.get("top1"),
+        rows = [{"trial": label(_variant(r), sweep.variants, r["seed"]), "status": r["status"], "top1": r.get("top1"),
                  "param_count": r.get("param_count"), "infer_gmacs": r.get("infer_gmacs"),
                  "train_samples_per_sec": r.get("train_samples_per_sec"), "time_trial_s": r["time_trial_s"]}
                 for r in records]
@@ -98,6 +101,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "report" in summary:
         paths = summary["report"]
         console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
+    failed = sum(r["status"] == "failed" for r in records)
+    return 1 if failed and failed == len(records) else 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bench.profiling import resolve_device
+    from bench.report import report_ledger
+    from bench.runner import stored_sweep, work
+    from bench.storage import Ledger, default_url, open_study
+
+    url = args.storage or default_url(args.results, args.name)
+    ledger = Ledger(open_study(url, args.name, create=False))
+    sweep = stored_sweep(ledger)
+    dev = resolve_device(args.device)
+    if not args.quiet:
+        console.info(f"worker on {args.name} | {url} | {dev}")
+    records = work(ledger, sweep, dev, results_dir=args.results, quiet=args.quiet,
+                   save_weights=args.save_weights, tag=args.tag)
+    if not args.no_report:
+        paths = report_ledger(ledger, args.name, url, args.results)
+        if not args.quiet:
+            console.info(f"report: {paths['report.md']}")
     failed = sum(r["status"] == "failed" for r in records)
     return 1 if failed and failed == len(records) else 0
 
@@ -236,8 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
     p.add_argument("--save-weights", action="store_true",
                    help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="start N local worker processes, one per GPU where there are several (default 1); "
+                        "they share the study, so give a --storage that serves several (default: a journal file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="join a study's workers: run its queued trials until none is left",
+                       description="Run trials queued in study NAME (by `bench run` or `bench study`) until "
+                                   "none is left and no other worker runs one; a trial whose worker dies is "
+                                   "taken over. Start any number, on any machines, with the same --storage.")
+    p.add_argument("name", metavar="NAME", help="the study (sweep) name")
+    storage_args(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--save-weights", action="store_true", help="keep each trained model (see bench run)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report when done")
+    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    p.add_argument("--tag", default="", help=argparse.SUPPRESS)  # prefixes this worker's lines
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("plan", help="list a sweep's variants with params, GMACs and estimated time",
                        description="Validate a sweep and list its variants; trains nothing.")

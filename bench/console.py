@@ -82,8 +82,9 @@ class SweepProgress:
     trial instead (quiet: only those lines).
     """
 
-    def __init__(self, total: int, quiet: bool = False) -> None:
+    def __init__(self, total: int, quiet: bool = False, tag: str = "") -> None:
         self.total, self.quiet, self.done = total, quiet, 0
+        self.tag = f"{tag} " if tag else ""  # which worker speaks, when several share a terminal
         self.live = not quiet and err.is_terminal
         self.progress = None
 
@@ -107,7 +108,7 @@ class SweepProgress:
         if self.progress is not None:
             self.progress.reset(self.trial, total=1, description=label, note="", visible=True)
         elif not self.quiet:
-            info(f"[{self.done + 1}/{self.total}] {label}")
+            info(f"{self.tag}[{self.done + 1}/{self.total}] {label}")
 
     def phase(self, message: str) -> None:
         if self.progress is not None:
@@ -124,4 +125,12 @@ class SweepProgress:
             self.progress.update(self.sweep, completed=self.done)
             self.progress.console.print(f"  {label}: {line}", highlight=False)
         else:
-            err.print(f"[{self.done}/{self.total}] {label}: {line}", highlight=False, soft_wrap=True)
+            err.print(f"{self.tag}[{self.done}/{self.total}] {label}: {line}", highlight=False, soft_wrap=True)
+
+    def waiting(self, message: str) -> None:
+        """Idle: the queue is empty while other workers still run trials."""
+        if self.progress is not None:
+            self.progress.update(self.trial, description="idle", note=message, visible=True)
+        elif not self.quiet and message != getattr(self, "_said", None):
+            info(f"{self.tag}{message}")
+        self._said = message

@@ -23,7 +23,7 @@ from bench.models import Variant, build_model, save_weights
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device, resolve_dtype
 from bench.report import report_ledger, variant_label
 from bench.spec import SHAPES_SIZES, CollapseConfig, ProfileConfig, Sweep, Trial
-from bench.storage import Ledger, default_url, open_study
+from bench.storage import DONE, Ledger, default_url, open_study, safe_url
 from bench.training import TrainConfig, train
 
 
@@ -110,54 +110,162 @@ def _line(record: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def label(v: Variant, sweep: Sweep, seed: int | None = None) -> str:
-    """The grid fields of ``v`` (those that vary across the sweep), plus the seed."""
-    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in sweep.variants}) > 1]
+def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
+    """The fields of ``v`` that vary across ``variants`` (the sweep's grid), plus the seed."""
+    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in variants}) > 1]
     text = variant_label(v.to_dict(), fields) if fields else "base"  # as the report labels it
     return text if seed is None else f"{text} seed={seed}"
 
 
+POLL_S = 5.0  # how often an idle worker looks for dead workers' trials to take over
+
+
+def open_ledger(sweep: Sweep, url: str) -> Ledger:
+    direction = "maximize" if sweep.train else "minimize"
+    return Ledger(open_study(url, sweep.name, create=True, direction=direction))
+
+
 def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Path = "results",
               device: str | None = None, retry_failed: bool = False, quiet: bool = False,
-              report: bool = True, save_weights: bool = False) -> dict[str, Any]:
-    """Run every trial of ``sweep`` that the ledger lacks; write the report. ``save_weights``:
-    keep each trained model as results_dir/name/weights/KEY.safetensors."""
+              report: bool = True, save_weights: bool = False, workers: int = 1,
+              poll: float = POLL_S) -> dict[str, Any]:
+    """Queue every trial of ``sweep`` that the study lacks, run the queue, write the report.
+
+    ``workers`` > 1 starts that many local worker processes (one per GPU where there are
+    several) instead of working here. Other workers (``bench worker``, or ``bench run``
+    elsewhere with the same ``storage``) take from the same queue. ``save_weights``: keep
+    each trained model as results_dir/name/weights/KEY.safetensors."""
     dev = resolve_device(device)
-    url = storage or default_url(results_dir, sweep.name)
-    objective, direction = ("top1", "maximize") if sweep.train else ("infer_gmacs", "minimize")
-    ledger = Ledger(open_study(url, sweep.name, create=True, direction=direction))
+    url = storage or default_url(results_dir, sweep.name, workers)
+    ledger = open_ledger(sweep, url)
     ledger.bind(sweep)
     plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
+    ledger.enqueue(plan.todo)
     if not quiet:
         console.info(f"{sweep.name}: {len(sweep.trials())} trials, {plan.done} already done, "
-                     f"{len(plan.todo)} to run"
+                     f"{len(plan.todo) + plan.queued} to run"
                      + (f" ({plan.interrupted} interrupted before)" if plan.interrupted else "")
                      + (f"; {plan.failed_skipped} failed skipped (--retry-failed reruns them)"
                         if plan.failed_skipped else "")
                      + (f"; {plan.running_elsewhere} running in other workers" if plan.running_elsewhere else "")
-                     + f" | {url} | {environment(dev, 'fp32')['device_name']}")
-    datasets: dict[int, Dataset] = {}
-    finished = []
-    with console.SweepProgress(len(plan.todo), quiet=quiet) as progress:
-        for trial in plan.todo:
-            name = label(trial.variant, sweep, trial.seed)
-            progress.start(name)
-            weights = Path(results_dir) / sweep.name / "weights" / f"{trial.key}.safetensors" \
-                if save_weights and sweep.train else None
-            record = _run_trial(trial, sweep, dev, datasets, ledger, objective, progress, weights)
-            finished.append(record)
-            progress.finish(name, _line(record))
+                     + f" | {safe_url(url)} | " + (f"{workers} workers" if workers > 1 else
+                                                environment(dev, 'fp32')['device_name']))
+    if workers > 1:
+        finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet,
+                                 total=len(plan.todo) + plan.queued + plan.running_elsewhere)
+    else:
+        finished = work(ledger, sweep, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
+                        total=len(plan.todo) + plan.queued, poll=poll)
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
     if report:
         summary["report"] = report_ledger(ledger, sweep.name, url, results_dir)
     return summary
 
 
+def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | Path = "results",
+         quiet: bool = False, save_weights: bool = False, total: int | None = None, poll: float = POLL_S,
+         tag: str = "") -> list[dict[str, Any]]:
+    """Run queued trials until the queue is empty and no other worker runs one: a worker that
+    died meanwhile has its trial closed and queued again, so whoever is left finishes it."""
+    datasets: dict[int, Dataset] = {}
+    finished: list[dict[str, Any]] = []
+    known = _known(ledger)
+    variants = list(dict.fromkeys([*sweep.variants, *(t.variant for t in known)])) or sweep.variants
+    if total is None:
+        latest = ledger.latest()
+        total = sum(1 for t in known if t.key not in latest or latest[t.key].state not in DONE)
+    with console.SweepProgress(total, quiet=quiet, tag=tag) as progress:
+        while True:
+            claimed = ledger.claim()
+            if claimed is not None:
+                handle, attrs = claimed
+                trial = Trial(attrs["key"], Variant.from_dict(attrs["variant"]), int(attrs["seed"]))
+                if trial.variant not in variants:
+                    variants.append(trial.variant)
+                name = label(trial.variant, variants, trial.seed)
+                progress.start(name)
+                weights = Path(results_dir) / sweep.name / "weights" / f"{trial.key}.safetensors" \
+                    if save_weights and sweep.train else None
+                record = _run_trial(trial, sweep, dev, datasets, ledger, progress, weights, handle)
+                finished.append(record)
+                progress.finish(name, _line(record))
+                continue
+            plan = ledger.plan(_known(ledger))  # closes dead workers' trials: theirs to redo
+            if plan.todo:
+                ledger.enqueue(plan.todo)
+                continue
+            if plan.queued:
+                continue  # queued by another worker between our claim and our plan
+            if not plan.running_elsewhere:
+                return finished
+            progress.waiting(f"waiting for {plan.running_elsewhere} trial(s) running in other workers "
+                             "(taken over if their worker dies)")
+            time.sleep(poll)
+
+
+def _known(ledger: Ledger) -> list[Trial]:
+    return [Trial(key, Variant.from_dict(v), int(seed)) for key, v, seed in ledger.known_trials()]
+
+
+def stored_sweep(ledger: Ledger) -> Sweep:
+    """The sweep a study was made from (its stored spec), for a worker that has no file."""
+    from bench import spec
+    stored = ledger.spec
+    if stored is None:
+        raise BenchError(f"study {ledger.study.study_name!r} has no bench spec: start it with `bench run SWEEP` "
+                         "(or `bench study SPEC`) first")
+    raw = {k: stored[k] for k in ("name", "description", "data", "model", "train", "profile", "collapse")
+           if k in stored}
+    return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
+
+
+def spawn_workers(name: str, url: str, n: int, dev: torch.device, results_dir: str | Path,
+                  save_weights: bool, quiet: bool, total: int) -> list[dict[str, Any]]:
+    """Start ``n`` local ``bench worker`` processes on study ``name`` and wait for them; with
+    several GPUs each worker gets its own (CUDA_VISIBLE_DEVICES). Ctrl-C stops them all
+    (each marks its trial interrupted). Returns the records they finished."""
+    import signal
+    import subprocess
+    import sys
+    gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        if dev.type == "cpu" and "OMP_NUM_THREADS" not in env:  # share the cores, do not oversubscribe them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        cmd = [sys.executable, "-m", "bench.cli", "worker", name, "--storage", url, "--results", str(results_dir),
+               "--device", dev.type, "--quiet", "--tag", f"w{i}", "--no-report"]
+        if save_weights:
+            cmd.append("--save-weights")
+        procs.append(subprocess.Popen(cmd, env=env))
+    started = time.time()
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    if any(codes):
+        raise BenchError(f"{sum(c != 0 for c in codes)} of {n} workers failed (exit codes {codes}); "
+                         "rerun the same command to finish the sweep")
+    ledger = Ledger(open_study(url, name, create=False))
+    return [r for r in ledger.records() if r.get("finished_at") and _after(r["finished_at"], started)]
+
+
+def _after(iso: str, t: float) -> bool:
+    return datetime.fromisoformat(iso).timestamp() >= int(t)
+
+
 def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int, Dataset],
-               ledger: Ledger, objective: str, progress: console.SweepProgress,
-               weights: Path | None = None) -> dict[str, Any]:
+               ledger: Ledger, progress: console.SweepProgress, weights: Path | None,
+               handle: Any) -> dict[str, Any]:
+    objective = "top1" if sweep.train else "infer_gmacs"
     t0 = time.perf_counter()
-    handle = ledger.start(trial)
     # the resolved config: with it, every record stands alone
     base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
             "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile", "collapse")}}
@@ -220,7 +328,7 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     rows = []
     for v in sweep.variants:
         cf = closed_form(v)
-        rows.append({"variant": label(v, sweep), "depth": v.depth, "embed_dim": v.embed_dim,
+        rows.append({"variant": label(v, sweep.variants), "depth": v.depth, "embed_dim": v.embed_dim,
                      "attention": v.attention, "param_count": cf["params"] / 1e6,
                      "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
     rate = _calibrate(min(sweep.variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None

@@ -146,7 +146,7 @@ def test_ctrl_c_marks_the_trial_interrupted_and_a_rerun_redoes_it(sweep_file, tm
     monkeypatch.setattr(runner, "train", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         run(sweep_file, tmp_path)
-    assert states(tmp_path) == ["COMPLETE", "FAIL"]
+    assert states(tmp_path) == ["COMPLETE", "FAIL", "WAITING", "WAITING"]  # the rest stay queued
     monkeypatch.setattr(runner, "train", real)
     summary = run(sweep_file, tmp_path)
     assert summary["plan"].interrupted == 1 and summary["ran"] == 3
@@ -185,13 +185,15 @@ def test_kill_9_leaves_a_running_trial_that_the_rerun_redoes(sweep_file, tmp_pat
         if db.exists():
             try:
                 with sqlite3.connect(db) as con:
-                    running = con.execute("select count(*) from trials where state='RUNNING'").fetchone()[0]
+                    running = con.execute(  # claimed and signed by its worker
+                        "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                        "where t.state = 'RUNNING' and a.key = 'worker'").fetchone()[0]
             except sqlite3.OperationalError:
                 pass  # tables not created yet
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert running == 1, proc.stderr.read().decode()
-    assert states(tmp_path) == ["RUNNING"]
+    assert states(tmp_path) == ["RUNNING", "WAITING", "WAITING", "WAITING"]
 
     sweep_file.write_text(TINY)  # other data and train settings: refused, nothing recorded
     with pytest.raises(SpecError, match="other settings.*--name"):
@@ -199,9 +201,10 @@ def test_kill_9_leaves_a_running_trial_that_the_rerun_redoes(sweep_file, tmp_pat
     sweep_file.write_text(slow)
     lg = ledger(tmp_path)
     plan = lg.plan(spec.load(sweep_file).trials())  # what `bench run` does first: the dead worker's trial
-    assert plan.interrupted == 1 and len(plan.todo) == 4  # is closed and queued again
+    assert plan.interrupted == 1 and len(plan.todo) == 1 and plan.queued == 3  # is closed, to be queued again
     closed = lg.study.get_trials()
-    assert [t.state.name for t in closed] == ["FAIL"] and "record" not in closed[0].user_attrs
+    assert [t.state.name for t in closed] == ["FAIL", "WAITING", "WAITING", "WAITING"]
+    assert "record" not in closed[0].user_attrs
     assert lg.plan(spec.load(sweep_file).trials()).interrupted == 1  # still to redo, not a failure
 
 

@@ -1,0 +1,171 @@
+"""Many workers on one study: a shared queue, kill -9 mid-trial, each grid point complete once.
+
+The PostgreSQL tests need a server: ``eval "$(.ci/postgres)"`` starts a throw-away one and
+exports BENCH_TEST_POSTGRES (``.ci/run`` does this, and sets BENCH_REQUIRE_POSTGRES so that a
+missing server fails the run instead of skipping)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from bench import runner, spec
+from bench.cli import main
+from bench.storage import Ledger, default_url, open_study
+
+PG = os.environ.get("BENCH_TEST_POSTGRES")
+
+SWEEP = """
+name: {name}
+data: {{name: shapes, train_size: {train_size}, test_size: 24}}
+model: {{img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2, mlp_ratio: 2}}
+train: {{epochs: {epochs}, batch_size: 16, check_every: 1}}
+profile: {{batch_size: 4, warmup: 0, iters: 1}}
+collapse: null
+grid: {{depth: [1, 2, 3], attention: [self, re]}}
+seeds: [0]
+"""
+
+
+@pytest.fixture
+def pg():
+    if not PG:
+        if os.environ.get("BENCH_REQUIRE_POSTGRES"):
+            pytest.fail("BENCH_REQUIRE_POSTGRES is set but BENCH_TEST_POSTGRES is not")
+        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres)" starts one (.ci/run does)')
+    return PG
+
+
+def write_sweep(tmp_path, train_size=48, epochs=1):
+    name = f"w{uuid.uuid4().hex[:10]}"  # one study per test in the shared database
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, train_size=train_size, epochs=epochs))
+    return path, name
+
+
+def bench_cmd(*args):
+    return [sys.executable, "-m", "bench.cli", *map(str, args)]
+
+
+def signed_running(url, name, pid):
+    """Whether the worker with ``pid`` is running a trial of study ``name`` (claimed and signed)."""
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as con:
+            return con.execute(sa.text(
+                "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id WHERE s.study_name = :name "
+                "AND t.state = 'RUNNING' AND a.key = 'worker' AND a.value_json = :worker"),
+                {"name": name, "worker": json.dumps(f"{socket.gethostname()}:{pid}")}).scalar() > 0
+    except Exception:  # tables not created yet
+        return False
+    finally:
+        engine.dispose()
+
+
+def outcome(url, name):
+    """Per key: the states of its trials (dropped duplicate claims left out), and the workers
+    that completed it."""
+    trials = Ledger(open_study(url, name, create=False)).study.get_trials()
+    states, done_by = {}, {}
+    for t in trials:
+        if t.user_attrs.get("duplicate"):
+            assert t.state.name == "FAIL" and "record" not in t.user_attrs  # dropped before any work
+            continue
+        key = t.user_attrs["key"]
+        states.setdefault(key, []).append(t.state.name)
+        if t.state.name == "COMPLETE":
+            done_by.setdefault(key, []).append(t.user_attrs["worker"])
+    return states, done_by
+
+
+def test_three_workers_share_a_grid_and_one_killed_mid_trial_loses_nothing(tmp_path, pg):
+    path, name = write_sweep(tmp_path, train_size=1500, epochs=2)
+    keys = {t.key for t in spec.load(path).trials()}
+    cmd = bench_cmd("run", path, "--storage", pg, "--results", tmp_path / "results", "--device", "cpu", "--quiet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(3)]
+    victim = procs[0]
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None and not signed_running(pg, name, victim.pid):
+        time.sleep(0.2)
+    assert victim.poll() is None, victim.stderr.read().decode()
+    os.kill(victim.pid, signal.SIGKILL)  # mid-trial: its trial stays RUNNING, nobody told
+    victim.wait()
+    for p in procs[1:]:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+
+    states, done_by = outcome(pg, name)
+    assert set(states) == keys
+    assert all(s.count("COMPLETE") == 1 for s in states.values()), states  # every point, exactly once
+    killed = [k for k, s in states.items() if "FAIL" in s]
+    assert len(killed) == 1 and states[killed[0]] == ["FAIL", "COMPLETE"]  # closed, then redone by another
+    assert not done_by[killed[0]][0].endswith(f":{victim.pid}")
+    assert len(Ledger(open_study(pg, name, create=False)).records()) == len(keys)
+
+
+def test_workers_option_starts_local_processes_on_a_journal_file(tmp_path):
+    path, name = write_sweep(tmp_path, train_size=400)
+    results = tmp_path / "results"
+    code = main(["run", str(path), "--workers", "2", "--results", str(results), "--device", "cpu", "--quiet"])
+    url = default_url(results, name)
+    assert code == 0 and url == f"journal:{results / name / 'study.journal'}"  # several processes: not SQLite
+    states, done_by = outcome(url, name)
+    assert len(states) == 6 and all(s == ["COMPLETE"] for s in states.values())
+    assert (results / name / "report.md").is_file()
+    # the default storage is now the journal: a plain rerun finds everything done
+    summary = runner.run_sweep(spec.load(path), results_dir=results, device="cpu", quiet=True)
+    assert summary["ran"] == 0 and summary["plan"].done == 6
+
+
+def test_a_worker_joins_by_name_and_takes_the_queue(tmp_path, pg, capsys):
+    path, name = write_sweep(tmp_path)
+    sweep = spec.load(path)
+    lg = runner.open_ledger(sweep, pg)
+    lg.bind(sweep)
+    assert lg.enqueue(lg.plan(sweep.trials()).todo) == 6  # queued, nobody working yet
+    lg.enqueue(sweep.trials()[:2])  # a second worker queued the same points in a race
+    code = main(["worker", name, "--storage", pg, "--results", str(tmp_path / "results"), "--device", "cpu",
+                 "--quiet"])
+    assert code == 0
+    states, _ = outcome(pg, name)
+    assert sorted(states) == sorted(t.key for t in sweep.trials())
+    assert all(s == ["COMPLETE"] for s in states.values())  # the duplicates were dropped, not rerun
+    dropped = [t for t in lg.study.get_trials() if t.user_attrs.get("duplicate")]
+    assert len(dropped) == 2
+
+
+def test_a_dead_worker_elsewhere_is_reclaimed_on_postgres(tmp_path, pg):
+    path, name = write_sweep(tmp_path)
+    sweep = spec.load(path)
+    lg = Ledger(open_study(pg, name, create=True, heartbeat=(1, 2)))
+    lg.bind(sweep)
+    trial = sweep.trials()[0]
+    handle = lg.start(trial)
+    handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
+    assert lg.plan([trial]).running_elsewhere == 1
+    lg._stop_beat(handle._trial_id)  # the worker dies: no more beats
+    time.sleep(3.5)
+    plan = Ledger(open_study(pg, name, create=True, heartbeat=(1, 2))).plan([trial])
+    assert plan.interrupted == 1 and plan.todo == [trial]
+
+
+def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_path, pg, capsys):
+    path, _ = write_sweep(tmp_path)
+    wrong = pg.replace("bench-secret", "not-the-password")
+    dead = "postgresql://bench:hunter2@127.0.0.1:9/bench"
+    for url in (wrong, dead):
+        code = main(["run", str(path), "--storage", url, "--device", "cpu", "--results", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert code == 1 and "cannot open study storage postgresql://bench:***@127.0.0.1" in err
+        assert "not-the-password" not in err and "hunter2" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    code = main(["worker", "nosuch", "--storage", pg, "--device", "cpu"])
+    assert code == 1 and "no study named 'nosuch'" in capsys.readouterr().err
