@@ -69,7 +69,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def _load_sweep(args: argparse.Namespace):
     from bench import spec
-    sweep = spec.load(args.sweep, parse_sets(args.set))
+    sets = parse_sets(args.set)
+    for flag, key in (("n_trials", "study.n_trials"), ("timeout", "study.timeout")):
+        if getattr(args, flag, None) is not None:
+            sets[key] = getattr(args, flag)
+    sweep = spec.load(args.sweep, sets)
     if getattr(args, "name", None):
         import dataclasses
         try:
@@ -91,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = summary["records"]
     if records and not args.quiet:
         from bench.runner import label
-        rows = [{"trial": label(_variant(r), sweep.variants, r["seed"]), "status": r["status"], "top1": r.get("top1"),
+        variants = list(dict.fromkeys([*sweep.variants, *(_variant(r) for r in records if "depth" in r)]))
+        rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"), "status": r["status"], "top1": r.get("top1"),
                  "param_count": r.get("param_count"), "infer_gmacs": r.get("infer_gmacs"),
                  "train_samples_per_sec": r.get("train_samples_per_sec"), "time_trial_s": r["time_trial_s"]}
                 for r in records]
@@ -103,6 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
     failed = sum(r["status"] == "failed" for r in records)
     return 1 if failed and failed == len(records) else 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)
+    if sweep.search is None:
+        raise SpecError("search", None, "this file has no search section: `bench run` runs grid sweeps",
+                        where=args.sweep)
+    return cmd_run(args)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -117,8 +130,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     if not args.quiet:
         console.info(f"worker on {args.name} | {url} | {dev}")
-    records = work(ledger, sweep, dev, results_dir=args.results, quiet=args.quiet,
-                   save_weights=args.save_weights, tag=args.tag)
+    if sweep.search is not None:
+        from bench.search import run_search
+        offset = int(args.tag[1:]) if args.tag[1:].isdigit() else os.getpid()
+        records = run_search(sweep, ledger, dev, results_dir=args.results, quiet=args.quiet,
+                             save_weights=args.save_weights, seed=sweep.study.seed + 1 + offset, tag=args.tag)
+    else:
+        records = work(ledger, sweep, dev, results_dir=args.results, quiet=args.quiet,
+                       save_weights=args.save_weights, tag=args.tag, own=False)
     if not args.no_report:
         paths = report_ledger(ledger, args.name, url, args.results)
         if not args.quiet:
@@ -266,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "they share the study, so give a --storage that serves several (default: a journal file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("study", help="an Optuna study: search variants for top-1 against a cost",
+                       description="Search a space of variants (the spec's search section) with an Optuna "
+                                   "sampler, for one or two objectives; resumable like a sweep, and shared "
+                                   "by any number of workers through --storage.")
+    sweep_args(p)
+    storage_args(p)
+    p.add_argument("--n-trials", type=int, default=None, metavar="N",
+                   help="trials in the study, all workers together (default: the spec's study.n_trials)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds: no new trial starts after this (per worker)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="start N local worker processes, one per GPU where there are several")
+    p.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--save-weights", action="store_true", help="keep each trained model (see bench run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("worker", help="join a study's workers: run its queued trials until none is left",
                        description="Run trials queued in study NAME (by `bench run` or `bench study`) until "

@@ -289,8 +289,10 @@ def _trials_md(df: pd.DataFrame, status: str, title: str) -> list[str]:
     return lines + [""]
 
 
-def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any]) -> str:
-    """report.md: the run, the comparison, the noise level, every variant, what went wrong, plots."""
+def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
+             extra: list[str] | None = None) -> str:
+    """report.md: the run, ``extra`` (a study's section), the comparison, the noise level, every
+    variant, what went wrong, plots."""
     accuracy = _has_accuracy(df)
     summary = summarize(df)
     env = []
@@ -306,12 +308,14 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any])
              f"**Run:** {trials}: {len(summary)} variants{seeds} · {' · '.join(env)}  ",
              f"**Data:** {_settings(spec.get('data'))}  ",
              f"**Train:** {_settings(spec.get('train')) if spec.get('train') else 'none (profile only)'}", ""]
+    lines += extra or []
     if spec.get("compare"):
         lines += _comparison_md(comparison(df, spec["compare"]), spec["compare"], accuracy)
     if accuracy:
         lines += _spread_md(summary)
     lines += _summary_md(summary, df, accuracy)
     lines += _trials_md(df, "failed", "Failed trials") + _trials_md(df, "diverged", "Diverged trials")
+    lines += _trials_md(df, "pruned", "Pruned trials")
     from bench.plots import plot_names  # plots use this module's summaries
     names = plot_names(df)
     if names:
@@ -350,14 +354,20 @@ def runs_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
-                 info: Mapping[str, Any]) -> dict[str, Path]:
-    """runs.csv, report.md and the plots in ``out_dir``; paths by file name."""
+                 info: Mapping[str, Any], study: Any = None) -> dict[str, Path]:
+    """runs.csv, report.md and the plots in ``out_dir``; paths by file name. ``study``: the
+    Optuna study of a search (its Pareto front, best trials and importances go in too)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
     details = [c for c in ("collapse", "init_collapse") if c in df]  # per-block arrays: in the study, not here
     atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
-    text = markdown(df, spec, info)
+    extra: list[str] = []
+    if spec.get("search"):
+        from bench.search import study_section
+        extra, study_plots = study_section(study, df, spec, out_dir)
+        paths.update({p.name: p for p in study_plots})
+    text = markdown(df, spec, info, extra)
     atomic_write(paths["report.md"], lambda f: f.write(text))
     from bench.plots import plots
     paths.update({p.name: p for p in plots(df, out_dir)})
@@ -386,8 +396,9 @@ def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> 
     if numbers:
         loaded = df["trial"].map(ledger.details(numbers))
         df["collapse"] = loaded.where(~have, df["collapse"]) if "collapse" in df else loaded
-    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": url}
-    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info)
+    from bench.storage import safe_url
+    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": safe_url(url)}
+    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info, study=ledger.study)
 
 
 def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:

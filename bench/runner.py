@@ -18,7 +18,7 @@ import torch
 from bench import console
 from bench.collapse import SUMMARY, analyse
 from bench.data import Dataset, Loader, Split
-from bench.errors import BenchError
+from bench.errors import BenchError, SpecError
 from bench.models import Variant, build_model, save_weights
 from bench.profiling import closed_form, environment, is_oom, profile_model, resolve_device, resolve_dtype
 from bench.report import report_ledger, variant_label
@@ -31,12 +31,14 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             train_cfg: TrainConfig | None = None, data: Dataset | None = None,
             crop_padding: int = 0, flip: bool = False, collapse: CollapseConfig | None = None,
             weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
-            on_step: Callable[[int, int, float | None], None] | None = None) -> dict[str, Any]:
+            on_step: Callable[[int, int, float | None], None] | None = None,
+            on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
     """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
 
     With ``collapse``, the trained model's attention collapse on the first test images (and,
     ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
-    ``status`` is "complete" or "diverged"; exceptions propagate to the caller.
+    ``on_epoch(epoch, top1, loss)`` returning True stops training (a pruned trial).
+    ``status`` is "complete", "diverged" or "pruned"; exceptions propagate to the caller.
     """
     say = on_phase or (lambda _msg: None)
     torch.manual_seed(seed)
@@ -60,10 +62,13 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         say("training")
         t0 = time.perf_counter()
         result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
-                       flip=flip, on_step=on_step)
+                       flip=flip, on_step=on_step, on_epoch=on_epoch)
         record["time_train_s"] = time.perf_counter() - t0
         if result.pop("diverged"):
             record["status"] = "diverged"
+        elif result.pop("stopped"):
+            record["status"] = "pruned"
+        result.pop("stopped", None)
         record.update(result)
         if weights_path is not None and record["status"] == "complete":
             record["weights"] = str(save_weights(model, weights_path).resolve())
@@ -112,7 +117,8 @@ def _line(record: dict[str, Any]) -> str:
 
 def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
     """The fields of ``v`` that vary across ``variants`` (the sweep's grid), plus the seed."""
-    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in variants}) > 1]
+    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in variants}) > 1
+              and not (f.startswith("re_") and v.attention != "re")]  # no re-attention options without it
     text = variant_label(v.to_dict(), fields) if fields else "base"  # as the report labels it
     return text if seed is None else f"{text} seed={seed}"
 
@@ -121,8 +127,18 @@ POLL_S = 5.0  # how often an idle worker looks for dead workers' trials to take 
 
 
 def open_ledger(sweep: Sweep, url: str) -> Ledger:
-    direction = "maximize" if sweep.train else "minimize"
-    return Ledger(open_study(url, sweep.name, create=True, direction=direction))
+    """The sweep's study, made if new; one whose objectives differ is refused (use --name)."""
+    directions = sweep.directions()
+    ledger = Ledger(open_study(url, sweep.name, create=True,
+                               direction=directions if len(directions) > 1 else directions[0]))
+    have = [d.name.lower() for d in ledger.study.directions]
+    stored = ((ledger.spec or {}).get("study") or {}).get("objectives")
+    wanted = sweep.study.objectives if sweep.study is not None else None
+    if have != directions or (stored is not None and stored != wanted):
+        what = ", ".join(stored) if stored else ", ".join(have)
+        raise SpecError("name", sweep.name, f"this study's values are {what}, not "
+                        f"{', '.join(wanted or directions)}; pass --name NEW for a new study", sweep.path)
+    return ledger
 
 
 def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Path = "results",
@@ -136,26 +152,40 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
     elsewhere with the same ``storage``) take from the same queue. ``save_weights``: keep
     each trained model as results_dir/name/weights/KEY.safetensors."""
     dev = resolve_device(device)
+    if sweep.study is not None and "peak_mem" in sweep.study.objectives and dev.type != "cuda":
+        raise BenchError(f"objective peak_mem is peak CUDA memory: this run's device is {dev.type}")
     url = storage or default_url(results_dir, sweep.name, workers)
     ledger = open_ledger(sweep, url)
     ledger.bind(sweep)
-    plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
-    ledger.enqueue(plan.todo)
-    if not quiet:
-        console.info(f"{sweep.name}: {len(sweep.trials())} trials, {plan.done} already done, "
-                     f"{len(plan.todo) + plan.queued} to run"
-                     + (f" ({plan.interrupted} interrupted before)" if plan.interrupted else "")
-                     + (f"; {plan.failed_skipped} failed skipped (--retry-failed reruns them)"
-                        if plan.failed_skipped else "")
-                     + (f"; {plan.running_elsewhere} running in other workers" if plan.running_elsewhere else "")
-                     + f" | {safe_url(url)} | " + (f"{workers} workers" if workers > 1 else
-                                                environment(dev, 'fp32')['device_name']))
+    where = f" | {safe_url(url)} | " + (f"{workers} workers" if workers > 1 else
+                                        environment(dev, 'fp32')['device_name'])
+    plan = None
+    if sweep.search is None:
+        plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
+        ledger.enqueue(plan.todo)
+        total = len(plan.todo) + plan.queued
+        if not quiet:
+            console.info(f"{sweep.name}: {len(sweep.trials())} trials, {plan.done} already done, {total} to run"
+                         + (f" ({plan.interrupted} interrupted before)" if plan.interrupted else "")
+                         + (f"; {plan.failed_skipped} failed skipped (--retry-failed reruns them)"
+                            if plan.failed_skipped else "")
+                         + (f"; {plan.running_elsewhere} running in other workers" if plan.running_elsewhere
+                            else "") + where)
+    elif not quiet:
+        from bench.search import budget_used
+        cfg = sweep.study
+        console.info(f"{sweep.name}: study of {cfg.n_trials or ('the grid' if cfg.sampler == 'grid' else 20)} "
+                     f"trials, {budget_used(ledger)} already in it · objectives {', '.join(cfg.objectives)} · "
+                     f"sampler {cfg.sampler} · pruner {cfg.pruner or 'none'}" + where)
     if workers > 1:
-        finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet,
-                                 total=len(plan.todo) + plan.queued + plan.running_elsewhere)
-    else:
+        finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet)
+    elif sweep.search is None:
         finished = work(ledger, sweep, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
-                        total=len(plan.todo) + plan.queued, poll=poll)
+                        total=total, poll=poll)
+    else:
+        from bench.search import run_search
+        finished = run_search(sweep, ledger, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
+                              poll=poll)
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
     if report:
         summary["report"] = report_ledger(ledger, sweep.name, url, results_dir)
@@ -164,13 +194,16 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
 
 def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | Path = "results",
          quiet: bool = False, save_weights: bool = False, total: int | None = None, poll: float = POLL_S,
-         tag: str = "") -> list[dict[str, Any]]:
+         tag: str = "", own: bool = True) -> list[dict[str, Any]]:
     """Run queued trials until the queue is empty and no other worker runs one: a worker that
-    died meanwhile has its trial closed and queued again, so whoever is left finishes it."""
+    died meanwhile has its trial closed and queued again, so whoever is left finishes it.
+    ``own``: ``sweep``'s grid points are this worker's to see done (False for a worker that
+    joined by name: its sweep is the stored spec, whose points are those queued)."""
     datasets: dict[int, Dataset] = {}
     finished: list[dict[str, Any]] = []
     known = _known(ledger)
-    variants = list(dict.fromkeys([*sweep.variants, *(t.variant for t in known)])) or sweep.variants
+    variants = list(dict.fromkeys([*(sweep.variants if own else []), *(t.variant for t in known)])) \
+        or sweep.variants
     if total is None:
         latest = ledger.latest()
         total = sum(1 for t in known if t.key not in latest or latest[t.key].state not in DONE)
@@ -190,7 +223,8 @@ def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | 
                 finished.append(record)
                 progress.finish(name, _line(record))
                 continue
-            plan = ledger.plan(_known(ledger))  # closes dead workers' trials: theirs to redo
+            points = {t.key: t for t in [*(sweep.trials() if own else []), *_known(ledger)]}
+            plan = ledger.plan(points.values())  # closes dead workers' trials: theirs to redo
             if plan.todo:
                 ledger.enqueue(plan.todo)
                 continue
@@ -214,13 +248,15 @@ def stored_sweep(ledger: Ledger) -> Sweep:
     if stored is None:
         raise BenchError(f"study {ledger.study.study_name!r} has no bench spec: start it with `bench run SWEEP` "
                          "(or `bench study SPEC`) first")
-    raw = {k: stored[k] for k in ("name", "description", "data", "model", "train", "profile", "collapse")
-           if k in stored}
+    raw = {k: stored[k] for k in ("name", "description", "data", "model", "train", "profile", "collapse",
+                                  "search", "study") if stored.get(k) is not None or k in ("train", "collapse")}
+    if "search" in raw:
+        raw["seeds"] = stored["seeds"]
     return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
 
 
 def spawn_workers(name: str, url: str, n: int, dev: torch.device, results_dir: str | Path,
-                  save_weights: bool, quiet: bool, total: int) -> list[dict[str, Any]]:
+                  save_weights: bool, quiet: bool) -> list[dict[str, Any]]:
     """Start ``n`` local ``bench worker`` processes on study ``name`` and wait for them; with
     several GPUs each worker gets its own (CUDA_VISIBLE_DEVICES). Ctrl-C stops them all
     (each marks its trial interrupted). Returns the records they finished."""
@@ -263,8 +299,8 @@ def _after(iso: str, t: float) -> bool:
 
 def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int, Dataset],
                ledger: Ledger, progress: console.SweepProgress, weights: Path | None,
-               handle: Any) -> dict[str, Any]:
-    objective = "top1" if sweep.train else "infer_gmacs"
+               handle: Any, on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+    objectives = sweep.objective_columns()
     t0 = time.perf_counter()
     # the resolved config: with it, every record stands alone
     base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
@@ -281,10 +317,10 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
                          data=data, crop_padding=sweep.data.crop_padding if sweep.data else 0,
                          flip=bool(sweep.data and sweep.data.flip), collapse=sweep.collapse,
                          weights_path=weights, on_phase=progress.phase,
-                         on_step=progress.step)
+                         on_step=progress.step, on_epoch=on_epoch)
         record = {**base, **record}
     except KeyboardInterrupt:
-        ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objective)
+        ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objectives)
         raise
     except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
         record = {**base, "status": "failed", "error": str(err)}
@@ -299,7 +335,7 @@ def _run_trial(trial: Trial, sweep: Sweep, dev: torch.device, datasets: dict[int
         record.update(environment(dev, resolve_dtype(sweep.profile.dtype, dev)))
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
-    ledger.finish(handle, _jsonable(record), objective)
+    ledger.finish(handle, _jsonable(record), objectives)
     return record
 
 

@@ -32,7 +32,8 @@ from bench.errors import SpecError, check_fields, check_keys, check_type
 from bench.models import FIELD_TYPES, Variant
 from bench.training import TrainConfig
 
-SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare")
+SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare",
+            "search", "study")
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
 NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
 SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
@@ -174,9 +175,25 @@ class Sweep:
     variants: list[Variant]
     description: str | None = None
     collapse: CollapseConfig | None = None
+    search: dict[str, Any] | None = None  # a study: searched fields (bench.search.Dim) instead of a grid
+    study: Any = None  # bench.search.StudyConfig
+    search_raw: dict[str, Any] | None = None  # the search section as written
 
     def trials(self) -> list[Trial]:
+        if self.search is not None:
+            return []  # a study's trials come from its sampler
         return [Trial(trial_key(v, s), v, s) for v in self.variants for s in self.seeds]
+
+    def objective_columns(self) -> list[str]:
+        """The record columns a trial's Optuna values come from."""
+        if self.study is not None:
+            return self.study.columns
+        return ["top1"] if self.train else ["infer_gmacs"]
+
+    def directions(self) -> list[str]:
+        if self.study is not None:
+            return self.study.directions
+        return ["maximize"] if self.train else ["minimize"]
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs' records comparable: held fixed within one study."""
@@ -188,8 +205,11 @@ class Sweep:
 
     def to_dict(self) -> dict[str, Any]:
         settings = self.settings()
-        return {"name": self.name, "path": self.path, "description": self.description, **settings,
-                "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
+        out = {"name": self.name, "path": self.path, "description": self.description, **settings,
+               "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
+        if self.search is not None:
+            out.update(grid=None, compare=None, search=self.search_raw, study=_asdict(self.study))
+        return out
 
 
 def _asdict(obj: Any) -> dict[str, Any] | None:
@@ -340,6 +360,11 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
                             f"data {data.name!r} has {num_classes} classes")
         base = base.replace(num_classes=num_classes)
 
+    searching = raw.get("search") is not None or raw.get("study") is not None
+    if searching:
+        for section in ("grid", "compare"):
+            if raw.get(section) is not None:
+                raise SpecError(section, raw[section], "a study searches (search, study): leave out grid and compare")
     grid = _grid(raw.get("grid"))
     variants = _variants(base, grid, data, num_classes)
     seeds = raw.get("seeds", [0])
@@ -354,8 +379,35 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     compare = _compare(raw.get("compare"), variants)
     description = raw.get("description")
     check_type("description", description, (str, None))
+    extra: dict[str, Any] = {}
+    if searching:
+        extra = _study(raw, base, data, num_classes, train, profile)
+        if len(seeds) != 1:
+            raise SpecError("seeds", seeds, "a study trains each sampled variant once: give one seed")
     return Sweep(name=name, path="", data=data, model=model, train=train, profile=profile, grid=grid,
-                 seeds=seeds, compare=compare, variants=variants, description=description, collapse=collapse)
+                 seeds=seeds, compare=compare, variants=variants, description=description, collapse=collapse,
+                 **extra)
+
+
+def _study(raw: Mapping[str, Any], base: Variant, data: DataConfig | None, num_classes: int | None,
+           train: TrainConfig | None, profile: ProfileConfig) -> dict[str, Any]:
+    from bench import search
+    if raw.get("search") is None:
+        raise SpecError("search", None, "a study needs a search space, e.g. search: {depth: {low: 2, high: 12}}")
+    dims = search.parse_space(raw["search"])
+    cfg = _build(search.StudyConfig, _section(raw, "study"), "study")
+    if "top1" in cfg.objectives and train is None:
+        raise SpecError("study.objectives", cfg.objectives, "top1 needs training (train is null)")
+    timed = [o for o in cfg.objectives if o in ("latency", "peak_mem")]
+    if timed and not profile.speed:
+        raise SpecError("study.objectives", timed[0], "is measured by timing: needs profile.speed: true")
+
+    def check_point(v: Variant, point: dict[str, Any]) -> None:
+        if data is not None:
+            _fits_data(v, data, "search", point, num_classes)
+
+    search.check_space(dims, base, check_point, grid=cfg.sampler == "grid")
+    return {"search": dims, "study": cfg, "search_raw": dict(raw["search"])}
 
 
 def _grid(raw: Any) -> list[dict[str, list[Any]]]:

@@ -20,6 +20,7 @@ silent past the grace period) and queues again, so none is lost.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -252,7 +253,8 @@ class Ledger:
     def known_trials(self) -> list[tuple[str, dict[str, Any], int]]:
         """(key, variant, seed) of every point ever queued in the study, in queue order."""
         seen: dict[str, tuple[str, dict[str, Any], int]] = {}
-        for t in self._trials():
+        # dropped duplicate claims too: when two workers drop theirs at once, only they remember the point
+        for t in self.study._storage.get_all_trials(self.study._study_id, deepcopy=False):
             a = t.user_attrs
             if "key" in a and "variant" in a and a["key"] not in seen:
                 seen[a["key"]] = (a["key"], a["variant"], a.get("seed", 0))
@@ -367,19 +369,26 @@ class Ledger:
         if stop is not None:
             stop.set()
 
-    def finish(self, handle: optuna.Trial, record: dict[str, Any], objective: str) -> None:
-        """Store ``record``; its ``status`` picks the trial state (complete, diverged, failed).
+    def finish(self, handle: optuna.Trial, record: dict[str, Any], objectives: str | list[str]) -> None:
+        """Store ``record``; its ``status`` picks the trial state (complete; diverged or pruned:
+        PRUNED; failed or interrupted: FAIL) and ``objectives`` (record columns) its values.
         Bulky per-block details (``DETAILS``) get their own attributes: reports load them
         only for the trials they draw."""
         self._stop_beat(handle._trial_id)
+        cols = [objectives] if isinstance(objectives, str) else list(objectives)
+        values = [record.get(c) for c in cols]
+        if record["status"] == "complete" and not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                      for v in values):
+            missing = ", ".join(c for c, v in zip(cols, values, strict=True) if not isinstance(v, (int, float)))
+            record = {**record, "status": "failed", "error": f"objective not measured: {missing}"}
         for key in DETAILS:
             if key in record:
                 handle.set_user_attr(key, record[key])
         handle.set_user_attr("record", {k: v for k, v in record.items() if k not in DETAILS})
         status = record["status"]
         if status == "complete":
-            self.study.tell(handle, record[objective])
-        elif status == "diverged":
+            self.study.tell(handle, values if len(values) > 1 else values[0])
+        elif status in ("diverged", "pruned"):
             self.study.tell(handle, state=TrialState.PRUNED)
         else:
             if status == "interrupted":

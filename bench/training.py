@@ -96,11 +96,13 @@ Progress = Callable[[int, int, float | None], None]  # (step, total steps, mean 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
           crop_padding: int = 0, flip: bool = False, on_step: Progress | None = None,
-          on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
+    ``on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
+    then has ``stopped`` set and ``epochs`` the epochs run.
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
-    diverged, epochs, steps, train_time_s, train_dtype.
+    diverged, stopped, epochs, steps, train_time_s, train_dtype.
     """
     model.to(device)
     dtype = cfg.resolved_dtype(device)
@@ -119,7 +121,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     params = [p for p in model.parameters() if p.requires_grad]
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
-                              "train_loss_per_epoch": [], "diverged": False, "epochs": 0, "steps": 0,
+                              "train_loss_per_epoch": [], "diverged": False, "stopped": False, "epochs": 0, "steps": 0,
                               "train_dtype": dtype}
     start = time.perf_counter()
     step = 0
@@ -148,10 +150,11 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         top1 = evaluate(model, test_loader, dtype)
         result["top1_per_epoch"].append(top1)
         result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
-        if on_epoch:
-            on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1])
+        if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
+            result["stopped"] = True
+            break
     result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
-                  epochs=cfg.epochs, steps=step, train_time_s=time.perf_counter() - start)
+                  epochs=len(result["top1_per_epoch"]), steps=step, train_time_s=time.perf_counter() - start)
     if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check
         result.update(diverged=True, top1=None)
     return result

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 
 import pytest
 
@@ -169,3 +168,25 @@ def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_
     assert not (tmp_path / "r").exists()
     code = main(["worker", "nosuch", "--storage", pg, "--device", "cpu"])
     assert code == 1 and "no study named 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_point_whose_claims_were_all_dropped_is_queued_again(tmp_path):
+    """Two workers claim two queue entries of one point at the same moment: each sees the
+    other running and steps back (never both run it). The point must still be run."""
+    from optuna.trial import TrialState
+    path, name = write_sweep(tmp_path)
+    sweep = spec.load(path)
+    results = tmp_path / "results"
+    lg = runner.open_ledger(sweep, default_url(results, name))
+    lg.bind(sweep)
+    point = sweep.trials()[0]
+    lg.enqueue([point, point])
+    storage = lg.study._storage
+    for t in lg.study.get_trials():  # both claimed, both dropped as duplicates of each other
+        storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+        storage.set_trial_user_attr(t._trial_id, "duplicate", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    assert lg.plan([point]).todo == [point]  # dropped claims do not speak for the point
+    code = main(["worker", name, "--results", str(results), "--device", "cpu", "--quiet"])
+    states, _ = outcome(default_url(results, name), name)
+    assert code == 0 and states == {point.key: ["COMPLETE"]}
