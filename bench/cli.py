@@ -96,9 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if records and not args.quiet:
         from bench.runner import label
         variants = list(dict.fromkeys([*sweep.variants, *(_variant(r) for r in records if "depth" in r)]))
-        rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"), "status": r["status"], "top1": r.get("top1"),
-                 "param_count": r.get("param_count"), "infer_gmacs": r.get("infer_gmacs"),
-                 "train_samples_per_sec": r.get("train_samples_per_sec"), "time_trial_s": r["time_trial_s"]}
+        rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"),
+                 "status": r["status"], "top1": r.get("top1"), "param_count": r.get("param_count"),
+                 "infer_gmacs": r.get("infer_gmacs"), "train_samples_per_sec": r.get("train_samples_per_sec"),
+                 "time_trial_s": r.get("time_trial_s")}
                 for r in records]
         console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: trials run now",
                            headers={"top1": "top-1 %", "param_count": "M params", "infer_gmacs": "GMACs",
@@ -161,6 +162,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print_json(rows)
         return 0
     n = len(sweep.seeds)
+    if sweep.search is not None:
+        cfg = sweep.study
+        trials = cfg.n_trials or 20
+        console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: a study of {trials} trials; its cheapest "
+                           "and dearest variants", headers={"param_count": "M params", "infer_gmacs": "GMACs",
+                                                            "est_trial_s": "est. s/trial"})
+        if rows[0]["est_trial_s"] is not None:
+            low, high = (r["est_trial_s"] * trials / 60 for r in rows)
+            console.out.print(f"estimated total: {low:.1f} to {high:.1f} min for {trials} trials (one worker)")
+        return 0
     console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: {len(rows)} variants × {n} seeds",
                        headers={"param_count": "M params", "infer_gmacs": "GMACs", "est_trial_s": "est. s/trial"})
     if rows[0]["est_trial_s"] is not None:

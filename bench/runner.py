@@ -362,12 +362,16 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     """
     dev = resolve_device(device)
     rows = []
-    for v in sweep.variants:
+    variants = sweep.variants
+    if sweep.search is not None:  # a study: its cheapest and dearest corners bound every trial
+        from bench.search import corners
+        variants = corners(sweep.search, sweep.variants[0])
+    for v in variants:
         cf = closed_form(v)
-        rows.append({"variant": label(v, sweep.variants), "depth": v.depth, "embed_dim": v.embed_dim,
+        rows.append({"variant": label(v, variants), "depth": v.depth, "embed_dim": v.embed_dim,
                      "attention": v.attention, "param_count": cf["params"] / 1e6,
                      "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
-    rate = _calibrate(min(sweep.variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
+    rate = _calibrate(min(variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
     for row in rows:
         v = row.pop("_variant")
         if rate is None:

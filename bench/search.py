@@ -201,6 +201,21 @@ def check_space(dims: dict[str, Dim], base: Variant, check_point: Any, grid: boo
     return size
 
 
+def corners(dims: dict[str, Dim], base: Variant) -> list[Variant]:
+    """The cheapest and the dearest variant (closed-form MACs) over every combination of
+    choices and range ends: every trial of the study costs between the two."""
+    from bench.profiling import closed_form
+    ends = {n: d.ends() for n, d in dims.items()}
+    found = []
+    for combo in itertools.islice(itertools.product(*ends.values()), MAX_CORNERS):
+        try:
+            found.append(base.replace(**dict(zip(ends, combo, strict=True))))
+        except SpecError:
+            continue
+    found.sort(key=lambda v: closed_form(v)["macs"])
+    return [found[0], found[-1]] if len(found) > 1 else found
+
+
 def _show(point: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
@@ -257,18 +272,24 @@ def make_pruner(cfg: StudyConfig, epochs: int):
     return optuna.pruners.NopPruner()
 
 
-def budget_used(ledger: Any) -> int:
-    """Trials that count against n_trials: finished ones (complete, pruned, repeated, failed
-    with a record) and running ones. Interrupted and dropped ones do not: their points are
-    sampled again."""
+def _counts(t: Any) -> bool:
+    """Whether trial ``t`` counts against n_trials: finished ones (complete, pruned, repeated,
+    failed with a record) and running ones do. Interrupted and dropped ones do not: their
+    points are sampled again."""
     from optuna.trial import TrialState
-    n = 0
-    for t in ledger._trials():
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-            n += 1
-        elif t.state == TrialState.FAIL and "record" in t.user_attrs and not t.user_attrs.get("interrupted"):
-            n += 1
-    return n
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+        return True
+    return t.state == TrialState.FAIL and "record" in t.user_attrs and not t.user_attrs.get("interrupted")
+
+
+def budget_used(ledger: Any) -> int:
+    return sum(_counts(t) for t in ledger._trials())
+
+
+def _over_budget(ledger: Any, number: int, budget: int) -> bool:
+    """Whether ``budget`` trials numbered below ``number`` already count: when workers ask at
+    the same moment, the lower numbers keep their places."""
+    return sum(_counts(t) for t in ledger._trials() if t.number < number) >= budget
 
 
 def run_search(sweep: Any, ledger: Any, dev: Any, *, results_dir: str | Path = "results", quiet: bool = False,
@@ -308,6 +329,10 @@ def run_search(sweep: Any, ledger: Any, dev: Any, *, results_dir: str | Path = "
                 break
             with _no_heartbeat_warning():
                 handle = study.ask()
+            if _over_budget(ledger, handle.number, budget):  # another worker took the last place first
+                handle.set_user_attr("dropped", "over budget")
+                study.tell(handle, state=TrialState.FAIL)
+                break
             try:
                 variant = suggest(handle, dims, sweep.variants[0], grid)
             except SpecError as err:  # a point inside the ranges that cannot be built
@@ -323,12 +348,13 @@ def run_search(sweep: Any, ledger: Any, dev: Any, *, results_dir: str | Path = "
                     study.tell(handle, prev.values if len(prev.values) > 1 else prev.values[0])
                 else:
                     study.tell(handle, state=TrialState.PRUNED)
+                first = prev.user_attrs.get("same_as", prev.number)
                 console.info(f"{tag + ' ' if tag else ''}#{handle.number} "
                              f"{label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)}: "
-                             f"measured before (trial #{prev.user_attrs.get('same_as', prev.number)}), its values repeated")
+                             f"measured before (trial #{first}), its values repeated")
                 continue
             if prev is not None and prev.number != handle.number and prev.state == TrialState.RUNNING:
-                handle.set_user_attr("duplicate", True)  # another worker is measuring it right now
+                handle.set_user_attr("dropped", "duplicate")  # another worker is measuring it right now
                 study.tell(handle, state=TrialState.FAIL)
                 dropped += 1
                 if dropped % 5 == 0:
@@ -409,7 +435,9 @@ def study_section(study: Any, df: Any, spec: Mapping[str, Any], out_dir: Path) -
         best = ok.sort_values(cols[0], ascending=OBJECTIVES[objectives[0]][1] == "minimize").head(5)
         title = f"Best trials (top {len(best)} of {len(ok)} complete)"
     lines += [f"### {title}", ""]
-    rows = [[str(int(r["trial"])), *[_cell(r[c]) for c in searched], *[_num(r[c]) for c in cols + extra]]
+    def cell(r: Any, c: str) -> str:  # re-attention options do not exist without re-attention
+        return "–" if is_conditional(c) and r.get("attention") != "re" else _cell(r[c])
+    rows = [[str(int(r["trial"])), *[cell(r, c) for c in searched], *[_num(r[c]) for c in cols + extra]]
             for _, r in best.iterrows()]
     lines += [_md_table(["trial", *searched, *cols, *extra], rows, left=1 + len(searched)), ""]
     lines += _importances(study, objectives)
@@ -472,8 +500,9 @@ def _pareto_plot(ok: Any, best: Any, cols: list[str], objectives: list[str], pat
     ax.scatter(ok[x], ok[y], c=colour, s=22, alpha=0.7, label="trials (blue: self, red: re)")
     line = best.sort_values(x)
     ax.plot(line[x], line[y], "k-", marker="o", mfc="none", ms=9, label="Pareto front")
-    ax.set_xlabel(f"{x}")
-    ax.set_ylabel(f"{y}")
+    names = {OBJECTIVES[o][0]: f"{o}: {OBJECTIVES[o][2]}" for o in objectives}
+    ax.set_xlabel(names[x])
+    ax.set_ylabel(names[y])
     if (ok[x] > 0).all() and ok[x].max() / max(ok[x].min(), 1e-12) > 20:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)

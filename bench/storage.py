@@ -219,7 +219,7 @@ class Ledger:
     def _trials(self, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
         """The study's trials in number order, without dropped duplicate claims."""
         return [t for t in self.study._storage.get_all_trials(self.study._study_id, deepcopy=False, states=states)
-                if not t.user_attrs.get("duplicate")]
+                if not t.user_attrs.get("dropped")]
 
     def latest(self) -> dict[str, optuna.trial.FrozenTrial]:
         """The trial that speaks for each key: its newest finished one (complete or diverged),
@@ -315,7 +315,7 @@ class Ledger:
             self._own(handle)
             if self._held_elsewhere(t.user_attrs["key"], t._trial_id):
                 self._stop_beat(t._trial_id)
-                handle.set_user_attr("duplicate", True)
+                handle.set_user_attr("dropped", "duplicate")
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 continue
             return handle, dict(t.user_attrs)

@@ -75,7 +75,7 @@ def outcome(url, name):
     trials = Ledger(open_study(url, name, create=False)).study.get_trials()
     states, done_by = {}, {}
     for t in trials:
-        if t.user_attrs.get("duplicate"):
+        if t.user_attrs.get("dropped"):
             assert t.state.name == "FAIL" and "record" not in t.user_attrs  # dropped before any work
             continue
         key = t.user_attrs["key"]
@@ -137,7 +137,7 @@ def test_a_worker_joins_by_name_and_takes_the_queue(tmp_path, pg, capsys):
     states, _ = outcome(pg, name)
     assert sorted(states) == sorted(t.key for t in sweep.trials())
     assert all(s == ["COMPLETE"] for s in states.values())  # the duplicates were dropped, not rerun
-    dropped = [t for t in lg.study.get_trials() if t.user_attrs.get("duplicate")]
+    dropped = [t for t in lg.study.get_trials() if t.user_attrs.get("dropped")]
     assert len(dropped) == 2
 
 
@@ -184,7 +184,7 @@ def test_a_point_whose_claims_were_all_dropped_is_queued_again(tmp_path):
     storage = lg.study._storage
     for t in lg.study.get_trials():  # both claimed, both dropped as duplicates of each other
         storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
-        storage.set_trial_user_attr(t._trial_id, "duplicate", True)
+        storage.set_trial_user_attr(t._trial_id, "dropped", "duplicate")
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     assert lg.plan([point]).todo == [point]  # dropped claims do not speak for the point
     code = main(["worker", name, "--results", str(results), "--device", "cpu", "--quiet"])
