@@ -190,3 +190,23 @@ def test_a_point_whose_claims_were_all_dropped_is_queued_again(tmp_path):
     code = main(["worker", name, "--results", str(results), "--device", "cpu", "--quiet"])
     states, _ = outcome(default_url(results, name), name)
     assert code == 0 and states == {point.key: ["COMPLETE"]}
+
+
+def test_the_claim_check_reads_the_same_holders_in_sql_as_through_the_api(tmp_path):
+    path, name = write_sweep(tmp_path)
+    sweep = spec.load(path)
+    lg = runner.open_ledger(sweep, default_url(tmp_path / "results", name))
+    lg.bind(sweep)
+    a, b = sweep.trials()[:2]
+    lg.enqueue([a, a, b])
+    assert lg.claim()[1]["key"] == a.key
+    assert lg.claim()[1]["key"] == b.key  # the second entry of a was dropped on the way: a is running
+    assert lg.claim() is None
+    ids = {t.number: t._trial_id for t in lg.study.get_trials()}
+    for key in (a.key, b.key):
+        api = [t._trial_id for t in lg._trials() if t.user_attrs.get("key") == key
+               and t.state.name in ("RUNNING", "COMPLETE", "PRUNED")]
+        assert sorted(lg._holders_sql(key)) == sorted(api)
+    assert lg._holders_sql(a.key) == [ids[0]] and lg._holders_sql(b.key) == [ids[2]]
+    states = [(t.state.name, t.user_attrs.get("dropped")) for t in lg.study.get_trials()]
+    assert states == [("RUNNING", None), ("FAIL", "duplicate"), ("RUNNING", None)]
