@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default=None, help="study name (default: the sweep's name)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
+    def worker_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--save-weights", action="store_true",
+                       help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
+        p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+
     def storage_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", default=None, metavar="URL",
                        help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")
@@ -289,12 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_args(p)
     storage_args(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
-    p.add_argument("--save-weights", action="store_true",
-                   help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="start N local worker processes, one per GPU where there are several (default 1); "
                         "they share the study, so give a --storage that serves several (default: a journal file)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    worker_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("study", help="an Optuna study: search variants for top-1 against a cost",
@@ -310,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="start N local worker processes, one per GPU where there are several")
     p.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--save-weights", action="store_true", help="keep each trained model (see bench run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    worker_args(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("worker", help="join a study's workers: run its queued trials until none is left",
@@ -321,9 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the study (sweep) name")
     storage_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--save-weights", action="store_true", help="keep each trained model (see bench run)")
     p.add_argument("--no-report", action="store_true", help="do not write the report when done")
-    p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
+    worker_args(p)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)  # prefixes this worker's lines
     p.set_defaults(func=cmd_worker)
 

@@ -189,15 +189,11 @@ def check_space(dims: dict[str, Dim], base: Variant, check_point: Any, grid: boo
         if is_conditional(name) and not can_re:
             raise SpecError(f"search.{name}", dims[name].ends(), "is a re-attention option, but no searched "
                             "variant uses attention: re")
+    from bench.spec import point_variant
     if size <= MAX_CORNERS:
         for combo in itertools.product(*ends.values()):
             point = dict(zip(ends, combo, strict=True))
-            try:
-                variant = base.replace(**point)
-            except SpecError as err:
-                key = f"search.{err.key}" if err.key in point else f"model.{err.key}"
-                raise SpecError(key, err.value, f"{err.reason} (at {_show(point)})") from None
-            check_point(variant, point)
+            check_point(point_variant(base, point, "search", "search point"), point)
     return size
 
 

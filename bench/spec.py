@@ -443,16 +443,22 @@ def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig 
         at = f"grid[{i}]" if len(grid) > 1 else "grid"
         for combo in itertools.product(*axes.values()):
             point = dict(zip(axes, combo, strict=True))
-            try:
-                v = base.replace(**point)
-            except SpecError as err:
-                key = f"{at}.{err.key}" if err.key in point else f"model.{err.key}"
-                raise SpecError(key, err.value, f"{err.reason} (at grid point {_show(point)})") from None
+            v = point_variant(base, point, at)
             if data is not None:
                 _fits_data(v, data, at, point, num_classes)
             if v not in variants:
                 variants.append(v)
     return variants
+
+
+def point_variant(base: Variant, point: dict[str, Any], at: str, what: str = "grid point") -> Variant:
+    """``base`` with ``point``'s fields; an impossible one names its key under ``at`` (or
+    under ``model`` when the base's own value is the problem)."""
+    try:
+        return base.replace(**point)
+    except SpecError as err:
+        key = f"{at}.{err.key}" if err.key in point else f"model.{err.key}"
+        raise SpecError(key, err.value, f"{err.reason} (at {what} {_show(point)})") from None
 
 
 def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any], num_classes: int | None) -> None:
