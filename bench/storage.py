@@ -303,13 +303,27 @@ class Ledger:
         take the same queue entry; an entry whose key another live or finished trial holds
         (queued twice in a race) is dropped."""
         storage = self.study._storage
-        for t in storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-            if "key" not in t.user_attrs:
-                continue
-            try:
-                if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+        while True:
+            ids = self._waiting_sql()
+            if ids is None:  # other storages: the API (reads every waiting trial)
+                ids = [t._trial_id for t in storage.get_all_trials(self.study._study_id, deepcopy=False,
+                                                                   states=(TrialState.WAITING,))]
+            won = None
+            for tid in ids:
+                try:
+                    if storage.set_trial_state_values(tid, state=TrialState.RUNNING):
+                        won = tid
+                        break
+                except optuna.exceptions.UpdateFinishedTrialError:
                     continue
-            except optuna.exceptions.UpdateFinishedTrialError:
+            if won is None:
+                if not ids:
+                    return None
+                continue  # all taken by others meanwhile: look again
+            t = storage.get_trial(won)
+            if "key" not in t.user_attrs:  # queued by something else than bench
+                storage.set_trial_user_attr(won, "dropped", "not a bench trial")
+                storage.set_trial_state_values(won, state=TrialState.FAIL)
                 continue
             handle = optuna.Trial(self.study, t._trial_id)
             self._own(handle)
@@ -319,7 +333,21 @@ class Ledger:
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 continue
             return handle, dict(t.user_attrs)
-        return None
+
+    def _waiting_sql(self, limit: int = 16) -> list[int] | None:
+        """Ids of the first ``limit`` queued trials, by number, in one query; None for other
+        storages or on error."""
+        backend = getattr(self.study._storage, "_backend", self.study._storage)
+        if not isinstance(backend, optuna.storages.RDBStorage):
+            return None
+        from sqlalchemy import text
+        query = text("SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' "
+                     "ORDER BY number LIMIT :n")
+        try:
+            with backend.engine.connect() as con:
+                return [row[0] for row in con.execute(query, {"sid": self.study._study_id, "n": limit})]
+        except Exception:
+            return None
 
     def _held_elsewhere(self, key: str, trial_id: int) -> bool:
         """Whether another trial of ``key`` is running or done (checked after our claim: of
