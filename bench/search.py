@@ -420,27 +420,27 @@ def study_section(study: Any, df: Any, spec: Mapping[str, Any], out_dir: Path) -
     searched = [k for k in (spec.get("search") or {}) if k in ok]
     show = ["trial", *searched, *cols]
     extra = [c for c in ("infer_gmacs", "param_count", "top1") if c not in show and c in ok]
+    def cell(r: Any, c: str) -> str:  # re-attention options do not exist without re-attention
+        return "–" if is_conditional(c) and r.get("attention") != "re" else _cell(r[c])
+
+    def table(title: str, rows_df: Any) -> list[str]:
+        rows = [[str(int(r["trial"])), *[cell(r, c) for c in searched], *[_num(r[c]) for c in cols + extra]]
+                for _, r in rows_df.iterrows()]
+        return [f"### {title}", "", _md_table(["trial", *searched, *cols, *extra], rows, left=1 + len(searched)), ""]
+
+    first = ok.sort_values(cols[0], ascending=OBJECTIVES[objectives[0]][1] == "minimize").head(5)
+    best = first
     if len(cols) == 2:
         sign = [1 if OBJECTIVES[o][1] == "minimize" else -1 for o in objectives]
         # pareto_front minimises its first argument and maximises its second
         cost_i = 0 if sign[0] == 1 else 1
         front = pareto_front(ok[cols[cost_i]] * sign[cost_i], -ok[cols[1 - cost_i]] * sign[1 - cost_i])
         best = ok[front].sort_values(cols[cost_i])
-        title = f"Pareto front ({len(best)} of {len(ok)} complete trials: no other is better in both)"
-    else:
-        best = ok.sort_values(cols[0], ascending=OBJECTIVES[objectives[0]][1] == "minimize").head(5)
-        title = f"Best trials (top {len(best)} of {len(ok)} complete)"
-    lines += [f"### {title}", ""]
-    def cell(r: Any, c: str) -> str:  # re-attention options do not exist without re-attention
-        return "–" if is_conditional(c) and r.get("attention") != "re" else _cell(r[c])
-    rows = [[str(int(r["trial"])), *[cell(r, c) for c in searched], *[_num(r[c]) for c in cols + extra]]
-            for _, r in best.iterrows()]
-    lines += [_md_table(["trial", *searched, *cols, *extra], rows, left=1 + len(searched)), ""]
-    lines += _importances(study, objectives)
-    paths = []
-    if len(cols) == 2:
-        paths.append(_pareto_plot(ok, best, cols, objectives, out_dir / "pareto.png"))
+        lines += table(f"Pareto front ({len(best)} of {len(ok)} complete trials: no other is better in both)", best)
         lines += ["![pareto](pareto.png)", ""]
+    lines += table(f"Best trials by {objectives[0]} (top {len(first)} of {len(ok)} complete)", first)
+    lines += _importances(study, objectives)
+    paths = [_pareto_plot(ok, best, cols, objectives, out_dir / "pareto.png")] if len(cols) == 2 else []
     return lines, paths
 
 

@@ -96,6 +96,7 @@ def test_a_two_objective_study_records_like_a_sweep_and_reports_its_front(study_
     out = tmp_path / "results" / "st"
     text = (out / "report.md").read_text()
     assert "## Study" in text and "### Pareto front" in text and "### Parameter importances" in text
+    assert "### Best trials by top1" in text
     assert (out / "pareto.png").stat().st_size > 1000
     df = pd.read_csv(out / "runs.csv")
     front = search_front(df)
@@ -158,7 +159,7 @@ def test_a_single_objective_study_with_a_real_pruner_reports_its_best_trials(stu
         if "record" in t.user_attrs and t.state.name == "COMPLETE":
             assert len(t.intermediate_values) == 2  # both epochs reported to the pruner
     text = (tmp_path / "results" / "st" / "report.md").read_text()
-    assert "### Best trials" in text and "Pareto" not in text
+    assert "### Best trials by top1" in text and "Pareto" not in text
 
 
 def test_rerunning_a_study_adds_only_the_missing_trials(study_file, tmp_path, capsys):
