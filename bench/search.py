@@ -11,7 +11,6 @@ that the study has already measured is not trained again: the new trial repeats 
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import time
@@ -212,10 +211,6 @@ def corners(dims: dict[str, Dim], base: Variant) -> list[Variant]:
     return [found[0], found[-1]] if len(found) > 1 else found
 
 
-def _show(point: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items())
-
-
 def suggest(trial: Any, dims: dict[str, Dim], base: Variant, grid: bool = False) -> Variant:
     """The variant a sampler picks. The re_* options are asked only when attention is ``re``
     (with the grid sampler always: its grid is fixed; canonicalisation folds the repeats)."""
@@ -230,7 +225,13 @@ def suggest(trial: Any, dims: dict[str, Dim], base: Variant, grid: bool = False)
 def make_sampler(cfg: StudyConfig, dims: dict[str, Dim], seed: int):
     import optuna
     if cfg.sampler == "grid":
-        return _Grid({n: d.grid_values() for n, d in dims.items()}, seed=seed)
+        class Grid(optuna.samplers.GridSampler):
+            """Optuna's grid sampler stops ``optimize()`` when the grid is done, which fails
+            under ask/tell; run_search checks ``is_exhausted`` itself."""
+
+            def after_trial(self, study, trial, state, values) -> None:
+                pass
+        return Grid({n: d.grid_values() for n, d in dims.items()}, seed=seed)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "nsga2":
@@ -241,22 +242,6 @@ def make_sampler(cfg: StudyConfig, dims: dict[str, Dim], seed: int):
         # group: the re_* fields form their own group (sampled only with attention: re);
         # constant_liar: parallel workers do not all propose the same point
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-
-
-def _grid_sampler_class():
-    import optuna
-
-    class Grid(optuna.samplers.GridSampler):
-        """Optuna's grid sampler stops ``optimize()`` when the grid is done, which fails under
-        ask/tell; run_search checks ``is_exhausted`` itself."""
-
-        def after_trial(self, study, trial, state, values) -> None:
-            pass
-    return Grid
-
-
-def _Grid(*args, **kwargs):  # noqa: N802 (a class, made on first use: optuna is imported lazily)
-    return _grid_sampler_class()(*args, **kwargs)
 
 
 def make_pruner(cfg: StudyConfig, epochs: int):
@@ -505,18 +490,3 @@ def _pareto_plot(ok: Any, best: Any, cols: list[str], objectives: list[str], pat
     ax.legend(fontsize=8)
     ax.set_title("study: trials and Pareto front")
     return _save(fig, path)
-
-
-def with_overrides(raw: dict[str, Any], n_trials: int | None, timeout: float | None) -> dict[str, Any]:
-    """The study section with --n-trials / --timeout applied."""
-    study = dict(raw.get("study") or {})
-    if n_trials is not None:
-        study["n_trials"] = n_trials
-    if timeout is not None:
-        study["timeout"] = timeout
-    return {**raw, "study": study}
-
-
-def asdict(cfg: StudyConfig | None) -> dict[str, Any] | None:
-    return None if cfg is None else dataclasses.asdict(cfg)
-
