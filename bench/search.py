@@ -300,7 +300,6 @@ def run_search(sweep: Any, ledger: Any, dev: Any, *, results_dir: str | Path = "
     finished: list[dict[str, Any]] = []
     seen: list[Variant] = [sweep.variants[0]]
     dropped = 0
-    ledger.close_dead()
     with console.SweepProgress(max(budget - budget_used(ledger), 0), quiet=quiet, tag=tag) as progress:
         while True:
             ledger.close_dead()
@@ -323,13 +322,13 @@ def run_search(sweep: Any, ledger: Any, dev: Any, *, results_dir: str | Path = "
             trial = Trial(trial_key(variant, train_seed), variant, train_seed)
             prev = ledger.latest().get(trial.key)
             if prev is not None and prev.number != handle.number and prev.state in DONE:
-                handle.set_user_attr("key", trial.key)  # measured before: repeat its values, train nothing
-                handle.set_user_attr("same_as", prev.user_attrs.get("same_as", prev.number))
+                first = prev.user_attrs.get("same_as", prev.number)  # measured before: repeat its values
+                handle.set_user_attr("key", trial.key)
+                handle.set_user_attr("same_as", first)
                 if prev.state == TrialState.COMPLETE:
                     study.tell(handle, prev.values if len(prev.values) > 1 else prev.values[0])
                 else:
                     study.tell(handle, state=TrialState.PRUNED)
-                first = prev.user_attrs.get("same_as", prev.number)
                 console.info(f"{tag + ' ' if tag else ''}#{handle.number} "
                              f"{label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)}: "
                              f"measured before (trial #{first}), its values repeated")
