@@ -4,6 +4,19 @@
 loads on first use: touching ``bench.Variant``, ``bench.build_model``, ``bench.VARIANTS``
 (or importing ``bench.models``) registers the paper's models with timm, so
 ``timm.create_model("deepvit_16b")`` works from then on.
+
+The package is layered; a module imports only from the layers above it in this list
+(``tests/test_layers.py`` holds it to that):
+
+1. ``errors``, ``console``, ``files`` — one-line errors, all terminal output, atomic writes
+2. ``variant``, ``config``, ``spec`` — torch-free: an architecture, the spec's sections with
+   their defaults and rules, the sweep file
+3. ``reattention``, ``models`` — DeepViT's re-attention; building and registering timm models
+4. ``data``, ``profiling``, ``training``, ``collapse`` — datasets, cost, the proxy, collapse metrics
+5. ``storage``, ``ledger`` — opening the Optuna storage; the study ledger
+6. ``tables``, ``plots``, ``report`` — torch-free tables, figures and report files
+7. ``trials``, ``search``, ``runner`` — one trial; a study's search; a sweep and its workers
+8. ``api``, ``cli`` — plans and collapse entry points; the ``bench`` command
 """
 from bench.errors import BenchError, SpecError
 
@@ -16,9 +29,9 @@ _LAZY = {"VARIANTS": "bench.models", "Variant": "bench.variant", "build_model": 
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in _LAZY:  # on first use: keeps `import bench` (and the CLI's start) free of torch
         import importlib
-        import bench.models  # noqa: F401 (registers the models with timm)
+        importlib.import_module("bench.models")  # registers the models with timm
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bench' has no attribute {name!r}")
 

@@ -1,7 +1,13 @@
-"""The ``bench`` command: parse, call the API, map errors to one line and an exit code."""
+"""The ``bench`` command: parse, call the API, map errors to one line and an exit code.
+
+Each command imports what it runs inside its function: ``bench --version`` and ``bench
+report`` then load no torch (the only reason for those local imports).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,8 +15,11 @@ from typing import Any, Sequence
 
 import yaml
 
-from bench import console
-from bench.errors import BenchError, SpecError
+from bench import __version__, console, spec
+from bench.config import DTYPES
+from bench.errors import BenchError, SpecError, first_line
+from bench.files import atomic_write
+from bench.variant import FIELD_TYPES, Variant
 
 
 def parse_sets(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
@@ -67,15 +76,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_sweep(args: argparse.Namespace):
-    from bench import spec
+def _load_sweep(args: argparse.Namespace) -> spec.Sweep:
     sets = parse_sets(args.set)
     for flag, key in (("n_trials", "study.n_trials"), ("timeout", "study.timeout")):
         if getattr(args, flag, None) is not None:
             sets[key] = getattr(args, flag)
     sweep = spec.load(args.sweep, sets)
     if getattr(args, "name", None):
-        import dataclasses
         try:
             sweep = dataclasses.replace(sweep, name=spec.check_name(args.name))
         except SpecError as e:
@@ -94,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         workers=args.workers)
     records = summary["records"]
     if records and not args.quiet:
-        from bench.runner import label
+        from bench.trials import label
         variants = list(dict.fromkeys([*sweep.variants, *(_variant(r) for r in records if "depth" in r)]))
         rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"),
                  "status": r["status"], "top1": r.get("top1"), "param_count": r.get("param_count"),
@@ -120,19 +127,20 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bench.ledger import Ledger
     from bench.profiling import resolve_device
     from bench.report import report_ledger
-    from bench.runner import stored_sweep, work
-    from bench.storage import Ledger, default_url, open_study
+    from bench.runner import work
+    from bench.search import run_search
+    from bench.storage import default_url
 
     url = args.storage or default_url(args.results, args.name)
-    ledger = Ledger(open_study(url, args.name, create=False))
-    sweep = stored_sweep(ledger)
+    ledger = Ledger.open(url, args.name)
+    sweep = ledger.stored_sweep()
     dev = resolve_device(args.device)
     if not args.quiet:
         console.info(f"worker on {args.name} | {url} | {dev}")
     if sweep.search is not None:
-        from bench.search import run_search
         offset = int(args.tag[1:]) if args.tag[1:].isdigit() else os.getpid()
         records = run_search(sweep, ledger, dev, results_dir=args.results, quiet=args.quiet,
                              save_weights=args.save_weights, seed=sweep.study.seed + 1 + offset, tag=args.tag)
@@ -147,13 +155,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 1 if failed and failed == len(records) else 0
 
 
-def _variant(record: dict[str, Any]):
-    from bench.models import FIELD_TYPES, Variant
+def _variant(record: dict[str, Any]) -> Variant:
     return Variant(**{k: record[k] for k in FIELD_TYPES})
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bench.runner import plan_rows
+    from bench.api import plan_rows
 
     sweep = _load_sweep(args)
     with console.status("calibrating: timing a few train steps", quiet=args.json):
@@ -163,8 +170,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     n = len(sweep.seeds)
     if sweep.search is not None:
-        cfg = sweep.study
-        trials = cfg.n_trials or 20
+        trials = sweep.budget()
         console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: a study of {trials} trials; its cheapest "
                            "and dearest variants", headers={"param_count": "M params", "infer_gmacs": "GMACs",
                                                             "est_trial_s": "est. s/trial"})
@@ -187,7 +193,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     name = args.name
     if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
-        from bench import spec
         name = spec.check_name(spec.read_yaml(name).get("name", Path(name).stem))
     paths = report_study(name, storage=args.storage, results_dir=args.results)
     for path in paths.values():
@@ -196,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
-    from bench import collapse
+    from bench import api, collapse, plots
 
     common = dict(images=args.images, which=args.which, threshold=args.threshold,
                   head_threshold=args.head_threshold, device=args.device)
@@ -204,22 +209,18 @@ def cmd_collapse(args: argparse.Namespace) -> int:
         if args.trial is not None:
             if args.set or args.weights:
                 raise BenchError("--trial analyses a sweep's trial as trained: --set and --weights do not apply")
-            result, context = collapse.analyse_trial(args.name, args.trial, storage=args.storage,
+            result, context = api.analyse_trial(args.name, args.trial, storage=args.storage,
                                                      results_dir=args.results, **common)
         else:
             defaults = {"images": 64, "which": "v", "threshold": 0.8, "head_threshold": 0.5}
             try:
-                result, context = collapse.analyse_model(
+                result, context = api.analyse_model(
                     args.name, parse_sets(args.set), weights=args.weights,
                     **{k: defaults[k] if v is None and k in defaults else v for k, v in common.items()})
             except SpecError as e:
                 raise e.within("--set") from None
     out = Path(args.out or Path(args.results) / "collapse" / _slug(context["model"]))
-    from bench.plots import collapse_figures
-    paths = collapse_figures(result, out, context["model"])
-    import json
-
-    from bench.report import atomic_write
+    paths = plots.collapse_figures(result, out, context["model"])
     atomic_write(out / "collapse.json", lambda f: json.dump({**context, **result}, f, indent=1, default=str))
     if args.json:
         console.print_json({**context, **result, "files": [str(p) for p in paths]})
@@ -244,8 +245,6 @@ def _slug(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import __version__
-
     parser = argparse.ArgumentParser(
         prog="bench", description="Benchmark ViT/DeepViT variants: is this architecture change worth its cost?")
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
@@ -263,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a variant field, e.g. --set depth=6 --set attention=re (repeatable)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="bf16 = autocast")
     p.add_argument("--batch-size", type=int, default=32, help="halved on out-of-memory (default 32)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 CPU, 10 CUDA)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default: 5 CPU, 50 CUDA)")
@@ -378,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from bench.profiling import is_oom
         if is_oom(e):
-            console.error(f"out of memory: {str(e).splitlines()[0]}")
+            console.error(f"out of memory: {first_line(e)}")
         else:
             console.error(f"internal error: {type(e).__name__}: {e} (set BENCH_DEBUG=1 for the traceback)")
         return 1

@@ -14,17 +14,17 @@ column ``A^p_{h,:,t}`` says how much token t feeds every output token.
 
 All are sums over images, accumulated chunk by chunk, so the result does not depend on
 how the evaluation batch is split. A column of zeros has cosine 0 with anything.
+Metrics only: ``bench.api`` runs them on a named model or a sweep's trial.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from bench.errors import BenchError, SpecError
+from bench.models import capture_attention
 
 KS = (1, 2, 3)
 
@@ -113,8 +113,6 @@ def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: 
     ``'raw'``: the softmax maps. Memory is bounded: ``chunk`` images at a time (default:
     as many as keep one copy of every block's maps under ``budget_mb``).
     """
-    from bench.models import capture_attention
-
     if chunk is None:
         blocks = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")]
         tokens = _tokens(model, images)
@@ -142,95 +140,6 @@ def _tokens(model: nn.Module, images: torch.Tensor) -> int:
     if grid is None:
         return images.shape[-1] * images.shape[-2]  # a bound, not timm: be safe
     return grid[0] * grid[1] + getattr(model, "num_prefix_tokens", 1)
-
-
-SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean")
-
-
-# --- entry points (``bench collapse``) ------------------------------------------------
-
-def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights: str | None = None,
-                  images: int = 64, which: str = "v", threshold: float = 0.8, head_threshold: float = 0.5,
-                  device: str | None = None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A registered (or timm) model, untrained or with ``weights``, on the built-in shapes
-    test images at its input size. Returns (metrics, context)."""
-    from bench.data import Dataset, make_shapes
-    from bench.models import load_weights
-    from bench.profiling import create, input_size_of, resolve_device
-    from bench.runner import eval_images
-
-    from bench.spec import CollapseConfig
-    try:  # the checks a sweep's collapse section gets
-        CollapseConfig(images=images, which=which, threshold=threshold, head_threshold=head_threshold)
-    except SpecError as err:
-        raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    model, variant = create(name, overrides)
-    size = input_size_of(model, variant)
-    if weights:
-        load_weights(model, weights)
-    test = make_shapes(images, img_size=size[-1], seed=1_000_003)  # fixed images, apart from any training set
-    batch = eval_images(Dataset("shapes", test, test, []), images, dev)
-    result = analyse(model.to(dev), batch, which=which, threshold=threshold, head_threshold=head_threshold)
-    return result, {"model": name, "weights": weights or "initialisation", "images": len(batch),
-                    "data": "shapes (built-in) test images", "attention": _attention_types(model)}
-
-
-def analyse_trial(study: str, trial: str, *, storage: str | None = None, results_dir: str = "results",
-                  images: int | None = None, which: str | None = None, threshold: float | None = None,
-                  head_threshold: float | None = None, device: str | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A trained trial of a sweep, from its saved weights, on the sweep's evaluation batch
-    (the first test images of its dataset); settings default to the sweep's."""
-    from bench.models import build_model, load_weights
-    from bench.profiling import resolve_device
-    from bench.runner import eval_images
-    from bench.spec import CollapseConfig, DataConfig
-    from bench.storage import Ledger, default_url, open_study
-    from bench.variant import FIELD_TYPES, Variant
-
-    url = storage or default_url(results_dir, study)
-    records = Ledger(open_study(url, study, create=False)).records()
-    found = [r for r in records if str(r["trial"]) == str(trial) or r["key"] == str(trial)]
-    if not found:
-        raise BenchError(f"no finished trial {trial!r} in study {study!r} (trials: "
-                         f"{', '.join(str(r['trial']) for r in records[:20]) or 'none'})")
-    record = found[0]
-    path = record.get("weights")
-    beside = Path(results_dir) / study / "weights" / f"{record['key']}.safetensors"
-    if (not path or not Path(path).is_file()) and beside.is_file():  # results moved or copied elsewhere
-        path = str(beside)
-    if not path or not Path(path).is_file():
-        raise BenchError(f"trial {record['trial']} of {study!r} has no saved weights"
-                         + (f" ({path} is gone)" if path else "")
-                         + "; run the sweep with --save-weights to keep them for new trials")
-    config = record.get("config") or {}
-    if not config.get("data"):
-        raise BenchError(f"trial {record['trial']} of {study!r} records no dataset to evaluate on")
-    cfg = CollapseConfig(**(config.get("collapse") or {}))
-    try:
-        cfg = CollapseConfig(images=cfg.images if images is None else images, which=which or cfg.which,
-                             threshold=cfg.threshold if threshold is None else threshold,
-                             head_threshold=cfg.head_threshold if head_threshold is None else head_threshold)
-    except SpecError as err:
-        raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
-    dev = resolve_device(device)
-    variant = Variant(**{k: record[k] for k in FIELD_TYPES})
-    model = load_weights(build_model(variant), path).to(dev)
-    data = DataConfig(**config["data"]).load(variant.img_size)
-    batch = eval_images(data, cfg.images, dev)
-    result = analyse(model, batch, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
-    return result, {"model": f"{study} trial {record['trial']} ({record['key']})", "weights": path,
-                    "images": len(batch), "data": f"{data.name} test images", "top1": record.get("top1"),
-                    "attention": _attention_types(model)}
-
-
-def _attention_types(model: nn.Module) -> list[str]:
-    from timm.layers import Attention
-
-    from bench.reattention import ReAttention
-    return ["re" if isinstance(m, ReAttention) else "self" for m in model.modules() if isinstance(m, Attention)]
 
 
 def per_block_rows(result: dict[str, Any], attention: list[str]) -> list[dict[str, Any]]:

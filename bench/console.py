@@ -90,8 +90,8 @@ class SweepProgress:
 
     def __enter__(self) -> SweepProgress:
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,  # on use: bars only
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                                      TextColumn("ETA"), TimeRemainingColumn(), console=err)

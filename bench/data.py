@@ -25,11 +25,12 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
+from bench.config import CIFAR_FOLDERS, NUM_CLASSES, DataConfig
+from bench.errors import BenchError, missing_data
 
 SHAPES = ("disc", "ring", "square", "frame", "diamond", "plus", "cross", "triangle", "hbars", "vbars")
-CIFAR = {"cifar10": ("cifar-10-batches-py", "labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
-         "cifar100": ("cifar-100-python", "fine_labels", ["train"], "test")}
+CIFAR = {"cifar10": (CIFAR_FOLDERS["cifar10"], "labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
+         "cifar100": (CIFAR_FOLDERS["cifar100"], "fine_labels", ["train"], "test")}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 MEAN = (0.5, 0.5, 0.5)  # images are scaled to [-1, 1]: the datasets here are not ImageNet-like
 STD = (0.5, 0.5, 0.5)
@@ -169,23 +170,19 @@ def shapes(*, train_size: int, test_size: int, img_size: int = 32, difficulty: f
 
 # --- real datasets on disk -----------------------------------------------------------
 
-def missing(what: str, where: Path, how: str) -> BenchError:
-    return BenchError(f"{what} not found: looked in {where}. {how}")
-
-
 def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
     """CIFAR-10/100 from torchvision's on-disk format under ``root``."""
     folder, label_key, train_files, test_file = CIFAR[name]
     base = Path(root).expanduser() / folder
     if not base.is_dir() and download:
-        import torchvision
+        import torchvision  # on use: only a download needs it
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         try:
             cls(str(Path(root).expanduser()), train=True, download=True)
         except Exception as err:  # no network, a full disk: say what failed
             raise BenchError(f"{name}: download to {root} failed ({type(err).__name__}: {err})") from None
     if not base.is_dir():
-        raise missing(name, base, f"Set data.download: true on a machine with internet, or unpack "
+        raise missing_data(name, base, f"Set data.download: true on a machine with internet, or unpack "
                        f"{folder} (from https://www.cs.toronto.edu/~kriz/cifar.html) under {root}.")
 
     def load(files: list[str]) -> Split:
@@ -193,7 +190,7 @@ def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
         for fname in files:
             path = base / fname
             if not path.is_file():
-                raise missing(f"{name} file {fname}", base, "The extracted archive is incomplete.")
+                raise missing_data(f"{name} file {fname}", base, "The extracted archive is incomplete.")
             with open(path, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
             images.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
@@ -207,13 +204,12 @@ def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
             meta = pickle.load(f, encoding="latin1")
         classes = list(meta.get("label_names") or meta.get("fine_label_names") or [])
     train, test = load(train_files), load([test_file])
-    n_classes = 10 if name == "cifar10" else 100
-    return Dataset(name, train, test, classes or [str(i) for i in range(n_classes)])
+    return Dataset(name, train, test, classes or [str(i) for i in range(NUM_CLASSES[name])])
 
 
 def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", test_dir: str = "val") -> Dataset:
     """``root/<train_dir>/<class>/<image>`` and ``root/<test_dir>/<class>/<image>``, resized."""
-    from PIL import Image
+    from PIL import Image  # on use: only image folders need it
 
     base = Path(root).expanduser()
     splits = {}
@@ -221,7 +217,7 @@ def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", te
     for split in (train_dir, test_dir):
         folder = base / split
         if not folder.is_dir():
-            raise missing(f"imagefolder split {split!r}", folder,
+            raise missing_data(f"imagefolder split {split!r}", folder,
                            f"Expected {base}/{train_dir}/<class>/*.png and {base}/{test_dir}/<class>/*.png.")
         found = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if classes is None:
@@ -242,13 +238,27 @@ def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", te
                     raise BenchError(f"imagefolder: cannot read {path}: {err}") from None
                 labels.append(idx)
         if not images:
-            raise missing(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
+            raise missing_data(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
                            "Each class folder needs image files.")
         # a fixed shuffle: read class by class, but any first-N subset (train_size, the
         # collapse batch) must hold every class
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
         splits[split] = Split(torch.stack(images)[order], torch.tensor(labels, dtype=torch.int64)[order])
     return Dataset(base.name, splits[train_dir], splits[test_dir], classes or [])
+
+
+def load(cfg: DataConfig, img_size: int) -> Dataset:
+    """The dataset a spec's ``data`` section names, at the model's image size (shapes are
+    drawn at it, folders resized)."""
+    if cfg.name == "shapes":
+        train_size, test_size = cfg.shapes_sizes()
+        return shapes(train_size=train_size, test_size=test_size, img_size=img_size,
+                      difficulty=cfg.difficulty, seed=cfg.seed)
+    if cfg.name in CIFAR:
+        ds = cifar(cfg.name, cfg.root, download=cfg.download)
+    else:
+        ds = imagefolder(cfg.root, img_size=img_size, train_dir=cfg.train_dir, test_dir=cfg.test_dir)
+    return ds.subset(cfg.train_size, cfg.test_size)
 
 
 # --- device-resident batches with augmentation --------------------------------------

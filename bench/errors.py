@@ -40,6 +40,17 @@ class SpecError(BenchError, ValueError):
         return SpecError(key, self.value, self.reason, where or self.where)
 
 
+def first_line(err: BaseException | str) -> str:
+    """The first non-empty line of an error (or its text): what one-line messages show."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def missing_data(what: str, where: Any, how: str) -> BenchError:
+    """A dataset (or part of one) that is not where the spec says: where bench looked, and how to fix it."""
+    return BenchError(f"{what} not found: looked in {where}. {how}")
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -10,7 +10,6 @@ timm, so ``timm.create_model("deepvit_24b")`` works anywhere once this module is
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -22,6 +21,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from bench.errors import BenchError
+from bench.files import atomic_write
 from bench.reattention import ReAttention
 from bench.variant import ATTENTION_TYPES, FIELD_TYPES, Variant  # noqa: F401 (re-exported)
 
@@ -97,19 +97,18 @@ def resolve(name: str, overrides: Mapping[str, Any] | None = None) -> Variant | 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
     """The model's state (parameters and buffers) as safetensors, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save  # on use: only --save-weights needs it
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    atomic_write(path, lambda f: f.write(blob), binary=True)
     return path
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load safetensors weights (plain tensors: no pickled code runs) into ``model``."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # on use, as above
     from safetensors.torch import load_file
 
     device = next(model.parameters()).device

@@ -1,5 +1,6 @@
 """Report plots: top-1 against GMACs with the Pareto front, top-1 and throughput against
-depth per attention type (matplotlib ``Figure`` objects: no pyplot state, no GUI backend)."""
+depth per attention type, collapse heatmaps, a study's Pareto front (matplotlib ``Figure``
+objects: no pyplot state, no GUI backend). Drawn from bench.tables' summaries."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.report import atomic_write, _has_accuracy, pareto_front, summarize, variant_label, varying_fields
+from bench.config import OBJECTIVES
+from bench.files import atomic_write
+from bench.tables import has_accuracy, pareto_front, summarize, variant_label, varying_fields
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
@@ -20,7 +23,7 @@ _MAX_SERIES = 12  # lines on one by-depth plot before fields are pooled
 
 def plot_names(df: pd.DataFrame) -> list[str]:
     """The PNGs ``plots`` draws for ``df`` (report.md links exactly these)."""
-    accuracy, has = _has_accuracy(df), (lambda c: c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
+    accuracy, has = has_accuracy(df), (lambda c: c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
     names = ["top1_vs_gmacs.png"] if accuracy and has("infer_gmacs") else []
     if "depth" in df:
         names += ["top1_vs_depth.png"] if accuracy else []
@@ -217,3 +220,24 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                           loc="lower right" if name == "top1_vs_gmacs.png" else "best")
         paths.append(_save(fig, out_dir / name))
     return paths
+
+
+def pareto_plot(ok: pd.DataFrame, best: pd.DataFrame, cols: list[str], objectives: list[str], path: Path) -> Path:
+    """A study's trials against its two objectives, the Pareto front as a line."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    x, y = (cols[1], cols[0]) if objectives[0] == "top1" else (cols[0], cols[1])
+    colour = ok["attention"].map(_COLOURS).fillna("tab:gray") \
+        if "attention" in ok else "tab:blue"
+    ax.scatter(ok[x], ok[y], c=colour, s=22, alpha=0.7, label="trials (blue: self, red: re)")
+    line = best.sort_values(x)
+    ax.plot(line[x], line[y], "k-", marker="o", mfc="none", ms=9, label="Pareto front")
+    names = {OBJECTIVES[o][0]: f"{o}: {OBJECTIVES[o][2]}" for o in objectives}
+    ax.set_xlabel(names[x])
+    ax.set_ylabel(names[y])
+    if (ok[x] > 0).all() and ok[x].max() / max(ok[x].min(), 1e-12) > 20:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("study: trials and Pareto front")
+    return _save(fig, path)

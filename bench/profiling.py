@@ -14,6 +14,7 @@ Timing: warm-up, then one measurement per iteration (CUDA events on GPU,
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import platform
 import statistics
@@ -28,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bench
+from bench import __version__
+from bench.config import DTYPES, timing_steps
 from bench.errors import BenchError, did_you_mean
-from bench.models import Variant
+from bench.models import VARIANTS, Variant, build_model, resolve
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+_AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
 LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's convention for an affine norm
 
 
@@ -74,7 +76,7 @@ def closed_form(v: Variant) -> dict[str, int]:
 
 
 def _shape(value) -> list[int]:
-    from fvcore.nn.jit_handles import get_shape
+    from fvcore.nn.jit_handles import get_shape  # fvcore on use: its import costs ~1 s
     return get_shape(value)
 
 
@@ -97,7 +99,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> tuple[int, int]
     """fvcore MACs and activations for one image of ``input_size`` (C, H, W)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit
-        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis  # on use, as above
 
     model = model.eval()
     param = next(model.parameters())
@@ -117,7 +119,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> tuple[int, int]
 
 def flop_counter():
     """PyTorch's FlopCounterMode, taught the CPU flash-attention kernels it misses."""
-    from torch.utils import flop_counter as fc
+    from torch.utils import flop_counter as fc  # on use: only train-step counting needs it
 
     def forward(q, k, v, *_args, out_shape=None, **_kwargs):
         return fc.sdpa_flop_count(q, k, v)
@@ -184,15 +186,8 @@ def time_steps(step: Callable[[], Any], *, warmup: int, iters: int, device: torc
     return Timing(samples)
 
 
-def resolve_dtype(setting: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on CUDA, fp32 on CPU; anything else as given."""
-    if setting != "auto":
-        return setting
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
 def autocast(device: torch.device, dtype: str):
-    amp = DTYPES[dtype]
+    amp = _AMP.get(dtype)
     return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
 
 
@@ -227,7 +222,6 @@ def is_oom(err: BaseException) -> bool:
 
 
 def _free(device: torch.device) -> None:
-    import gc
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -312,16 +306,16 @@ def environment(device: torch.device, dtype: str) -> dict[str, Any]:
     """What every figure is recorded with."""
     return {"device": device.type, "device_name": device_name(device), "dtype": dtype,
             "torch_version": torch.__version__, "timm_version": timm.__version__,
-            "bench_version": bench.__version__}
+            "bench_version": __version__}
 
 
 def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, Variant | None]:
     """A bench variant or any timm model by name; ``overrides`` change its fields."""
-    variant = bench.models.resolve(name, overrides)
+    variant = resolve(name, overrides)
     if variant is not None:
-        return bench.build_model(variant), variant
+        return build_model(variant), variant
     if not timm.is_model(name):
-        known = list(bench.VARIANTS) + timm.list_models()
+        known = list(VARIANTS) + timm.list_models()
         raise BenchError(f"unknown model {name!r}{did_you_mean(name, known)}; "
                          "`bench models` lists bench's, `timm.list_models()` timm's")
     try:
@@ -333,7 +327,7 @@ def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Modul
 def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, int]:
     if variant is not None:
         return (variant.in_chans, variant.img_size, variant.img_size)
-    from timm.data import resolve_model_data_config
+    from timm.data import resolve_model_data_config  # on use: only timm models by name need it
     return tuple(resolve_model_data_config(model)["input_size"])
 
 
@@ -362,8 +356,7 @@ def profile_model(model: nn.Module, variant: Variant | None, *, device: torch.de
     The model's weights, gradients and norm statistics are left as they were.
     """
     cuda = device.type == "cuda"
-    warmup = (10 if cuda else 2) if warmup is None else warmup
-    iters = (50 if cuda else 5) if iters is None else iters
+    warmup, iters = timing_steps(warmup, iters, device)
     say = on_progress or (lambda _msg: None)
     size = input_size_of(model, variant)
     record: dict[str, Any] = {**(variant.to_dict() if variant else {}),

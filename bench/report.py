@@ -1,184 +1,41 @@
 """Reports from the ledger: runs.csv, report.md and plots of accuracy against cost.
 
 The question (DeepViT, Zhou et al. 2021, arXiv 2103.11886): as a ViT gets deeper, does
-re-attention buy more top-1 per unit of cost than making it wider? Input is a DataFrame
-with one row per trial (variant × seed) in the record vocabulary (timm's names); every
-figure here is derived from it alone. Accuracy comes from "complete" trials only; cost
-means use every trial that has them. Profile-only sweeps (no ``top1``) get cost reports.
+re-attention buy more top-1 per unit of cost than making it wider? The records of a
+study's ledger become one DataFrame row per trial; the tables (bench.tables) and plots
+(bench.plots) are derived from it alone. Profile-only sweeps (no ``top1``) get cost
+reports; studies (a ``search``) get their Pareto front, best trials and importances.
+No torch: ``bench report`` runs without it.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
+import optuna
 import pandas as pd
 
-from bench.console import fmt
-from bench.errors import BenchError, did_you_mean
-from bench.variant import FIELD_TYPES
+from bench import plots
+from bench.config import OBJECTIVES
+from bench.errors import BenchError, first_line
+from bench.files import atomic_write
+from bench.ledger import DETAILS, Ledger
+from bench.spec import BASELINE
+from bench.storage import default_url, safe_url
+from bench.tables import (ACCURACY_COLS, COST_COLS, ENV_COLS, IDENTITY_COLS, VARIANT_FIELDS, comparison,
+                          has_accuracy, is_missing, md_table, num, pareto_front, show_value, signed, summarize,
+                          variant_label, varying_fields)
+from bench.variant import is_re_option
 
-VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
-IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
-COST_COLS = ["param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
-             "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
-             "train_batch_size"]
-COLLAPSE_COLS = ["similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean"]  # bench.collapse
-ACCURACY_COLS = ["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"]
-ENV_COLS = ["device", "device_name", "dtype", "torch_version", "timm_version", "bench_version"]
-BASELINE = "baseline"
-MINUS = "−"  # every signed figure in report.md uses this sign, never ASCII '-'
-_FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
-_FIELD_ORDER += [f for f in VARIANT_FIELDS if f not in _FIELD_ORDER]
 _MAX_LISTED = 50  # failed/diverged trials named in report.md; runs.csv has them all
 
 
-# --- labels ---------------------------------------------------------------------------
-
-def varying_fields(df: pd.DataFrame) -> list[str]:
-    """Variant fields that take more than one value in ``df`` (None counts as a value)."""
-    return [f for f in _FIELD_ORDER if f in df and df[f].nunique(dropna=False) > 1]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def _value(field: str, value: Any) -> str:
-    if _missing(value):
-        return "all" if field == "re_blocks" else "–"  # re_blocks None: every block
-    return fmt(value)
-
-
-def variant_label(row: Mapping[str, Any], varying: list[str]) -> str:
-    """``"depth=4 attention=re"``: the fields that tell this variant apart in its sweep."""
-    return " ".join(f"{f}={_value(f, row.get(f))}" for f in varying if f in row) or "all"
-
-
-# --- tables ---------------------------------------------------------------------------
-
-def _work(df: pd.DataFrame) -> pd.DataFrame:
-    """Variant fields plus the numbers to aggregate; accuracy only from complete trials."""
-    status = df["status"].astype(str) if "status" in df else pd.Series("complete", index=df.index)
-    nan = pd.Series(np.nan, index=df.index)
-    top1 = pd.to_numeric(df["top1"], errors="coerce") if "top1" in df else nan
-    cols = {"_top1": top1.where((status == "complete") & np.isfinite(top1)),
-            "_diverged": status == "diverged", "_failed": status == "failed"}
-    cols.update({c: pd.to_numeric(df[c], errors="coerce") if c in df else nan for c in COST_COLS + COLLAPSE_COLS})
-    return df[[f for f in VARIANT_FIELDS if f in df]].assign(**cols)
-
-
-def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    named = {"trials": ("_top1", "size"), "n": ("_top1", "count"), "top1_mean": ("_top1", "mean"),
-             "top1_std": ("_top1", "std"),  # ddof=1; NaN for n < 2
-             "top1_min": ("_top1", "min"), "top1_max": ("_top1", "max"),
-             "diverged": ("_diverged", "sum"), "failed": ("_failed", "sum"),
-             **{c: (c, "mean") for c in COST_COLS + COLLAPSE_COLS}}
-    return work.groupby(keys, dropna=False, sort=True, observed=True).agg(**named).reset_index()
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: top-1 mean/std/min/max over seeds, mean costs, failure counts."""
-    keys = [f for f in _FIELD_ORDER if f in df]
-    if not keys:
-        raise ValueError("no variant fields in the trial records: expected some of " + ", ".join(VARIANT_FIELDS))
-    out = _aggregate(_work(df), keys)
-    varying = varying_fields(df)
-    labels = [variant_label(r, varying) for r in out[keys].to_dict("records")]
-    return out.assign(variant=labels)[["variant", *out.columns]]
-
-
-def _match(df: pd.DataFrame, where: Mapping[str, Any]) -> np.ndarray:
-    mask = np.ones(len(df), dtype=bool)
-    for field, value in where.items():
-        col = df[field]
-        if _missing(value):
-            mask &= col.isna().to_numpy(dtype=bool)
-        else:
-            mask &= col.eq(value).fillna(False).to_numpy(dtype=bool)
-    return mask
-
-
-def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
-    """Baseline then each arm, per group of ``compare["by"]``, with deltas against the baseline.
-
-    Deltas: ``d_top1`` in percentage points, ``d_*_pct`` in percent of the baseline,
-    ``d_top1_per_gmac`` in points per added GMAC (NaN where the arm adds none). An arm
-    row with no baseline in its group keeps its own figures and NaN deltas.
-    """
-    by = list(compare.get("by") or [])
-    arms = {BASELINE: dict(compare["baseline"]), **dict(compare.get("arms") or {})}
-    if BASELINE in (compare.get("arms") or {}):
-        raise ValueError(f"compare: an arm may not be called {BASELINE!r}")
-    named = [*by, *(f for where in arms.values() for f in where)]
-    missing = sorted({f for f in named if f not in df})
-    if missing:
-        hints = "".join(did_you_mean(f, df.columns) for f in missing)
-        raise ValueError(f"compare names {', '.join(missing)}, not a column of the trial records{hints}")
-    keys = by or ["_all"]
-    work = _work(df).assign(**{f: df[f] for f in by if f not in VARIANT_FIELDS}, _all=0)
-    parts = [work[m].assign(arm=arm) for arm, where in arms.items() if (m := _match(df, where)).any()]
-    cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "infer_gmacs", "d_gmacs_pct",
-            "param_count", "d_params_pct", "train_samples_per_sec", "d_train_sps_pct",
-            "d_top1_per_gmac", "trials", "diverged", "failed"]
-    if not parts:
-        return pd.DataFrame(columns=cols)
-    stats = _aggregate(pd.concat(parts, ignore_index=True), [*keys, "arm"])
-    base_cols = ["top1_mean", "infer_gmacs", "param_count", "train_samples_per_sec"]
-    base = stats[stats["arm"] == BASELINE].set_index(keys)[base_cols].add_prefix("base_")
-    out = stats.merge(base, left_on=keys, right_index=True, how="left")  # NaN keys match NaN keys
-    added = out["infer_gmacs"] - out["base_infer_gmacs"]
-    out["d_top1"] = out["top1_mean"] - out["base_top1_mean"]
-    out["d_gmacs_pct"] = added / out["base_infer_gmacs"] * 100
-    out["d_params_pct"] = (out["param_count"] / out["base_param_count"] - 1) * 100
-    out["d_train_sps_pct"] = (out["train_samples_per_sec"] / out["base_train_samples_per_sec"] - 1) * 100
-    out["d_top1_per_gmac"] = (out["d_top1"] / added).where(added > 0)
-    out["arm"] = pd.Categorical(out["arm"], categories=list(arms), ordered=True)
-    out = out.sort_values([*keys, "arm"], kind="stable").reset_index(drop=True)
-    out["arm"] = out["arm"].astype(str)
-    return out[cols]
-
-
-def pareto_front(gmacs: Any, top1: Any) -> np.ndarray:
-    """Mask of points no other point dominates (≤ GMACs and ≥ top-1, one strictly).
-
-    Equal points do not dominate each other, so ties are all on the front; NaN points
-    are never on it. O(n log n): sort by cost, compare with the best top-1 at lower cost.
-    """
-    g, t = np.asarray(gmacs, dtype=float), np.asarray(top1, dtype=float)
-    mask = np.zeros(g.shape, dtype=bool)
-    ok = np.flatnonzero(np.isfinite(g) & np.isfinite(t))
-    if not ok.size:
-        return mask
-    order = ok[np.lexsort((-t[ok], g[ok]))]  # cost ascending, top-1 descending within a cost
-    gs, ts = g[order], t[order]
-    start = np.searchsorted(gs, gs, side="left")  # first index of each point's equal-cost run
-    best = np.maximum.accumulate(ts)
-    cheaper_best = np.where(start > 0, best[np.maximum(start - 1, 0)], -np.inf)
-    mask[order] = (ts > cheaper_best) & (ts == ts[start])
-    return mask
-
-
 # --- report.md ------------------------------------------------------------------------
-
-def _num(value: Any) -> str:
-    if _missing(value) or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return fmt(value)
-
-
-def _signed(value: Any, digits: int | None = 1, unit: str = "") -> str:
-    """``+1.2``, ``−0.4 %``; ``digits=None`` keeps four significant digits."""
-    if _missing(value) or not math.isfinite(value):
-        return "–"
-    text = fmt(abs(float(value))) if digits is None else f"{abs(value):,.{digits}f}"
-    sign = "" if float(text.replace(",", "")) == 0 else "+" if value > 0 else MINUS
-    return f"{sign}{text}{unit}"
-
 
 def _top1_cell(row: Mapping[str, Any]) -> str:
     if not row["n"]:
@@ -189,32 +46,20 @@ def _top1_cell(row: Mapping[str, Any]) -> str:
     return f"{row['top1_mean']:.1f}{spread} (n={int(row['n'])})"
 
 
-def _md_table(headers: list[str], rows: list[list[str]], left: int = 0) -> str:
-    """A pipe table; the first ``left`` columns left-aligned, the rest right-aligned."""
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    rule = ["---" if i < left else "---:" for i in range(len(headers))]
-    return "\n".join([line(headers), line(rule), *(line(r) for r in rows)])
-
-
-def _has_accuracy(df: pd.DataFrame) -> bool:
-    return bool(_work(df)["_top1"].notna().any()) if "top1" in df else False
-
-
 def _settings(section: Any) -> str:
     if not section:
         return "none"
     if not isinstance(section, Mapping):
         return str(section)
-    return ", ".join(f"{k}={_settings(v) if isinstance(v, Mapping) else _num(v)}" for k, v in section.items())
+    return ", ".join(f"{k}={_settings(v) if isinstance(v, Mapping) else num(v)}" for k, v in section.items())
 
 
 def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool) -> list[str]:
     base = compare["baseline"]
-    arms = ", ".join(f"**{a}**: " + (" ".join(f"{k}={_value(k, v)}" for k, v in w.items() if base.get(k) != v)
+    arms = ", ".join(f"**{a}**: " + (" ".join(f"{k}={show_value(k, v)}" for k, v in w.items() if base.get(k) != v)
                                      or "same as baseline") for a, w in (compare.get("arms") or {}).items())
     lines = ["## Comparison", "",
-             f"Baseline: {' '.join(f'{k}={_value(k, v)}' for k, v in base.items())}. Arms: {arms}. "
+             f"Baseline: {' '.join(f'{k}={show_value(k, v)}' for k, v in base.items())}. Arms: {arms}. "
              f"Per {', '.join(compare.get('by') or ['sweep'])}; Δ = arm − baseline"
              + (", Δtop-1 in percentage points, Δtop-1/GMAC in points per added GMAC." if accuracy else "."), ""]
     by = list(compare.get("by") or [])
@@ -227,15 +72,15 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
     headers += ["Δtop-1/GMAC"] if accuracy else []
     rows = []
     for r in cmp.to_dict("records"):
-        d = _signed if r["arm"] != BASELINE else (lambda v, **kw: "")  # the baseline has no deltas
-        cells = [_value(f, r[f]) for f in by] + [r["arm"]]
+        d = signed if r["arm"] != BASELINE else (lambda v, **kw: "")  # the baseline has no deltas
+        cells = [show_value(f, r[f]) for f in by] + [r["arm"]]
         cells += [_top1_cell(r), d(r["d_top1"])] if accuracy else []
-        cells += [_num(r["infer_gmacs"]), d(r["d_gmacs_pct"], unit=" %"),
-                  _num(r["param_count"]), d(r["d_params_pct"], unit=" %")]
-        cells += [_num(r["train_samples_per_sec"]), d(r["d_train_sps_pct"], unit=" %")] if speed else []
+        cells += [num(r["infer_gmacs"]), d(r["d_gmacs_pct"], unit=" %"),
+                  num(r["param_count"]), d(r["d_params_pct"], unit=" %")]
+        cells += [num(r["train_samples_per_sec"]), d(r["d_train_sps_pct"], unit=" %")] if speed else []
         cells += [d(r["d_top1_per_gmac"], digits=None)] if accuracy else []
         rows.append(cells)
-    return lines + [_md_table(headers, rows, left=len(by) + 1), ""]
+    return lines + [md_table(headers, rows, left=len(by) + 1), ""]
 
 
 def _spread_md(summary: pd.DataFrame) -> list[str]:
@@ -261,13 +106,13 @@ def _summary_md(summary: pd.DataFrame, df: pd.DataFrame, accuracy: bool, limit: 
     headers = varying + (["top-1 %", "min–max"] if accuracy else []) + list(cols.values()) + counts
     rows = []
     for r in summary.head(limit).to_dict("records"):
-        cells = [_value(f, r[f]) for f in varying]
+        cells = [show_value(f, r[f]) for f in varying]
         if accuracy:
             cells += [_top1_cell(r), f"{r['top1_min']:.1f}–{r['top1_max']:.1f}" if r["n"] else "–"]
-        rows.append(cells + [_num(r[c]) for c in cols] + [str(int(r[c])) for c in counts])
+        rows.append(cells + [num(r[c]) for c in cols] + [str(int(r[c])) for c in counts])
     more = ["", f"… and {len(summary) - limit} more variants (runs.csv has every trial)."] \
         if len(summary) > limit else []
-    return ["## Variants", "", _md_table(headers, rows, left=len(varying)), *more, ""]
+    return ["## Variants", "", md_table(headers, rows, left=len(varying)), *more, ""]
 
 
 def _trials_md(df: pd.DataFrame, status: str, title: str) -> list[str]:
@@ -280,7 +125,7 @@ def _trials_md(df: pd.DataFrame, status: str, title: str) -> list[str]:
     lines = [f"## {title} ({len(bad)})", ""]
     for r in bad.head(_MAX_LISTED).to_dict("records"):
         err = r.get("error")
-        err = err.strip().splitlines()[0][:200].replace("`", "'") if isinstance(err, str) and err.strip() else ""
+        err = first_line(err)[:200].replace("`", "'") if isinstance(err, str) else ""
         head = " · ".join(x for x in (f"trial {r['trial']}" if "trial" in r else "",
                                       variant_label(r, varying), f"seed {r['seed']}" if "seed" in r else "") if x)
         lines.append(f"- {head}" + (f": `{err}`" if err else ""))
@@ -293,7 +138,7 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
              extra: list[str] | None = None) -> str:
     """report.md: the run, ``extra`` (a study's section), the comparison, the noise level, every
     variant, what went wrong, plots."""
-    accuracy = _has_accuracy(df)
+    accuracy = has_accuracy(df)
     summary = summarize(df)
     env = []
     for col, prefix in (("device_name", ""), ("dtype", ""), ("torch_version", "torch "),
@@ -316,28 +161,94 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
     lines += _summary_md(summary, df, accuracy)
     lines += _trials_md(df, "failed", "Failed trials") + _trials_md(df, "diverged", "Diverged trials")
     lines += _trials_md(df, "pruned", "Pruned trials")
-    from bench.plots import plot_names  # plots use this module's summaries
-    names = plot_names(df)
+    names = plots.plot_names(df)
     if names:
         lines += ["## Plots", ""] + [f"![{n.removesuffix('.png')}]({n})\n" for n in names]
     return "\n".join(lines)
 
 
+
+# --- a study's section -----------------------------------------------------------------
+
+def study_section(study: Any, df: Any, spec: Mapping[str, Any], out_dir: Path) -> tuple[list[str], list[Path]]:
+    """report.md's study part: objectives and budget, the Pareto front (table and plot) or the
+    best trials, and parameter importances. Returns (markdown lines, plot paths)."""
+    cfg = spec.get("study") or {}
+    objectives = cfg.get("objectives") or ["top1"]
+    cols = [OBJECTIVES[o][0] for o in objectives]
+    lines = ["## Study", "",
+             "Objectives: " + ", ".join(f"{OBJECTIVES[o][1]} {o} ({OBJECTIVES[o][2]})" for o in objectives)
+             + f" · sampler: {cfg.get('sampler')} · pruner: {cfg.get('pruner') or 'none'}"
+             + f" · search space: {', '.join(f'{k}: {_space(v)}' for k, v in (spec.get('search') or {}).items())}",
+             ""]
+    ok = df[df["status"] == "complete"] if "status" in df else df
+    ok = ok.dropna(subset=[c for c in cols if c in ok])
+    if ok.empty or not all(c in ok for c in cols):
+        return lines + ["No complete trial yet.", ""], []
+    searched = [k for k in (spec.get("search") or {}) if k in ok]
+    show = ["trial", *searched, *cols]
+    extra = [c for c in ("infer_gmacs", "param_count", "top1") if c not in show and c in ok]
+    def cell(r: Any, c: str) -> str:  # re-attention options do not exist without re-attention
+        return "–" if is_re_option(c) and r.get("attention") != "re" else _cell(r[c])
+
+    def table(title: str, rows_df: Any) -> list[str]:
+        rows = [[str(int(r["trial"])), *[cell(r, c) for c in searched], *[num(r[c]) for c in cols + extra]]
+                for _, r in rows_df.iterrows()]
+        return [f"### {title}", "", md_table(["trial", *searched, *cols, *extra], rows, left=1 + len(searched)), ""]
+
+    first = ok.sort_values(cols[0], ascending=OBJECTIVES[objectives[0]][1] == "minimize").head(5)
+    best = first
+    if len(cols) == 2:
+        sign = [1 if OBJECTIVES[o][1] == "minimize" else -1 for o in objectives]
+        # pareto_front minimises its first argument and maximises its second
+        cost_i = 0 if sign[0] == 1 else 1
+        front = pareto_front(ok[cols[cost_i]] * sign[cost_i], -ok[cols[1 - cost_i]] * sign[1 - cost_i])
+        best = ok[front].sort_values(cols[cost_i])
+        lines += table(f"Pareto front ({len(best)} of {len(ok)} complete trials: no other is better in both)", best)
+        lines += ["![pareto](pareto.png)", ""]
+    lines += table(f"Best trials by {objectives[0]} (top {len(first)} of {len(ok)} complete)", first)
+    lines += _importances(study, objectives)
+    paths = [plots.pareto_plot(ok, best, cols, objectives, out_dir / "pareto.png")] if len(cols) == 2 else []
+    return lines, paths
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _space(value: Any) -> str:
+    if isinstance(value, list):
+        return "{" + ", ".join(map(str, value)) + "}"
+    text = f"[{value.get('low')}, {value.get('high')}]"
+    if value.get("step"):
+        text += f" step {value['step']}"
+    return text + (" log" if value.get("log") else "")
+
+
+def _importances(study: Any, objectives: list[str]) -> list[str]:
+    """fANOVA importances of the searched fields for each objective (Optuna's default)."""
+    out = ["### Parameter importances", "",
+           "How much of each objective's variance over complete trials each searched field explains "
+           "(Optuna's fANOVA; re-attention options only where sampled).", ""]
+    table = {}
+    for i, o in enumerate(objectives):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table[o] = optuna.importance.get_param_importances(
+                    study, target=(lambda t, i=i: t.values[i]) if len(objectives) > 1 else None)
+        except (RuntimeError, ValueError) as err:  # too few trials, or a single-value space
+            return out + [f"Not computed: {err}", ""]
+    params = list(dict.fromkeys(p for imp in table.values() for p in imp))
+    if not params:
+        return out + ["Not computed: no searched field varies among complete trials.", ""]
+    rows = [[p, *[f"{table[o].get(p, 0.0):.2f}" for o in objectives]] for p in params]
+    return out + [md_table(["field", *objectives], rows, left=1), ""]
+
+
 # --- files ----------------------------------------------------------------------------
-
-def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> None:
-    """Write through a temp file in the same folder, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # not mkstemp: keep umask perms
-    try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def runs_frame(df: pd.DataFrame) -> pd.DataFrame:
     """runs.csv's rows: one per trial, ordered by trial; lists and dicts as JSON strings."""
@@ -360,26 +271,22 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
-    details = [c for c in ("collapse", "init_collapse") if c in df]  # per-block arrays: in the study, not here
+    details = [c for c in DETAILS if c in df]  # per-block arrays: in the study, not here
     atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
     extra: list[str] = []
     if spec.get("search"):
-        from bench.search import study_section
         extra, study_plots = study_section(study, df, spec, out_dir)
         paths.update({p.name: p for p in study_plots})
     text = markdown(df, spec, info, extra)
     atomic_write(paths["report.md"], lambda f: f.write(text))
-    from bench.plots import plots
-    paths.update({p.name: p for p in plots(df, out_dir)})
+    paths.update({p.name: p for p in plots.plots(df, out_dir)})
     return paths
 
 
 # --- from the ledger ------------------------------------------------------------------
 
-def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
-    """Write the report of the study behind ``ledger`` (a bench.storage.Ledger) to results_dir/name."""
-    from datetime import datetime, timezone
-
+def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
+    """Write the report of the study behind ``ledger`` to results_dir/name."""
     rows = ledger.records()
     if not rows:
         raise BenchError(f"study {name!r} in {url} has no finished trials yet")
@@ -389,21 +296,17 @@ def report_ledger(ledger: Any, name: str, url: str, results_dir: str | Path) -> 
             df[col] = pd.to_numeric(df[col], errors="coerce")
     # per-block details live beside the records: load the heatmaps' only (records from before
     # that change still carry theirs inside)
-    from bench.plots import deepest_trials
     have = df["collapse"].map(lambda c: isinstance(c, dict)) if "collapse" in df else pd.Series(False, df.index)
-    numbers = [int(n) for _, rows in deepest_trials(df) for n in rows["trial"]
+    numbers = [int(n) for _, rows in plots.deepest_trials(df) for n in rows["trial"]
                if not have[df.index[df["trial"] == n]].any()]
     if numbers:
         loaded = df["trial"].map(ledger.details(numbers))
         df["collapse"] = loaded.where(~have, df["collapse"]) if "collapse" in df else loaded
-    from bench.storage import safe_url
     info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": safe_url(url)}
     return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info, study=ledger.study)
 
 
 def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
     """``bench report NAME``: rebuild runs.csv, report.md and the plots from the study alone."""
-    from bench.storage import Ledger, default_url, open_study
-
     url = storage or default_url(results_dir, name)
-    return report_ledger(Ledger(open_study(url, name, create=False)), name, url, results_dir)
+    return report_ledger(Ledger.open(url, name), name, url, results_dir)

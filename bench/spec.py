@@ -13,7 +13,9 @@
       arms: {re-attention: {attention: re}, wider: {embed_dim: 96}}
 
 Every grid point becomes a ``Variant`` here, so a bad combination fails before the
-first trial; every error names the file, the key and the value (exit code 2).
+first trial; every error names the file, the key and the value (exit code 2). The
+sections themselves (and their defaults) are ``bench.config``'s. No torch: specs load
+anywhere, and ``bench report`` never imports it.
 """
 from __future__ import annotations
 
@@ -21,135 +23,22 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
-from bench.data import CIFAR, missing
-from bench.errors import SpecError, check_fields, check_keys, check_type
-from bench.models import FIELD_TYPES, Variant
-from bench.training import TrainConfig
+from bench.config import (CIFAR_FOLDERS, DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
+                          TrainConfig, parse_space)
+from bench.errors import SpecError, check_keys, check_type
+from bench.variant import FIELD_TYPES, Variant, is_re_option
 
 SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare",
             "search", "study")
-DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
-NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
-SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
-BASELINE = "baseline"
-_COMMON = ("name", "train_size", "test_size", "crop_padding", "flip")
-DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, "root", "download"),
-             "cifar100": (*_COMMON, "root", "download"), "imagefolder": (*_COMMON, "root", "train_dir", "test_dir")}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "shapes"
-    train_size: int | None = None   # shapes: 10000 when unset; real data: the first N (None = all)
-    test_size: int | None = None    # shapes: 2000 when unset
-    difficulty: float = 0.5         # shapes only, in [0, 1]
-    seed: int = 0                   # shapes only: which images
-    root: str = "~/data"            # cifar*, imagefolder
-    download: bool = False          # cifar*: fetch with torchvision when missing
-    train_dir: str = "train"        # imagefolder
-    test_dir: str = "val"           # imagefolder
-    crop_padding: int = 2           # augmentation: random crop after zero padding (0 = off)
-    flip: bool = True               # augmentation: horizontal flip (every shapes class is mirror-symmetric)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.name not in DATASETS:
-            raise SpecError("name", self.name, f"expected one of: {', '.join(DATASETS)}")
-        for key in ("train_size", "test_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise SpecError(key, getattr(self, key), "must be at least 1")
-        if not 0 <= self.difficulty <= 1:
-            raise SpecError("difficulty", self.difficulty, "must be in [0, 1]")
-        if self.crop_padding < 0:
-            raise SpecError("crop_padding", self.crop_padding, "must be at least 0")
-
-    @property
-    def root_path(self) -> Path:
-        return Path(self.root).expanduser()
-
-    def check_available(self) -> int:
-        """Fail now, not at the first trial, when the data is missing; the number of classes."""
-        if self.name in CIFAR:
-            folder = self.root_path / CIFAR[self.name][0]
-            if not folder.is_dir() and not self.download:
-                raise missing(self.name, folder, "Set data.download: true on a machine with internet, or "
-                               f"unpack {CIFAR[self.name][0]} under data.root={self.root!r}.")
-            return NUM_CLASSES[self.name]
-        if self.name == "imagefolder":
-            counts = []
-            for split in (self.train_dir, self.test_dir):
-                folder = self.root_path / split
-                if not folder.is_dir():
-                    raise missing(f"imagefolder split {split!r}", folder, "Expected data.root/"
-                                   f"{self.train_dir}/<class>/*.png and data.root/{self.test_dir}/<class>/*.png.")
-                counts.append(sum(1 for p in folder.iterdir() if p.is_dir()))
-            if not counts[0]:
-                raise missing("imagefolder class folders", self.root_path / self.train_dir,
-                               "Each class needs its own folder of images.")
-            return counts[0]
-        return NUM_CLASSES[self.name]
-
-    def load(self, img_size: int):
-        """The dataset at the model's image size (shapes are drawn at it, folders resized)."""
-        from bench import data
-        if self.name == "shapes":
-            train_size, test_size = self.train_size or SHAPES_SIZES[0], self.test_size or SHAPES_SIZES[1]
-            return data.shapes(train_size=train_size, test_size=test_size, img_size=img_size,
-                               difficulty=self.difficulty, seed=self.seed)
-        if self.name in CIFAR:
-            ds = data.cifar(self.name, self.root, download=self.download)
-        else:
-            ds = data.imagefolder(self.root, img_size=img_size, train_dir=self.train_dir,
-                                  test_dir=self.test_dir)
-        return ds.subset(self.train_size, self.test_size)
-
-
-@dataclass(frozen=True)
-class ProfileConfig:
-    batch_size: int = 64
-    dtype: str = "auto"        # auto: bf16 on CUDA, fp32 on CPU
-    warmup: int | None = None  # None: 2 on CPU, 10 on CUDA
-    iters: int | None = None   # None: 5 on CPU, 50 on CUDA
-    speed: bool = True         # false: count params and MACs only
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.batch_size < 1:
-            raise SpecError("batch_size", self.batch_size, "must be at least 1")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise SpecError("dtype", self.dtype, "expected auto, fp32 or bf16")
-        if self.iters is not None and self.iters < 1:
-            raise SpecError("iters", self.iters, "must be at least 1")
-        if self.warmup is not None and self.warmup < 0:
-            raise SpecError("warmup", self.warmup, "must be at least 0")
-
-
-@dataclass(frozen=True)
-class CollapseConfig:
-    """Attention-collapse analysis of every trained trial (bench.collapse), on a fixed batch:
-    the first ``images`` test images."""
-
-    images: int = 64
-    which: str = "v"             # v: the map that multiplies V (re-generated for re-attention); raw: softmax
-    threshold: float = 0.8       # cross-layer: the paper's
-    head_threshold: float = 0.5  # cross-head: the paper's
-    at_init: bool = False        # also before training, to see what training did
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.images < 1:
-            raise SpecError("images", self.images, "must be at least 1")
-        if self.which not in ("v", "raw"):
-            raise SpecError("which", self.which, "expected v or raw")
-        for key in ("threshold", "head_threshold"):
-            if not -1 <= getattr(self, key) <= 1:
-                raise SpecError(key, getattr(self, key), "a cosine threshold must be in [-1, 1]")
+BASELINE = "baseline"  # the comparison's reference arm: a reserved arm name
+MAX_CORNERS = 4096  # a study's space: validate every combination of choices and range ends up to this many
 
 
 @dataclass(frozen=True)
@@ -175,8 +64,8 @@ class Sweep:
     variants: list[Variant]
     description: str | None = None
     collapse: CollapseConfig | None = None
-    search: dict[str, Any] | None = None  # a study: searched fields (bench.search.Dim) instead of a grid
-    study: Any = None  # bench.search.StudyConfig
+    search: dict[str, Dim] | None = None  # a study: searched fields instead of a grid
+    study: StudyConfig | None = None
     search_raw: dict[str, Any] | None = None  # the search section as written
 
     def trials(self) -> list[Trial]:
@@ -194,6 +83,12 @@ class Sweep:
         if self.study is not None:
             return self.study.directions
         return ["maximize"] if self.train else ["minimize"]
+
+    def budget(self) -> int:
+        """Trials a study runs (all workers together); a grid sweep's trial count."""
+        if self.study is not None:
+            return self.study.budget(self.search)
+        return len(self.variants) * len(self.seeds)
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs' records comparable: held fixed within one study."""
@@ -391,11 +286,10 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
 
 def _study(raw: Mapping[str, Any], base: Variant, data: DataConfig | None, num_classes: int | None,
            train: TrainConfig | None, profile: ProfileConfig) -> dict[str, Any]:
-    from bench import search
     if raw.get("search") is None:
         raise SpecError("search", None, "a study needs a search space, e.g. search: {depth: {low: 2, high: 12}}")
-    dims = search.parse_space(raw["search"])
-    cfg = _build(search.StudyConfig, _section(raw, "study"), "study")
+    dims = parse_space(raw["search"])
+    cfg = _build(StudyConfig, _section(raw, "study"), "study")
     if "top1" in cfg.objectives and train is None:
         raise SpecError("study.objectives", cfg.objectives, "top1 needs training (train is null)")
     timed = [o for o in cfg.objectives if o in ("latency", "peak_mem")]
@@ -406,8 +300,33 @@ def _study(raw: Mapping[str, Any], base: Variant, data: DataConfig | None, num_c
         if data is not None:
             _fits_data(v, data, "search", point, num_classes)
 
-    search.check_space(dims, base, check_point, grid=cfg.sampler == "grid")
+    check_space(dims, base, check_point, grid=cfg.grid)
     return {"search": dims, "study": cfg, "search_raw": dict(raw["search"])}
+
+
+def check_space(dims: dict[str, Dim], base: Variant, check_point: Callable[[Variant, dict[str, Any]], None],
+                grid: bool) -> int:
+    """Build the variant at every combination of choices and range ends (up to MAX_CORNERS):
+    an impossible one is a spec error naming the search key. Returns the grid size (grid
+    sampler) or the number of combinations checked."""
+    if grid:
+        for d in dims.values():
+            try:
+                d.grid_values()
+            except SpecError as err:
+                raise SpecError(f"search.{d.name}", err.value, err.reason) from None
+    ends = {n: (d.grid_values() if grid else d.ends()) for n, d in dims.items()}
+    size = math.prod(len(v) for v in ends.values())
+    can_re = "re" in ends.get("attention", [base.attention])
+    for name in dims:
+        if is_re_option(name) and not can_re:
+            raise SpecError(f"search.{name}", dims[name].ends(), "is a re-attention option, but no searched "
+                            "variant uses attention: re")
+    if size <= MAX_CORNERS:
+        for combo in itertools.product(*ends.values()):
+            point = dict(zip(ends, combo, strict=True))
+            check_point(point_variant(base, point, "search", "search point"), point)
+    return size
 
 
 def _grid(raw: Any) -> list[dict[str, list[Any]]]:
@@ -464,7 +383,7 @@ def point_variant(base: Variant, point: dict[str, Any], at: str, what: str = "gr
 def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any], num_classes: int | None) -> None:
     key = lambda f: f"{at}.{f}" if f in point else f"model.{f}"  # noqa: E731 (where the value came from)
     here = f" (at grid point {_show(point)})"
-    if data.name in CIFAR and v.img_size != 32:
+    if data.name in CIFAR_FOLDERS and v.img_size != 32:
         raise SpecError(key("img_size"), v.img_size, f"{data.name} images are 32×32{here}")
     if num_classes is not None and v.num_classes != num_classes:
         raise SpecError(key("num_classes"), v.num_classes, f"data {data.name!r} has {num_classes} classes")

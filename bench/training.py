@@ -1,61 +1,21 @@
 """Short-schedule proxy training: AdamW, linear warm-up then cosine decay, label
 smoothing, gradient clipping, bf16 autocast on GPU. Seeded, so a CPU rerun gives the
-same accuracy; a loss that turns NaN/inf stops the run and marks it diverged.
+same accuracy; a loss that turns NaN/inf stops the run and marks it diverged. The
+settings and their defaults are ``bench.config.TrainConfig``.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.config import TrainConfig
 from bench.data import Dataset, Loader
-from bench.errors import SpecError, check_fields
-from bench.profiling import autocast, resolve_dtype
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3            # peak, reached after warm-up
-    min_lr: float = 1e-5        # cosine floor
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05  # not applied to norms, biases, position embedding, class token
-    beta1: float = 0.9
-    beta2: float = 0.999
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 1.0  # max global grad norm; null = off
-    dtype: str = "auto"         # auto: bf16 autocast on CUDA, fp32 on CPU
-    eval_batch_size: int = 500
-    check_every: int = 20       # steps between divergence checks / progress updates (a GPU sync each)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise SpecError("dtype", self.dtype, "expected auto, fp32 or bf16")
-        for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
-            if getattr(self, name) < 1:
-                raise SpecError(name, getattr(self, name), "must be at least 1")
-        checks = [("lr", self.lr > 0, "must be positive"),
-                  ("min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]"),
-                  ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"must be in [0, epochs={self.epochs}]"),
-                  ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
-                  ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
-                  ("beta1", 0 <= self.beta1 < 1, "must be in [0, 1)"),
-                  ("beta2", 0 <= self.beta2 < 1, "must be in [0, 1)")]
-        for key, ok, reason in checks:
-            if not ok:
-                raise SpecError(key, getattr(self, key), reason)
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise SpecError("grad_clip", self.grad_clip, "must be positive (or null for no clipping)")
-
-    def resolved_dtype(self, device: torch.device) -> str:
-        return resolve_dtype(self.dtype, device)
+from bench.profiling import autocast
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, floor: float) -> float:

@@ -14,6 +14,12 @@ RE_NORMS = ("batch", "layer", "none")  # how re-attention normalises the mixed m
 ATTENTION_TYPES = ("self", "re")
 
 
+def is_re_option(field: str) -> bool:
+    """Re-attention options (``re_*``) exist only in variants whose attention is ``re``: they
+    reset to their defaults otherwise, are sampled only then, and are labelled only then."""
+    return field.startswith("re_")
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One ViT/DeepViT architecture, in timm's vocabulary.
@@ -76,7 +82,7 @@ class Variant:
         if self.attention != "re" or self.re_blocks == 0:
             fix("attention", "self")
             for f in dataclasses.fields(self):
-                if f.name.startswith("re_"):
+                if is_re_option(f.name):
                     fix(f.name, f.default)
         elif self.re_blocks == self.depth:
             fix("re_blocks", None)
@@ -95,6 +101,10 @@ class Variant:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def applies(self, field: str) -> bool:
+        """Whether ``field`` means anything for this variant (re-attention options only with it)."""
+        return not is_re_option(field) or self.attention == "re"
 
     @property
     def num_patches(self) -> int:

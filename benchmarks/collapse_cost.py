@@ -21,7 +21,7 @@ from bench.collapse import analyse
 from bench.data import Dataset, make_shapes
 from bench.models import build_model
 from bench.profiling import device_name, measure_speed, resolve_device
-from bench.runner import eval_images
+from bench.trials import eval_images
 
 
 def peak_rss_mb() -> float:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from bench import spec
-from bench.runner import open_ledger
+from bench.ledger import Ledger
 from bench.storage import default_url, safe_url
 
 SWEEP = """
@@ -53,7 +53,7 @@ def main() -> None:
         path.write_text(SWEEP.format(name=name, seeds=list(range(max(1, args.points // 4)))))
         sweep = spec.load(path)
         url = args.storage or default_url(tmp, name)
-        ledger = open_ledger(sweep, url)
+        ledger = Ledger.for_sweep(sweep, url)
         ledger.bind(sweep)
         t0 = time.perf_counter()
         plan = ledger.plan(sweep.trials())
@@ -62,8 +62,7 @@ def main() -> None:
         print(f"storage: {safe_url(url)} | planned and queued {len(plan.todo)} points in {queued:.2f} s "
               f"({queued / len(plan.todo) * 1e3:.1f} ms per point, once per sweep)")
         fast = claims(ledger, args.claims)
-        ledger._waiting_sql = lambda limit=16: None  # the API path, for comparison
-        ledger._holders_sql = lambda key: None
+        ledger.sql = None  # the API path, for comparison
         slow = claims(ledger, args.claims)
         print(f"claim with {len(plan.todo)} queued: SQL path median {statistics.median(fast) * 1e3:.1f} ms, "
               f"API path median {statistics.median(slow) * 1e3:.1f} ms "

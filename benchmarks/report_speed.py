@@ -1,12 +1,14 @@
 """`bench report` on a study of 10,000 records: seconds to rebuild runs.csv, report.md and plots.
 
-    python -m benchmarks.report_speed [--records 10000] [--variants 50]
+    python -m benchmarks.report_speed [--records 10000] [--variants 50] [--keep DIR] [--repeat 3]
 
 Fills a fresh SQLite study (in a temporary folder) with synthetic records in bench's
 record vocabulary, each with its attention-collapse details (a depth × depth similarity
 matrix and per-block arrays, stored beside the record as bench does), then times the
 report: in-process (load the study + write every file), and the `bench report` command
 end to end (Python start-up and imports included). Target: <= 5 s for 10,000 records.
+``--keep DIR`` fills DIR once and reuses it on later runs (filling takes minutes), so two
+versions of bench can be timed on the same study. Also times ``pareto_front`` on 10,000 points.
 """
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from bench.models import Variant
+import numpy as np
+
 from bench.report import report_study
+from bench.tables import pareto_front
 from bench.spec import trial_key
 from bench.storage import default_url, open_study
+from bench.variant import Variant
 
 
 def fake_record(v: Variant, seed: int, rng: random.Random) -> dict:
@@ -47,47 +52,67 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=10_000)
     p.add_argument("--variants", type=int, default=50)
+    p.add_argument("--keep", default=None, metavar="DIR", help="fill DIR once, reuse it later")
+    p.add_argument("--repeat", type=int, default=3, help="in-process reports timed")
     args = p.parse_args()
-    rng = random.Random(0)
-    depths = [2 * (i // 2 + 1) for i in range(args.variants)]
-    variants = [Variant(depth=d, attention="re" if i % 2 else "self") for i, d in enumerate(depths)]
-    with tempfile.TemporaryDirectory() as tmp:
-        name = "speed"
-        url = default_url(tmp, name)
-        study = open_study(url, name, create=True)
-        study.set_user_attr("spec", {"name": name, "train": {"epochs": 30},
-                                     "compare": {"by": ["depth"], "baseline": {"attention": "self"},
-                                                 "arms": {"re-attention": {"attention": "re"}}}})
-        t0 = time.perf_counter()
-        trials = []
-        for i in range(args.records):
-            v, seed = variants[i % len(variants)], i // len(variants)
-            record = fake_record(v, seed, rng)
-            state = {"complete": TrialState.COMPLETE, "diverged": TrialState.PRUNED}.get(record["status"],
-                                                                                      TrialState.FAIL)
-            d = v.depth
-            details = {"similarity": [[rng.random() for _ in range(d)] for _ in range(d)],
-                       "adjacent_similarity": [rng.random() for _ in range(d - 1)],
-                       "similar_ratio": {str(k): [rng.random() for _ in range(d - k)] for k in (1, 2, 3)},
-                       "cross_head_similarity": [rng.random() for _ in range(d)],
-                       "cross_head_share": [rng.random() for _ in range(d)]}
-            trials.append(create_trial(state=state, value=record["top1"] if state == TrialState.COMPLETE else None,
-                                       user_attrs={"key": trial_key(v, seed), "record": record, "collapse": details}))
-        study.add_trials(trials)
-        print(f"filled {args.records} records ({len(variants)} variants) in {time.perf_counter() - t0:.1f} s")
+    name = "speed"
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        if not (Path(args.keep) / name / "study.db").is_file():
+            fill(args.keep, name, args.records, args.variants)
+        time_report(args.keep, name, args.repeat)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            fill(tmp, name, args.records, args.variants)
+            time_report(tmp, name, args.repeat)
+    rng = np.random.default_rng(0)
+    g, t = rng.random(10_000), rng.random(10_000)
+    t0 = time.perf_counter()
+    pareto_front(g, t)
+    print(f"pareto_front on 10,000 points: {(time.perf_counter() - t0) * 1e3:.1f} ms")
 
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            report_study(name, results_dir=tmp)
-            times.append(time.perf_counter() - t0)
-        print(f"in-process report (load study + write files): {', '.join(f'{t:.2f}' for t in times)} s")
+
+def fill(tmp: str, name: str, n_records: int, n_variants: int) -> None:
+    rng = random.Random(0)
+    depths = [2 * (i // 2 + 1) for i in range(n_variants)]
+    variants = [Variant(depth=d, attention="re" if i % 2 else "self") for i, d in enumerate(depths)]
+    url = default_url(tmp, name)
+    study = open_study(url, name, create=True)
+    study.set_user_attr("spec", {"name": name, "train": {"epochs": 30},
+                                 "compare": {"by": ["depth"], "baseline": {"attention": "self"},
+                                             "arms": {"re-attention": {"attention": "re"}}}})
+    t0 = time.perf_counter()
+    trials = []
+    for i in range(n_records):
+        v, seed = variants[i % len(variants)], i // len(variants)
+        record = fake_record(v, seed, rng)
+        state = {"complete": TrialState.COMPLETE, "diverged": TrialState.PRUNED}.get(record["status"],
+                                                                                  TrialState.FAIL)
+        d = v.depth
+        details = {"similarity": [[rng.random() for _ in range(d)] for _ in range(d)],
+                   "adjacent_similarity": [rng.random() for _ in range(d - 1)],
+                   "similar_ratio": {str(k): [rng.random() for _ in range(d - k)] for k in (1, 2, 3)},
+                   "cross_head_similarity": [rng.random() for _ in range(d)],
+                   "cross_head_share": [rng.random() for _ in range(d)]}
+        trials.append(create_trial(state=state, value=record["top1"] if state == TrialState.COMPLETE else None,
+                                   user_attrs={"key": trial_key(v, seed), "record": record, "collapse": details}))
+    study.add_trials(trials)
+    print(f"filled {n_records} records ({len(variants)} variants) in {time.perf_counter() - t0:.1f} s")
+
+
+def time_report(tmp: str, name: str, repeat: int) -> None:
+    times = []
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bench.cli", "report", name, "--results", tmp], check=True,
-                       stdout=subprocess.DEVNULL)
-        print(f"`bench report` end to end (interpreter start and imports included): "
-              f"{time.perf_counter() - t0:.2f} s  (target <= 5 s)")
-        print(f"rows in runs.csv: {sum(1 for _ in open(Path(tmp) / name / 'runs.csv')) - 1}")
+        report_study(name, results_dir=tmp)
+        times.append(time.perf_counter() - t0)
+    print(f"in-process report (load study + write files): {', '.join(f'{t:.2f}' for t in times)} s")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.cli", "report", name, "--results", tmp], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(f"`bench report` end to end (interpreter start and imports included): "
+          f"{time.perf_counter() - t0:.2f} s  (target <= 5 s)")
+    print(f"rows in runs.csv: {sum(1 for _ in open(Path(tmp) / name / 'runs.csv')) - 1}")
 
 
 if __name__ == "__main__":

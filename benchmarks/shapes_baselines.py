@@ -15,6 +15,7 @@ from torch import nn
 
 from bench import spec
 from bench.cli import parse_sets
+from bench.data import load as load_data
 from bench.models import build_model
 from bench.profiling import resolve_device
 from bench.training import train
@@ -30,7 +31,7 @@ def main() -> None:
     sweep = spec.load(args.sweep, parse_sets(args.set))
     dev = resolve_device(args.device)
     base = sweep.variants[0].replace(depth=args.depth)
-    data = sweep.data.load(base.img_size)
+    data = load_data(sweep.data, base.img_size)
     d = sweep.data
     print(f"{d.name}: {len(data.train)} train / {len(data.test)} test images, difficulty {d.difficulty}, "
           f"{sweep.train.epochs} epochs, batch {sweep.train.batch_size}, lr {sweep.train.lr}", flush=True)

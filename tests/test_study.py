@@ -6,11 +6,13 @@ import optuna
 import pandas as pd
 import pytest
 
-from bench import runner, search, spec
+from bench import search, spec
 from bench.cli import main
 from bench.errors import SpecError
 from bench.profiling import closed_form
-from bench.storage import Ledger, default_url, open_study
+from bench.variant import Variant
+from bench.ledger import Ledger
+from bench.storage import default_url
 
 STUDY = """
 name: st
@@ -38,13 +40,8 @@ def load(path, **sets):
     return spec.load(path, {k.replace("__", "."): v for k, v in sets.items()})
 
 
-def run(path, tmp_path, sets=None, **kwargs):
-    return runner.run_sweep(spec.load(path, sets), results_dir=tmp_path / "results", device="cpu", quiet=True,
-                            **kwargs)
-
-
 def trials(tmp_path, name="st"):
-    return Ledger(open_study(default_url(tmp_path / "results", name), name, create=False)).study.get_trials()
+    return Ledger.open(default_url(tmp_path / "results", name), name).study.get_trials()
 
 
 @pytest.mark.parametrize("sets, key, message", [
@@ -78,8 +75,8 @@ def test_re_attention_options_are_asked_only_with_re_attention(study_file):
         search.suggest(optuna.trial.FixedTrial({"depth": 2, "attention": "self"}), sweep.search, base, grid=True)
 
 
-def test_a_two_objective_study_records_like_a_sweep_and_reports_its_front(study_file, tmp_path):
-    summary = run(study_file, tmp_path)
+def test_a_two_objective_study_records_like_a_sweep_and_reports_its_front(study_file, tmp_path, run):
+    summary = run(study_file)
     ts = trials(tmp_path)
     counted = [t for t in ts if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(counted) == 5  # n_trials, repeats of a measured point included
@@ -87,7 +84,7 @@ def test_a_two_objective_study_records_like_a_sweep_and_reports_its_front(study_
     assert len(trained) == len(summary["records"]) == len({t.user_attrs["key"] for t in trained})
     for t in trained:  # the Optuna values are the record's top-1 and closed-form GMACs
         r = t.user_attrs["record"]
-        v = runner.Variant.from_dict(t.user_attrs["variant"])
+        v = Variant.from_dict(t.user_attrs["variant"])
         assert t.values == [r["top1"], pytest.approx(closed_form(v)["macs"] / 1e9)]
         assert ("re_norm" in t.params) == (r["attention"] == "re")  # conditional: asked only with re
     for t in counted:
@@ -106,7 +103,7 @@ def test_a_two_objective_study_records_like_a_sweep_and_reports_its_front(study_
     grid = STUDY.split("search:")[0] + "grid: {depth: [1, 2], attention: [self, re]}\n"
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(grid.replace("name: st", "name: grid"))
-    run(grid_file, tmp_path)
+    run(grid_file)
     grid_df = pd.read_csv(tmp_path / "results" / "grid" / "runs.csv")
     assert list(grid_df.columns) == list(df.columns)
 
@@ -122,8 +119,8 @@ def search_front(df):
     return front
 
 
-def test_the_grid_sampler_runs_every_point_once_and_repeats_equal_variants(study_file, tmp_path):
-    run(study_file, tmp_path, {"study.sampler": "grid", "study.n_trials": None, "search.depth": [1, 2]})
+def test_the_grid_sampler_runs_every_point_once_and_repeats_equal_variants(study_file, tmp_path, run):
+    run(study_file, {"study.sampler": "grid", "study.n_trials": None, "search.depth": [1, 2]})
     ts = trials(tmp_path)
     assert len(ts) == 8  # 2 depths × 2 attentions × 2 norms
     trained = [t for t in ts if "record" in t.user_attrs]
@@ -132,13 +129,13 @@ def test_the_grid_sampler_runs_every_point_once_and_repeats_equal_variants(study
     assert all(t.state.name == "COMPLETE" for t in ts)
 
 
-def test_pruning_stops_a_trial_at_an_epoch_and_records_it_as_pruned(study_file, tmp_path, monkeypatch):
+def test_pruning_stops_a_trial_at_an_epoch_and_records_it_as_pruned(study_file, tmp_path, monkeypatch, run):
     class Always(optuna.pruners.BasePruner):
         def prune(self, study, trial):
             return trial.last_step is not None and trial.last_step >= 1
 
     monkeypatch.setattr(search, "make_pruner", lambda cfg, epochs: Always())
-    run(study_file, tmp_path, {"study.objectives": ["top1"], "study.pruner": "median", "study.n_trials": 2,
+    run(study_file, {"study.objectives": ["top1"], "study.pruner": "median", "study.n_trials": 2,
                                "study.sampler": "random"})
     ts = [t for t in trials(tmp_path) if "record" in t.user_attrs]
     assert ts and all(t.state.name == "PRUNED" for t in ts)
@@ -150,8 +147,8 @@ def test_pruning_stops_a_trial_at_an_epoch_and_records_it_as_pruned(study_file, 
     assert "## Pruned trials" in text or "Pruned trials" in text
 
 
-def test_a_single_objective_study_with_a_real_pruner_reports_its_best_trials(study_file, tmp_path):
-    run(study_file, tmp_path, {"study.objectives": ["top1"], "study.pruner": "hyperband", "study.n_trials": 4,
+def test_a_single_objective_study_with_a_real_pruner_reports_its_best_trials(study_file, tmp_path, run):
+    run(study_file, {"study.objectives": ["top1"], "study.pruner": "hyperband", "study.n_trials": 4,
                                "study.sampler": "tpe"})
     ts = trials(tmp_path)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in ts) == 4
@@ -162,8 +159,8 @@ def test_a_single_objective_study_with_a_real_pruner_reports_its_best_trials(stu
     assert "### Best trials by top1" in text and "Pareto" not in text
 
 
-def test_rerunning_a_study_adds_only_the_missing_trials(study_file, tmp_path, capsys):
-    run(study_file, tmp_path, {"study.n_trials": 2})
+def test_rerunning_a_study_adds_only_the_missing_trials(study_file, tmp_path, capsys, run):
+    run(study_file, {"study.n_trials": 2})
     code = main(["study", str(study_file), "--n-trials", "3", "--results", str(tmp_path / "results"),
                  "--device", "cpu", "--quiet"])
     assert code == 0
@@ -171,6 +168,12 @@ def test_rerunning_a_study_adds_only_the_missing_trials(study_file, tmp_path, ca
     code = main(["study", str(study_file), "--results", str(tmp_path / "results"), "--device", "cpu",
                  "--set", "study.objectives=[top1, params]"])
     assert code == 2 and "--name NEW" in capsys.readouterr().err  # other objectives: another study
+
+
+def test_plan_of_a_grid_study_counts_its_grid(study_file, capsys):
+    code = main(["plan", str(study_file), "--no-estimate", "--set", "study.sampler=grid", "--set", "study.n_trials=null",
+                 "--set", "search.depth=[1, 2]"])
+    assert code == 0 and "a study of 8 trials" in capsys.readouterr().out  # 2 depths × 2 attentions × 2 norms
 
 
 def test_study_command_refuses_a_grid_file_and_peak_memory_on_cpu(study_file, tmp_path, capsys):

@@ -8,7 +8,8 @@ from torch import nn
 from bench import data
 from bench.errors import SpecError
 from bench.models import build_model, resolve
-from bench.training import TrainConfig, lr_lambda, param_groups, train
+from bench.config import TrainConfig
+from bench.training import lr_lambda, param_groups, train
 
 CPU = torch.device("cpu")
 

@@ -16,9 +16,8 @@ import pytest
 
 from bench import runner, spec
 from bench.cli import main
-from bench.storage import Ledger, default_url, open_study
-
-PG = os.environ.get("BENCH_TEST_POSTGRES")
+from bench.ledger import Ledger
+from bench.storage import default_url
 
 SWEEP = """
 name: {name}
@@ -30,15 +29,6 @@ collapse: null
 grid: {{depth: [1, 2, 3], attention: [self, re]}}
 seeds: [0]
 """
-
-
-@pytest.fixture
-def pg():
-    if not PG:
-        if os.environ.get("BENCH_REQUIRE_POSTGRES"):
-            pytest.fail("BENCH_REQUIRE_POSTGRES is set but BENCH_TEST_POSTGRES is not")
-        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres)" starts one (.ci/run does)')
-    return PG
 
 
 def write_sweep(tmp_path, train_size=48, epochs=1):
@@ -72,7 +62,7 @@ def signed_running(url, name, pid):
 def outcome(url, name):
     """Per key: the states of its trials (dropped duplicate claims left out), and the workers
     that completed it."""
-    trials = Ledger(open_study(url, name, create=False)).study.get_trials()
+    trials = Ledger.open(url, name).study.get_trials()
     states, done_by = {}, {}
     for t in trials:
         if t.user_attrs.get("dropped"):
@@ -107,7 +97,7 @@ def test_three_workers_share_a_grid_and_one_killed_mid_trial_loses_nothing(tmp_p
     killed = [k for k, s in states.items() if "FAIL" in s]
     assert len(killed) == 1 and states[killed[0]] == ["FAIL", "COMPLETE"]  # closed, then redone by another
     assert not done_by[killed[0]][0].endswith(f":{victim.pid}")
-    assert len(Ledger(open_study(pg, name, create=False)).records()) == len(keys)
+    assert len(Ledger.open(pg, name).records()) == len(keys)
 
 
 def test_workers_option_starts_local_processes_on_a_journal_file(tmp_path):
@@ -127,7 +117,7 @@ def test_workers_option_starts_local_processes_on_a_journal_file(tmp_path):
 def test_a_worker_joins_by_name_and_takes_the_queue(tmp_path, pg, capsys):
     path, name = write_sweep(tmp_path)
     sweep = spec.load(path)
-    lg = runner.open_ledger(sweep, pg)
+    lg = Ledger.for_sweep(sweep, pg)
     lg.bind(sweep)
     assert lg.enqueue(lg.plan(sweep.trials()).todo) == 6  # queued, nobody working yet
     lg.enqueue(sweep.trials()[:2])  # a second worker queued the same points in a race
@@ -139,21 +129,6 @@ def test_a_worker_joins_by_name_and_takes_the_queue(tmp_path, pg, capsys):
     assert all(s == ["COMPLETE"] for s in states.values())  # the duplicates were dropped, not rerun
     dropped = [t for t in lg.study.get_trials() if t.user_attrs.get("dropped")]
     assert len(dropped) == 2
-
-
-def test_a_dead_worker_elsewhere_is_reclaimed_on_postgres(tmp_path, pg):
-    path, name = write_sweep(tmp_path)
-    sweep = spec.load(path)
-    lg = Ledger(open_study(pg, name, create=True, heartbeat=(1, 2)))
-    lg.bind(sweep)
-    trial = sweep.trials()[0]
-    handle = lg.start(trial)
-    handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
-    assert lg.plan([trial]).running_elsewhere == 1
-    lg._stop_beat(handle._trial_id)  # the worker dies: no more beats
-    time.sleep(3.5)
-    plan = Ledger(open_study(pg, name, create=True, heartbeat=(1, 2))).plan([trial])
-    assert plan.interrupted == 1 and plan.todo == [trial]
 
 
 def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_path, pg, capsys):
@@ -168,45 +143,3 @@ def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_
     assert not (tmp_path / "r").exists()
     code = main(["worker", "nosuch", "--storage", pg, "--device", "cpu"])
     assert code == 1 and "no study named 'nosuch'" in capsys.readouterr().err
-
-
-def test_a_point_whose_claims_were_all_dropped_is_queued_again(tmp_path):
-    """Two workers claim two queue entries of one point at the same moment: each sees the
-    other running and steps back (never both run it). The point must still be run."""
-    from optuna.trial import TrialState
-    path, name = write_sweep(tmp_path)
-    sweep = spec.load(path)
-    results = tmp_path / "results"
-    lg = runner.open_ledger(sweep, default_url(results, name))
-    lg.bind(sweep)
-    point = sweep.trials()[0]
-    lg.enqueue([point, point])
-    storage = lg.study._storage
-    for t in lg.study.get_trials():  # both claimed, both dropped as duplicates of each other
-        storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
-        storage.set_trial_user_attr(t._trial_id, "dropped", "duplicate")
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    assert lg.plan([point]).todo == [point]  # dropped claims do not speak for the point
-    code = main(["worker", name, "--results", str(results), "--device", "cpu", "--quiet"])
-    states, _ = outcome(default_url(results, name), name)
-    assert code == 0 and states == {point.key: ["COMPLETE"]}
-
-
-def test_the_claim_check_reads_the_same_holders_in_sql_as_through_the_api(tmp_path):
-    path, name = write_sweep(tmp_path)
-    sweep = spec.load(path)
-    lg = runner.open_ledger(sweep, default_url(tmp_path / "results", name))
-    lg.bind(sweep)
-    a, b = sweep.trials()[:2]
-    lg.enqueue([a, a, b])
-    assert lg.claim()[1]["key"] == a.key
-    assert lg.claim()[1]["key"] == b.key  # the second entry of a was dropped on the way: a is running
-    assert lg.claim() is None
-    ids = {t.number: t._trial_id for t in lg.study.get_trials()}
-    for key in (a.key, b.key):
-        api = [t._trial_id for t in lg._trials() if t.user_attrs.get("key") == key
-               and t.state.name in ("RUNNING", "COMPLETE", "PRUNED")]
-        assert sorted(lg._holders_sql(key)) == sorted(api)
-    assert lg._holders_sql(a.key) == [ids[0]] and lg._holders_sql(b.key) == [ids[2]]
-    states = [(t.state.name, t.user_attrs.get("dropped")) for t in lg.study.get_trials()]
-    assert states == [("RUNNING", None), ("FAIL", "duplicate"), ("RUNNING", None)]

@@ -1,0 +1,372 @@
+"""The sections of a spec, each a torch-free dataclass that checks itself and owns its
+defaults and rules: ``data``, ``train``, ``profile``, ``collapse``, ``study`` and the
+``search`` space. Every other module asks these rather than restating a default.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import SpecError, check_fields, check_keys, check_type, missing_data
+from bench.variant import FIELD_TYPES, is_re_option
+
+# --- numerics and timing ----------------------------------------------------------------
+
+DTYPES = ("fp32", "bf16")          # what a step runs in (bf16: autocast)
+DTYPE_SETTINGS = ("auto", *DTYPES)  # auto: bf16 on CUDA, fp32 elsewhere
+TIMING_STEPS = {"cpu": (2, 5), "cuda": (10, 50)}  # (warm-up, timed) steps when a spec leaves them unset
+
+
+def _device_type(device: Any) -> str:
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def resolve_dtype(setting: str, device: Any) -> str:
+    """``auto``: bf16 autocast on CUDA, fp32 elsewhere; anything else as given.
+    ``device``: a ``torch.device`` or its type name."""
+    if setting != "auto":
+        return setting
+    return "bf16" if _device_type(device) == "cuda" else "fp32"
+
+
+def timing_steps(warmup: int | None, iters: int | None, device: Any) -> tuple[int, int]:
+    """(warm-up, timed) steps: the given ones, else the device's defaults (0 warm-up stays 0)."""
+    default = TIMING_STEPS["cuda" if _device_type(device) == "cuda" else "cpu"]
+    return (default[0] if warmup is None else warmup, default[1] if iters is None else iters)
+
+
+def _check_dtype(value: str) -> None:
+    if value not in DTYPE_SETTINGS:
+        raise SpecError("dtype", value, f"expected {', '.join(DTYPE_SETTINGS)}")
+
+
+# --- data --------------------------------------------------------------------------------
+
+DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
+NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
+CIFAR_SIZES = (50000, 10000)  # train and test images of either CIFAR
+SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
+_COMMON = ("name", "train_size", "test_size", "crop_padding", "flip")
+DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, "root", "download"),
+             "cifar100": (*_COMMON, "root", "download"), "imagefolder": (*_COMMON, "root", "train_dir", "test_dir")}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "shapes"
+    train_size: int | None = None   # shapes: 10000 when unset; real data: the first N (None = all)
+    test_size: int | None = None    # shapes: 2000 when unset
+    difficulty: float = 0.5         # shapes only, in [0, 1]
+    seed: int = 0                   # shapes only: which images
+    root: str = "~/data"            # cifar*, imagefolder
+    download: bool = False          # cifar*: fetch with torchvision when missing
+    train_dir: str = "train"        # imagefolder
+    test_dir: str = "val"           # imagefolder
+    crop_padding: int = 2           # augmentation: random crop after zero padding (0 = off)
+    flip: bool = True               # augmentation: horizontal flip (every shapes class is mirror-symmetric)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.name not in DATASETS:
+            raise SpecError("name", self.name, f"expected one of: {', '.join(DATASETS)}")
+        for key in ("train_size", "test_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise SpecError(key, getattr(self, key), "must be at least 1")
+        if not 0 <= self.difficulty <= 1:
+            raise SpecError("difficulty", self.difficulty, "must be in [0, 1]")
+        if self.crop_padding < 0:
+            raise SpecError("crop_padding", self.crop_padding, "must be at least 0")
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser()
+
+    def shapes_sizes(self) -> tuple[int, int]:
+        """Train and test images of the built-in dataset."""
+        return self.train_size or SHAPES_SIZES[0], self.test_size or SHAPES_SIZES[1]
+
+    def check_available(self) -> int:
+        """Fail now, not at the first trial, when the data is missing; the number of classes."""
+        if self.name in CIFAR_FOLDERS:
+            folder = self.root_path / CIFAR_FOLDERS[self.name]
+            if not folder.is_dir() and not self.download:
+                raise missing_data(self.name, folder, "Set data.download: true on a machine with internet, or "
+                                   f"unpack {CIFAR_FOLDERS[self.name]} under data.root={self.root!r}.")
+            return NUM_CLASSES[self.name]
+        if self.name == "imagefolder":
+            counts = []
+            for split in (self.train_dir, self.test_dir):
+                folder = self.root_path / split
+                if not folder.is_dir():
+                    raise missing_data(f"imagefolder split {split!r}", folder, "Expected data.root/"
+                                       f"{self.train_dir}/<class>/*.png and data.root/{self.test_dir}/<class>/*.png.")
+                counts.append(sum(1 for p in folder.iterdir() if p.is_dir()))
+            if not counts[0]:
+                raise missing_data("imagefolder class folders", self.root_path / self.train_dir,
+                                   "Each class needs its own folder of images.")
+            return counts[0]
+        return NUM_CLASSES[self.name]
+
+    def split_sizes(self) -> tuple[int, int]:
+        """Train and test images per epoch, without loading the data (a folder is counted)."""
+        if self.name == "shapes":
+            return self.shapes_sizes()
+        if self.name in CIFAR_FOLDERS:
+            full = CIFAR_SIZES
+        else:
+            full = tuple(sum(1 for p in (self.root_path / split).rglob("*") if p.is_file())
+                         for split in (self.train_dir, self.test_dir))
+        return min(full[0], self.train_size or full[0]), min(full[1], self.test_size or full[1])
+
+
+# --- training ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3            # peak, reached after warm-up
+    min_lr: float = 1e-5        # cosine floor
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05  # not applied to norms, biases, position embedding, class token
+    beta1: float = 0.9
+    beta2: float = 0.999
+    label_smoothing: float = 0.1
+    grad_clip: float | None = 1.0  # max global grad norm; null = off
+    dtype: str = "auto"         # auto: bf16 autocast on CUDA, fp32 on CPU
+    eval_batch_size: int = 500
+    check_every: int = 20       # steps between divergence checks / progress updates (a GPU sync each)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check_dtype(self.dtype)
+        for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
+            if getattr(self, name) < 1:
+                raise SpecError(name, getattr(self, name), "must be at least 1")
+        checks = [("lr", self.lr > 0, "must be positive"),
+                  ("min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]"),
+                  ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"must be in [0, epochs={self.epochs}]"),
+                  ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+                  ("beta1", 0 <= self.beta1 < 1, "must be in [0, 1)"),
+                  ("beta2", 0 <= self.beta2 < 1, "must be in [0, 1)")]
+        for key, ok, reason in checks:
+            if not ok:
+                raise SpecError(key, getattr(self, key), reason)
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise SpecError("grad_clip", self.grad_clip, "must be positive (or null for no clipping)")
+
+    def resolved_dtype(self, device: Any) -> str:
+        return resolve_dtype(self.dtype, device)
+
+
+# --- profiling -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    batch_size: int = 64
+    dtype: str = "auto"        # auto: bf16 on CUDA, fp32 on CPU
+    warmup: int | None = None  # None: TIMING_STEPS (2 on CPU, 10 on CUDA)
+    iters: int | None = None   # None: TIMING_STEPS (5 on CPU, 50 on CUDA)
+    speed: bool = True         # false: count params and MACs only
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.batch_size < 1:
+            raise SpecError("batch_size", self.batch_size, "must be at least 1")
+        _check_dtype(self.dtype)
+        if self.iters is not None and self.iters < 1:
+            raise SpecError("iters", self.iters, "must be at least 1")
+        if self.warmup is not None and self.warmup < 0:
+            raise SpecError("warmup", self.warmup, "must be at least 0")
+
+    def steps(self, device: Any) -> tuple[int, int]:
+        """(warm-up, timed) steps on ``device``."""
+        return timing_steps(self.warmup, self.iters, device)
+
+
+# --- attention collapse --------------------------------------------------------------------
+
+COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean")  # runs.csv columns
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """Attention-collapse analysis of every trained trial (bench.collapse), on a fixed batch:
+    the first ``images`` test images."""
+
+    images: int = 64
+    which: str = "v"             # v: the map that multiplies V (re-generated for re-attention); raw: softmax
+    threshold: float = 0.8       # cross-layer: the paper's
+    head_threshold: float = 0.5  # cross-head: the paper's
+    at_init: bool = False        # also before training, to see what training did
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.images < 1:
+            raise SpecError("images", self.images, "must be at least 1")
+        if self.which not in ("v", "raw"):
+            raise SpecError("which", self.which, "expected v or raw")
+        for key in ("threshold", "head_threshold"):
+            if not -1 <= getattr(self, key) <= 1:
+                raise SpecError(key, getattr(self, key), "a cosine threshold must be in [-1, 1]")
+
+
+# --- studies -------------------------------------------------------------------------------
+
+# objective name -> (record column, direction, what it is)
+OBJECTIVES = {
+    "top1": ("top1", "maximize", "top-1 % after the proxy schedule"),
+    "gmacs": ("infer_gmacs", "minimize", "GMACs per image"),
+    "params": ("param_count", "minimize", "M parameters"),
+    "latency": ("infer_step_time", "minimize", "ms per inference batch of profile.batch_size"),
+    "peak_mem": ("train_peak_mem_mb", "minimize", "peak CUDA memory of a train step, MiB"),
+}
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+PRUNERS = ("median", "hyperband")
+DEFAULT_N_TRIALS = 20  # a study's budget when n_trials is unset (the grid sampler: its whole grid)
+RANGE_KEYS = ("low", "high", "step", "log")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    objectives: list[str] = field(default_factory=lambda: ["top1", "gmacs"])
+    sampler: str = "tpe"
+    pruner: str | None = None
+    n_trials: int | None = None  # None: DEFAULT_N_TRIALS, or the whole grid for the grid sampler
+    timeout: float | None = None  # seconds per worker: no new trial starts after it
+    seed: int = 0  # the sampler's (worker k of several: seed + k + 1)
+
+    def __post_init__(self) -> None:
+        objectives = self.objectives if isinstance(self.objectives, list) else [self.objectives]
+        object.__setattr__(self, "objectives", objectives)
+        if not 1 <= len(objectives) <= 2 or len(set(objectives)) != len(objectives):
+            raise SpecError("objectives", self.objectives, "expected one or two different objectives, "
+                            "e.g. [top1, gmacs]")
+        for o in objectives:
+            if o not in OBJECTIVES:
+                raise SpecError("objectives", o, f"unknown objective; expected one of: {', '.join(OBJECTIVES)}")
+        if self.sampler not in SAMPLERS:
+            raise SpecError("sampler", self.sampler, f"expected one of: {', '.join(SAMPLERS)}")
+        if self.pruner is not None:
+            if self.pruner not in PRUNERS:
+                raise SpecError("pruner", self.pruner, f"expected null or one of: {', '.join(PRUNERS)}")
+            if len(objectives) > 1:
+                raise SpecError("pruner", self.pruner, "Optuna cannot prune a multi-objective study: use one "
+                                "objective (objectives: [top1]) or pruner: null")
+            if objectives != ["top1"]:
+                raise SpecError("pruner", self.pruner, "prunes on per-epoch top-1: needs objectives: [top1]")
+        check_type("n_trials", self.n_trials, (int, None))
+        if self.n_trials is not None and self.n_trials < 1:
+            raise SpecError("n_trials", self.n_trials, "must be at least 1")
+        check_type("timeout", self.timeout, (float, None))
+        if self.timeout is not None and self.timeout <= 0:
+            raise SpecError("timeout", self.timeout, "must be positive (seconds)")
+        check_type("seed", self.seed, int)
+
+    @property
+    def columns(self) -> list[str]:
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][1] for o in self.objectives]
+
+    @property
+    def grid(self) -> bool:
+        return self.sampler == "grid"
+
+    def budget(self, dims: dict[str, Dim]) -> int:
+        """Trials in the study, all workers together: n_trials, else the whole grid (grid
+        sampler), else DEFAULT_N_TRIALS."""
+        if self.n_trials is not None:
+            return self.n_trials
+        return math.prod(len(d.grid_values()) for d in dims.values()) if self.grid else DEFAULT_N_TRIALS
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched field: ``choices``, or a range from ``low`` to ``high``."""
+
+    name: str
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and FIELD_TYPES[self.name] in (int, (int, type(None)))
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.is_int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def grid_values(self) -> list[Any]:
+        if self.choices is not None:
+            return list(self.choices)
+        if self.is_int:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step:
+            n = int(round((self.high - self.low) / self.step))
+            return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+        raise SpecError(self.name, {"low": self.low, "high": self.high},
+                        "the grid sampler needs a list of values or a range with a step")
+
+    def ends(self) -> list[Any]:
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+def parse_space(raw: Any) -> dict[str, Dim]:
+    """``search:`` → one Dim per field, ``attention`` first (the re_* fields depend on it)."""
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("search", raw, "expected a mapping of variant field → list of choices or "
+                        "{low, high, step, log}")
+    try:
+        check_keys(raw, FIELD_TYPES, "variant field")
+    except SpecError as err:
+        raise err.within(prefix="search.") from None
+    dims = {}
+    for name in sorted(raw, key=lambda n: (n != "attention", is_re_option(n))):
+        value = raw[name]
+        at = f"search.{name}"
+        if isinstance(value, list):
+            if not value:
+                raise SpecError(at, value, "needs at least one choice")
+            if len(set(map(repr, value))) != len(value):
+                raise SpecError(at, value, "lists a choice twice")
+            dims[name] = Dim(name, choices=value)
+            continue
+        if not isinstance(value, dict):
+            raise SpecError(at, value, "expected a list of choices or a range {low, high, step, log}")
+        try:
+            check_keys(value, RANGE_KEYS, "range key")
+        except SpecError as err:
+            raise err.within(prefix=at + ".") from None
+        kind = FIELD_TYPES[name]
+        numeric = int if kind in (int, (int, type(None))) else float if kind in (float, (float, type(None))) else None
+        if numeric is None:
+            raise SpecError(at, value, f"{name} is not numeric: give a list of choices")
+        for key in ("low", "high"):
+            if key not in value:
+                raise SpecError(f"{at}.{key}", None, "a range needs low and high")
+        for key in ("low", "high", "step"):
+            if value.get(key) is not None:
+                check_type(f"{at}.{key}", value[key], numeric)
+        check_type(f"{at}.log", value.get("log", False), bool)
+        low, high, step = value["low"], value["high"], value.get("step")
+        if not low < high:
+            raise SpecError(at, value, "needs low < high")
+        if step is not None and step <= 0:
+            raise SpecError(f"{at}.step", step, "must be positive")
+        if value.get("log") and (low <= 0 or step not in (None, 1)):
+            raise SpecError(f"{at}.log", True, "a log range needs low > 0 and no step")
+        dims[name] = Dim(name, low=low, high=high, step=step, log=bool(value.get("log", False)))
+    return dims

@@ -1,0 +1,185 @@
+"""One trial: measure a variant (profile, then proxy-train, then attention collapse) and
+record the result in the ledger. Grid sweeps (bench.runner) and studies (bench.search)
+both run their trials through ``run_trial``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench import console
+from bench.collapse import analyse
+from bench.config import COLLAPSE_SUMMARY, CollapseConfig, ProfileConfig, TrainConfig, resolve_dtype
+from bench.data import Dataset, Loader, Split, load as load_data
+from bench.errors import BenchError, first_line
+from bench.ledger import Ledger
+from bench.models import build_model, save_weights
+from bench.profiling import environment, is_oom, profile_model
+from bench.spec import Sweep, Trial
+from bench.tables import variant_label
+from bench.training import train
+from bench.variant import Variant
+
+
+def weights_path(results_dir: str | Path, name: str, key: str) -> Path:
+    """Where ``--save-weights`` keeps trial ``key`` of study ``name``."""
+    return Path(results_dir) / name / "weights" / f"{key}.safetensors"
+
+
+def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
+            train_cfg: TrainConfig | None = None, data: Dataset | None = None,
+            crop_padding: int = 0, flip: bool = False, collapse: CollapseConfig | None = None,
+            weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
+            on_step: Callable[[int, int, float | None], None] | None = None,
+            on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+    """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
+
+    With ``collapse``, the trained model's attention collapse on the first test images (and,
+    ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
+    ``on_epoch(epoch, top1, loss)`` returning True stops training (a pruned trial).
+    ``status`` is "complete", "diverged" or "pruned"; exceptions propagate to the caller.
+    """
+    say = on_phase or (lambda _msg: None)
+    torch.manual_seed(seed)
+    model = build_model(variant)
+    weights = copy.deepcopy(model.state_dict()) if train_cfg is not None else None
+    t0 = time.perf_counter()
+    record: dict[str, Any] = profile_model(
+        model, variant, device=device, dtype=resolve_dtype(profile.dtype, device), batch_size=profile.batch_size,
+        warmup=profile.warmup, iters=profile.iters, speed=profile.speed, on_progress=say)
+    record["time_profile_s"] = time.perf_counter() - t0
+    record["status"] = "complete"
+    if train_cfg is not None:
+        if data is None:
+            raise ValueError("training needs a dataset")
+        model.load_state_dict(weights)  # profiling used the model: start from the seeded weights
+        torch.manual_seed(seed)         # and the seeded random stream (drop path)
+        images = eval_images(data, collapse.images, device) if collapse else None
+        if collapse and collapse.at_init:
+            say("attention collapse at initialisation")
+            _add_collapse(record, model.to(device), images, collapse, prefix="init_")
+        say("training")
+        t0 = time.perf_counter()
+        result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
+                       flip=flip, on_step=on_step, on_epoch=on_epoch)
+        record["time_train_s"] = time.perf_counter() - t0
+        if result.pop("diverged"):
+            record["status"] = "diverged"
+        elif result.pop("stopped"):
+            record["status"] = "pruned"
+        result.pop("stopped", None)
+        record.update(result)
+        if weights_path is not None and record["status"] == "complete":
+            record["weights"] = str(save_weights(model, weights_path).resolve())
+        if collapse and record["status"] == "complete":
+            say("attention collapse")
+            try:  # the trained result stands even if its analysis fails
+                _add_collapse(record, model, images, collapse)
+            except Exception as err:
+                record["collapse_error"] = f"{type(err).__name__}: {first_line(err)}"
+    return record
+
+
+def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
+    """The fixed evaluation batch: the first ``n`` test images, normalised as in training."""
+    first = Split(data.test.images[:n], data.test.labels[:n])
+    return next(iter(Loader(first, batch_size=len(first), device=device, train=False)))[0]
+
+
+def _add_collapse(record: dict[str, Any], model: torch.nn.Module, images: torch.Tensor,
+                  cfg: CollapseConfig, prefix: str = "") -> None:
+    t0 = time.perf_counter()
+    result = analyse(model, images, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    record[f"{prefix}collapse"] = result
+    for key in COLLAPSE_SUMMARY:
+        record[f"{prefix}{key}"] = result[key]
+    record[f"time_{prefix}collapse_s"] = time.perf_counter() - t0
+
+
+def result_line(record: dict[str, Any]) -> str:
+    """How a finished trial reads in the progress display (rich markup)."""
+    status = record["status"]
+    if status == "failed":
+        return f"[red]failed[/]: {console.escape(record['error'])}"
+    if status == "diverged":
+        return f"[yellow]diverged[/] (loss {record.get('train_loss')}) after {record.get('steps')} steps"
+    parts = [f"{record['param_count']:.3g} M params", f"{record['infer_gmacs']:.3g} GMACs"]
+    if record.get("top1") is not None:
+        parts.insert(0, f"top-1 {record['top1']:.2f} %")
+    parts.append(f"{record['time_trial_s']:.1f} s")
+    return ", ".join(parts)
+
+
+def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
+    """The fields of ``v`` that vary across ``variants`` (the sweep's grid), plus the seed."""
+    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in variants}) > 1 and v.applies(f)]
+    text = variant_label(v.to_dict(), fields) if fields else "base"  # as the report labels it
+    return text if seed is None else f"{text} seed={seed}"
+
+
+def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, Dataset], ledger: Ledger,
+              progress: console.SweepProgress, handle: Any, *, results_dir: str | Path = "results",
+              save: bool = False, on_epoch: Callable[[int, float, float], bool | None] | None = None
+              ) -> dict[str, Any]:
+    """Measure ``trial`` and record it under ``handle``: its result, or its failure (a failed
+    trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
+    ``loaded``: datasets by image size, loaded once per worker. ``save``: keep the weights."""
+    objectives = sweep.objective_columns()
+    t0 = time.perf_counter()
+    # the resolved config: with it, every record stands alone
+    base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
+            "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile", "collapse")}}
+    try:
+        data = None
+        if sweep.train is not None:
+            img = trial.variant.img_size
+            if img not in loaded:
+                progress.phase("loading data")
+                loaded[img] = load_data(sweep.data, img)
+            data = loaded[img]
+        record = measure(trial.variant, trial.seed, device=dev, profile=sweep.profile, train_cfg=sweep.train,
+                         data=data, crop_padding=sweep.data.crop_padding if sweep.data else 0,
+                         flip=bool(sweep.data and sweep.data.flip), collapse=sweep.collapse,
+                         weights_path=weights_path(results_dir, sweep.name, trial.key) if save and sweep.train
+                         else None, on_phase=progress.phase,
+                         on_step=progress.step, on_epoch=on_epoch)
+        record = {**base, **record}
+    except KeyboardInterrupt:
+        ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objectives)
+        raise
+    except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
+        record = {**base, "status": "failed", "error": str(err)}
+    except Exception as err:
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        kind = "out of memory" if is_oom(err) else type(err).__name__
+        record = {**base, "status": "failed", "error": f"{kind}: {first_line(err)}"[:500]}
+        if is_oom(err) and dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if record["status"] == "failed":
+        record.update(environment(dev, resolve_dtype(sweep.profile.dtype, dev)))
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["time_trial_s"] = time.perf_counter() - t0
+    ledger.finish(handle, _jsonable(record), objectives)
+    return record
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    """Optuna stores user attributes as JSON: no NaN/inf (JSON has none)."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+    return {k: fix(v) for k, v in record.items()}

@@ -1,0 +1,54 @@
+"""Shared specs and helpers: a tiny sweep that trains in seconds, running it, reading its
+ledger, and the PostgreSQL server of the multi-worker tests."""
+import os
+
+import pytest
+
+from bench import runner, spec
+from bench.ledger import Ledger
+from bench.storage import default_url
+
+# 16² images, 16-dim models, 48 training images: 4 trials in a few seconds on a CPU
+TINY = """
+name: tiny
+data: {name: shapes, train_size: 48, test_size: 24}
+model: {img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2, mlp_ratio: 2}
+train: {epochs: 1, batch_size: 16, check_every: 1}
+profile: {batch_size: 4, warmup: 0, iters: 1}
+grid: {depth: [1, 2], attention: [self, re]}
+seeds: [0]
+compare: {baseline: {attention: self}, arms: {re-attention: {attention: re}}}
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def run(tmp_path):
+    """run(path, sets=None, **run_sweep kwargs): the sweep (or study) at ``path``, on the CPU,
+    into tmp_path/results."""
+    def run(path, sets=None, **kwargs):
+        return runner.run_sweep(spec.load(path, sets), results_dir=tmp_path / "results", device="cpu", quiet=True,
+                                **kwargs)
+    return run
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    """ledger(name="tiny"): the ledger of a study run into tmp_path/results."""
+    return lambda name="tiny": Ledger.open(default_url(tmp_path / "results", name), name)
+
+
+@pytest.fixture
+def pg():
+    url = os.environ.get("BENCH_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("BENCH_REQUIRE_POSTGRES"):
+            pytest.fail("BENCH_REQUIRE_POSTGRES is set but BENCH_TEST_POSTGRES is not")
+        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres)" starts one (.ci/run does)')
+    return url

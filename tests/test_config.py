@@ -1,0 +1,62 @@
+"""One home per rule: each default and rule of a spec lives beside its config (bench.config),
+and every caller asks it. Each test here would have caught a copy that disagreed."""
+import pytest
+import torch
+
+from bench import api, config, spec
+from bench.cli import build_parser
+from bench.errors import SpecError, first_line
+from bench.models import build_model
+from bench.profiling import autocast, closed_form, profile_model
+from bench.trials import label
+from bench.variant import FIELD_TYPES, Variant, is_re_option
+
+
+def test_zero_warm_up_means_zero_in_profiling_and_in_the_plan(sweep_file):
+    assert config.ProfileConfig(warmup=0).steps("cpu") == (0, 5)
+    assert config.ProfileConfig().steps("cuda") == (10, 50) and config.ProfileConfig(iters=3).steps("cpu") == (2, 3)
+    sweep = spec.load(sweep_file)  # profile: {batch_size: 4, warmup: 0, iters: 1}; 48 train, 24 test, 1 epoch
+    v = sweep.variants[0]
+    train_macs = 3 * closed_form(v)["macs"]
+    by_hand = 1 * (48 * train_macs + 24 * train_macs / 3) + (0 + 1) * 4 * (train_macs + train_macs / 3)
+    assert api.estimated_macs(sweep, v, "cpu") == pytest.approx(by_hand)  # the old estimate took 2 warm-ups
+    record = profile_model(build_model(v), v, device=torch.device("cpu"), dtype="fp32", batch_size=2,
+                           warmup=sweep.profile.steps("cpu")[0], iters=sweep.profile.steps("cpu")[1])
+    assert (record["warmup"], record["iters"]) == (0, 1)
+
+
+def test_a_study_budget_is_its_grid_for_the_grid_sampler():
+    dims = config.parse_space({"depth": [1, 2, 3], "attention": ["self", "re"]})
+    assert config.StudyConfig(sampler="grid").budget(dims) == 6
+    assert config.StudyConfig(sampler="grid", n_trials=4).budget(dims) == 4
+    assert config.StudyConfig().budget(dims) == config.DEFAULT_N_TRIALS
+
+
+def test_re_attention_options_exist_only_with_re_attention():
+    options = [f for f in FIELD_TYPES if is_re_option(f)]
+    assert options == ["re_blocks", "re_norm", "re_transform_scale"]
+    vit = Variant(attention="self", re_norm="layer", re_transform_scale=True, re_blocks=3)
+    assert all(getattr(vit, f) == getattr(Variant(), f) for f in options)  # reset: one spelling per model
+    assert not any(vit.applies(f) for f in options) and all(Variant(attention="re").applies(f) for f in options)
+    grid = [Variant(depth=2, attention=a, re_norm=n) for a in ("self", "re") for n in ("batch", "layer")]
+    assert label(grid[0], grid) == "attention=self"  # no re_norm in a ViT's label
+    assert label(grid[3], grid) == "attention=re re_norm=layer"
+
+
+def test_one_set_of_dtypes_for_specs_profiling_and_the_cli():
+    assert config.DTYPE_SETTINGS == ("auto", *config.DTYPES)
+    for section in (config.TrainConfig, config.ProfileConfig):
+        with pytest.raises(SpecError, match="expected auto, fp32, bf16"):
+            section(dtype="fp16")
+        assert section(dtype="auto").dtype == "auto"
+    for dtype in config.DTYPES:
+        with autocast(torch.device("cpu"), dtype):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    profile = build_parser()._subparsers._group_actions[0].choices["profile"]
+    assert next(a for a in profile._actions if a.dest == "dtype").choices == config.DTYPES
+    assert config.resolve_dtype("auto", "cuda") == "bf16" and config.resolve_dtype("auto", torch.device("cpu")) == "fp32"
+
+
+def test_first_line_of_an_error():
+    assert first_line(RuntimeError("\n  boom in [x]  \nsecond line")) == "boom in [x]"
+    assert first_line("") == "" and first_line(ValueError()) == ""

@@ -1,0 +1,112 @@
+"""The ledger's contract, through its public API: what a plan counts, which record speaks for
+a key, queue claims, heartbeats, and the SQL fast paths held equal to Optuna's API."""
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from bench import spec
+from bench.ledger import DONE, Ledger
+from bench.storage import default_url
+
+
+def fresh(tmp_path, sweep_file, url=None, heartbeat=(30, 120), name="tiny"):
+    """A bound ledger for the tiny sweep (its own study name on a shared server)."""
+    sweep = spec.load(sweep_file)
+    if name != "tiny":
+        sweep = spec.load(sweep_file, {"name": name})
+    lg = Ledger.open(url or default_url(tmp_path / "results", sweep.name), sweep.name, create=True,
+                     heartbeat=heartbeat)
+    lg.bind(sweep)
+    return lg, sweep
+
+
+def finish_complete(lg, handle, top1=50.0):
+    lg.finish(handle, {"status": "complete", "top1": top1, "seed": 0}, "top1")
+
+
+def test_a_later_failure_never_hides_a_result(sweep_file, tmp_path):
+    lg, sweep = fresh(tmp_path, sweep_file)
+    trial = sweep.trials()[0]
+    finish_complete(lg, lg.start(trial))
+    handle = lg.start(trial)  # say, a second worker's duplicate that ran out of memory
+    lg.finish(handle, {"status": "failed", "error": "out of memory", "seed": 0}, "top1")
+    assert lg.plan([trial]).done == 1
+    assert [r["status"] for r in lg.records() if r["key"] == trial.key] == ["complete"]
+
+
+def test_plan_counts_each_state_once(sweep_file, tmp_path):
+    lg, sweep = fresh(tmp_path, sweep_file)
+    done, failed, interrupted, queued = sweep.trials()
+    finish_complete(lg, lg.start(done))
+    lg.finish(lg.start(failed), {"status": "failed", "error": "boom", "seed": 0}, "top1")
+    lg.finish(lg.start(interrupted), {"status": "interrupted", "error": "interrupted", "seed": 0}, "top1")
+    lg.enqueue([queued])
+    plan = lg.plan(sweep.trials())
+    assert (plan.done, plan.failed_skipped, plan.interrupted, plan.queued) == (1, 1, 1, 1)
+    assert plan.todo == [interrupted]
+    assert lg.plan(sweep.trials(), retry_failed=True).todo == [failed, interrupted]
+    assert [r["key"] for r in lg.records()] == [done.key, failed.key]  # interrupted: no result
+
+
+def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path):
+    lg, sweep = fresh(tmp_path, sweep_file)
+    for i, trial in enumerate(sweep.trials()):
+        if i % 2:  # failed first, then redone: two trials for this key, the newest wins
+            lg.finish(lg.start(trial), {"status": "failed", "error": "boom", "seed": 0}, "top1")
+        h = lg.start(trial)
+        h.set_user_attr("collapse", {"similarity": [[float(i)]]})
+        finish_complete(lg, h, top1=float(i))
+    assert lg.sql is not None and lg.sql.attrs(("key",)) is not None
+    fast = lg.records()
+    fast_details = lg.details([r["trial"] for r in fast])
+    assert len(lg.study.get_trials()) == 6 and len(fast) == 4 and len(fast_details) == 4
+    lg.sql = None  # the API path
+    assert fast == lg.records() and {r["status"] for r in fast} == {"complete"}
+    assert fast_details == lg.details([r["trial"] for r in fast])
+    assert [fast_details[r["trial"]]["similarity"][0][0] for r in fast] == [r["top1"] for r in fast]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_a_dead_worker_elsewhere_is_reclaimed_when_its_heartbeat_stops(where, sweep_file, tmp_path, request):
+    url = request.getfixturevalue("pg") if where == "postgres" else None
+    name = f"hb{time.time_ns()}" if url else "tiny"  # its own study on a shared server
+    lg, sweep = fresh(tmp_path, sweep_file, url=url, heartbeat=(1, 2), name=name)
+    trial = sweep.trials()[0]
+    handle = lg.start(trial)
+    handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
+    assert lg.plan([trial]).running_elsewhere == 1  # alive while it beats
+    lg.heartbeats.stop_all()  # the worker dies (kill -9): no more beats
+    time.sleep(3.5)
+    again = Ledger.open(url or default_url(tmp_path / "results", name), name, create=True, heartbeat=(1, 2))
+    plan = again.plan([trial])
+    assert plan.interrupted == 1 and plan.todo == [trial]
+
+
+def test_the_claim_check_reads_the_same_holders_in_sql_as_through_the_api(sweep_file, tmp_path):
+    lg, sweep = fresh(tmp_path, sweep_file)
+    a, b = sweep.trials()[:2]
+    lg.enqueue([a, a, b])
+    assert lg.claim()[1] == a
+    assert lg.claim()[1] == b  # the second entry of a was dropped on the way: a is running
+    assert lg.claim() is None
+    numbers = {t._trial_id: t.number for t in lg.study.get_trials()}
+    for key, expected in ((a.key, [0]), (b.key, [2])):
+        api = [t.number for t in lg.trials((TrialState.RUNNING, *DONE)) if t.user_attrs.get("key") == key]
+        assert sorted(numbers[i] for i in lg.sql.holders(key)) == api == expected
+    states = [(t.state.name, t.user_attrs.get("dropped")) for t in lg.study.get_trials()]
+    assert states == [("RUNNING", None), ("FAIL", "duplicate"), ("RUNNING", None)]
+
+
+def test_a_point_whose_claims_were_all_dropped_is_queued_again(sweep_file, tmp_path):
+    """Two workers claim two queue entries of one point at the same moment: each sees the
+    other running and steps back (never both run it). The point must still be run."""
+    lg, sweep = fresh(tmp_path, sweep_file)
+    point = sweep.trials()[0]
+    lg.enqueue([point, point])
+    first, _ = lg.claim()
+    assert lg.claim() is None  # the second entry sees the first running, and drops itself
+    first.set_user_attr("dropped", "duplicate")  # the first saw the second in the same instant
+    lg.study.tell(first, state=TrialState.FAIL)
+    assert lg.plan([point]).todo == [point]  # dropped claims do not speak for the point
+    assert lg.known_trials() == [point]
