@@ -200,6 +200,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from bench.report import fidelity_report
+
+    result, path = fidelity_report(args.name, args.reference, storage=args.storage,
+                                   reference_storage=args.reference_storage, results_dir=args.results)
+    a = result["agreement"]
+    console.out.print(f"{args.name} against {args.reference}: {result['variants']} variants, Kendall τ "
+                      f"{a.tau:.2f}, Spearman ρ {a.rho:.2f}", highlight=False)
+    d = result["decisions"]
+    if len(d):
+        console.out.print(f"sign of Δtop-1 agrees for {int(d['sign_agrees'].sum())} of {len(d)} arm(s)", highlight=False)
+    console.out.print(str(path), highlight=False, markup=False)
+    return 0
+
+
+def cmd_time(args: argparse.Namespace) -> int:
+    from bench.ledger import Ledger
+    from bench.profiling import resolve_device
+    from bench.report import report_ledger
+    from bench.runner import time_side_by_side
+    from bench.storage import default_url
+
+    if args.rounds is not None and args.rounds < 1:
+        raise SpecError("rounds", args.rounds, "must be at least 1", where="--rounds")
+    url = args.storage or default_url(args.results, args.name)
+    ledger = Ledger.open(url, args.name)
+    sweep = ledger.stored_sweep()
+    result = time_side_by_side(ledger, sweep, resolve_device(args.device), rounds=args.rounds, again=True,
+                               quiet=args.quiet)
+    if not args.quiet:
+        rows = [{"variant": key, **{k: v for k, v in figures.items() if k.startswith("train_")}}
+                for key, figures in result["variants"].items()]
+        console.rows_table(rows, list(rows[0]), title=f"{args.name}: side by side on {result['device_name']}")
+    paths = report_ledger(ledger, args.name, url, args.results)
+    console.info(f"report: {paths['report.md']}")
+    return 0
+
+
 def cmd_collapse(args: argparse.Namespace) -> int:
     from bench import api, collapse, plots
 
@@ -231,10 +269,15 @@ def cmd_collapse(args: argparse.Namespace) -> int:
                        f"{context['data']} ({context['weights']})",
                        headers={"sim_prev": "sim. to p−1", "share_k1": f"share>{k} k=1", "share_k2": "k=2",
                                 "share_k3": "k=3", "cross_head": "cross-head sim.",
-                                "cross_head_share": f"share>{result['head_threshold']}"})
+                                "cross_head_share": f"share>{result['head_threshold']}", "cka_prev": "token CKA p−1",
+                                "uniformity": "token unif.", "rank_residual": "rank resid."})
     console.out.print(f"similar blocks: {result['similar_blocks']} of {len(rows) - 1} · mean similarity to the "
                       f"previous block: {console.fmt(result['adjacent_similarity_mean'])} · mean cross-head "
                       f"similarity: {console.fmt(result['cross_head_similarity_mean'])}", highlight=False)
+    console.out.print(f"tokens, the same for every attention type: mean CKA to the previous block "
+                      f"{console.fmt(result['cka_adjacent_mean'])} · last block's token uniformity "
+                      f"{console.fmt(result['token_uniformity_last'])} and distance from rank 1 "
+                      f"{console.fmt(result['rank_residual_last'])}", highlight=False)
     for path in [*paths, out / "collapse.json"]:
         console.out.print(str(path), highlight=False, markup=False)
     return 0
@@ -333,6 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("fidelity", help="does a proxy study rank and decide like a reference study?",
+                       description="Compare study NAME (a short proxy) with study REF: the same variants at a "
+                                   "longer budget, or on other data. Kendall τ and Spearman ρ between their top-1 "
+                                   "over variants, and whether each comparison arm's decision agrees. Writes "
+                                   "RESULTS/NAME/fidelity.md.")
+    p.add_argument("name", metavar="NAME", help="the proxy study")
+    p.add_argument("--reference", required=True, metavar="REF", help="the reference study")
+    storage_args(p)
+    p.add_argument("--reference-storage", default=None, metavar="URL", help="REF's storage (default: --storage, "
+                   "else sqlite:///RESULTS/REF/study.db)")
+    p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("time", help="time every variant of a study side by side, then rewrite its report",
+                       description="Time inference and train steps of every variant of study NAME in interleaved "
+                                   "rounds on this device (drift hits every variant alike), store the figures in "
+                                   "the study and rewrite the report, whose comparison then uses them.")
+    p.add_argument("name", metavar="NAME", help="the study (sweep) name")
+    storage_args(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the spec's profile.rounds)")
+    p.add_argument("--quiet", action="store_true", help="no progress or table")
+    p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("collapse", help="attention-collapse metrics and heatmaps of one model or trial",
                        description="Cross-layer and cross-head similarity of attention maps (DeepViT's "

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from bench.models import capture_attention
+from bench.models import capture_attention, capture_blocks
 
 KS = (1, 2, 3)
 
@@ -97,6 +97,64 @@ def _unit_columns(a: torch.Tensor) -> torch.Tensor:
     return a / torch.where(norm > 0, norm, torch.ones_like(norm))  # tiny columns normalised too
 
 
+@dataclass
+class TokenStats:
+    """Collapse measured on each block's output tokens, the same way for every attention type
+    (running sums over images; ``result()`` gives the means). Per image, over its patch
+    tokens X (N × D) in block p:
+
+    - ``cka[p][q]``: linear CKA (Kornblith et al. 2019) between blocks p and q with the tokens
+      as samples: ⟨K_p, K_q⟩ / (‖K_p‖ ‖K_q‖), K = X̃X̃ᵀ with X̃ centred over tokens. 1 when the
+      tokens' geometry is the same up to rotation and scale. (Raghu et al. 2021 compare ViT
+      layers this way across images; here within each image, so it needs no images at once.)
+    - ``token_uniformity[p]``: mean cosine between different patch tokens (over-smoothing,
+      Gong et al. 2021): 1 when all tokens point the same way, 0 when orthogonal.
+    - ``rank_residual[p]``: ‖X − 1·x̄ᵀ‖ / ‖X‖, the relative distance to the nearest matrix
+      with identical rows (rank collapse, Dong et al. 2021): 0 when every token is the same.
+
+    A zero Gram (identical tokens) has CKA 0 with anything, as a zero column has cosine 0.
+    """
+
+    cka_sum: torch.Tensor | None = None       # (D, D) Σ over images, float64
+    uniformity_sum: torch.Tensor | None = None  # (D,)
+    residual_sum: torch.Tensor | None = None    # (D,)
+    images: int = 0
+
+    def update(self, outputs: list[torch.Tensor], prefix: int = 1) -> None:
+        """Add one chunk: one (B, N, D) output per block, in block order; the first ``prefix``
+        tokens (class token) left out."""
+        x = torch.stack([o[:, prefix:].float() for o in outputs])    # (P, B, N, D)
+        centred = x - x.mean(-2, keepdim=True)
+        gram = centred @ centred.transpose(-1, -2)                    # (P, B, N, N)
+        flat = gram.flatten(2)                                         # (P, B, N²)
+        norm = flat.norm(dim=-1)                                       # (P, B)
+        unit = flat / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1)
+        cka = torch.einsum("pbk,qbk->pq", unit, unit).double()         # Σ_b CKA_b(p, q)
+        tokens = x.norm(dim=-1, keepdim=True)
+        u = x / torch.where(tokens > 0, tokens, torch.ones_like(tokens))
+        n = x.shape[-2]
+        uniform = ((u.sum(-2).pow(2).sum(-1) - (tokens.squeeze(-1) > 0).sum(-1)) / max(n * (n - 1), 1))
+        whole = x.flatten(2).norm(dim=-1)
+        residual = centred.flatten(2).norm(dim=-1) / torch.where(whole > 0, whole, torch.ones_like(whole))
+        self.cka_sum = cka if self.cka_sum is None else self.cka_sum + cka
+        sums = uniform.double().sum(-1), residual.double().sum(-1)    # (P,) each
+        self.uniformity_sum = sums[0] if self.uniformity_sum is None else self.uniformity_sum + sums[0]
+        self.residual_sum = sums[1] if self.residual_sum is None else self.residual_sum + sums[1]
+        self.images += x.shape[1]
+
+    def result(self) -> dict[str, Any]:
+        if self.cka_sum is None:
+            raise ValueError("no block outputs were added")
+        cka = (self.cka_sum / self.images).float()
+        adjacent = [float(cka[p - 1, p]) for p in range(1, cka.shape[0])]
+        uniformity = (self.uniformity_sum / self.images).tolist()
+        residual = (self.residual_sum / self.images).tolist()
+        return {"cka": cka.tolist(), "cka_adjacent": adjacent, "token_uniformity": uniformity,
+                "rank_residual": residual,
+                "cka_adjacent_mean": sum(adjacent) / len(adjacent) if adjacent else None,
+                "token_uniformity_last": uniformity[-1], "rank_residual_last": residual[-1]}
+
+
 def metrics(maps_per_block: list[torch.Tensor], threshold: float = 0.8, head_threshold: float = 0.5) -> dict:
     """The metrics of one set of maps (one (B, H, N, N) tensor per block)."""
     stats = CollapseStats(threshold, head_threshold)
@@ -107,7 +165,8 @@ def metrics(maps_per_block: list[torch.Tensor], threshold: float = 0.8, head_thr
 @torch.inference_mode()
 def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: int | None = None,
             threshold: float = 0.8, head_threshold: float = 0.5, budget_mb: float = 256) -> dict[str, Any]:
-    """Run ``images`` through ``model`` in chunks (eval mode) and measure attention collapse.
+    """Run ``images`` through ``model`` in chunks (eval mode) and measure attention collapse:
+    the map metrics (``CollapseStats``) and the token metrics (``TokenStats``), one dict.
 
     ``which='v'``: the map that multiplies V (re-generated for re-attention blocks);
     ``'raw'``: the softmax maps. Memory is bounded: ``chunk`` images at a time (default:
@@ -121,17 +180,21 @@ def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: 
         chunk = max(1, int(budget_mb // max(per_image, 1e-9)))
     was_training = model.training
     model.eval()
-    stats = CollapseStats(threshold, head_threshold)
+    stats, tokens = CollapseStats(threshold, head_threshold), TokenStats()
+    prefix = getattr(model, "num_prefix_tokens", 1)
     try:
-        with capture_attention(model, which=which) as maps:
+        with capture_attention(model, which=which) as maps, capture_blocks(model) as outputs:
             for start in range(0, len(images), chunk):
                 maps.clear()
+                outputs.clear()
                 model(images[start:start + chunk])
                 stats.update(maps)
                 maps.clear()
+                tokens.update(outputs, prefix)
+                outputs.clear()
     finally:
         model.train(was_training)
-    return stats.result()
+    return {**stats.result(), **tokens.result()}
 
 
 def _tokens(model: nn.Module, images: torch.Tensor) -> int:
@@ -152,5 +215,8 @@ def per_block_rows(result: dict[str, Any], attention: list[str]) -> list[dict[st
             row[f"share_k{k}"] = ratios[p - int(k)] if p >= int(k) else None
         if result["cross_head_similarity"]:
             row.update(cross_head=result["cross_head_similarity"][p], cross_head_share=result["cross_head_share"][p])
+        if "cka" in result:  # token metrics (absent in results stored before they existed)
+            row.update(cka_prev=result["cka_adjacent"][p - 1] if p else None,
+                       uniformity=result["token_uniformity"][p], rank_residual=result["rank_residual"][p])
         rows.append(row)
     return rows

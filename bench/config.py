@@ -4,6 +4,7 @@ defaults and rules: ``data``, ``train``, ``profile``, ``collapse``, ``study`` an
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,9 +173,12 @@ class ProfileConfig:
     warmup: int | None = None  # None: TIMING_STEPS (2 on CPU, 10 on CUDA)
     iters: int | None = None   # None: TIMING_STEPS (5 on CPU, 50 on CUDA)
     speed: bool = True         # false: count params and MACs only
+    rounds: int = 5            # side-by-side pass after the sweep: interleaved rounds (0: off; see bench.timing)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.rounds < 0:
+            raise SpecError("rounds", self.rounds, "must be at least 0 (0 turns the side-by-side pass off)")
         if self.batch_size < 1:
             raise SpecError("batch_size", self.batch_size, "must be at least 1")
         _check_dtype(self.dtype)
@@ -183,14 +187,23 @@ class ProfileConfig:
         if self.warmup is not None and self.warmup < 0:
             raise SpecError("warmup", self.warmup, "must be at least 0")
 
+    def settings(self) -> dict[str, Any]:
+        """What a trial's figures depend on: all but ``rounds`` (the pass after the trials),
+        which a study may change between runs."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "rounds"}
+
     def steps(self, device: Any) -> tuple[int, int]:
         """(warm-up, timed) steps on ``device``."""
         return timing_steps(self.warmup, self.iters, device)
 
 
+NOISY = 1.2  # a side-by-side figure whose p90/p10 over rounds exceeds this is marked noisy in reports
+
+
 # --- attention collapse --------------------------------------------------------------------
 
-COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean")  # runs.csv columns
+COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean",  # the maps
+                    "cka_adjacent_mean", "token_uniformity_last", "rank_residual_last")  # the tokens: runs.csv
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,13 @@ class Ledger:
             raw["seeds"] = stored["seeds"]
         return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
 
+    def side_by_side(self) -> dict[str, Any] | None:
+        """The last side-by-side timing pass (bench.timing) over the study's variants."""
+        return self.study.user_attrs.get("side_by_side")
+
+    def save_side_by_side(self, result: dict[str, Any]) -> None:
+        self.study.set_user_attr("side_by_side", result)
+
     # --- reading ------------------------------------------------------------------------
 
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:

@@ -160,6 +160,22 @@ def capture_attention(model: nn.Module, which: str = "v") -> Iterator[list[torch
             u.remove()
 
 
+@contextmanager
+def capture_blocks(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record every transformer block's output tokens during forward passes: a list that
+    fills, per forward, with one (B, N, D) tensor per block of ``model.blocks``."""
+    blocks = list(getattr(model, "blocks", []))
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no .blocks to capture")
+    outputs: list[torch.Tensor] = []
+    hooks = [b.register_forward_hook(lambda _mod, _inp, out: outputs.append(out.detach())) for b in blocks]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 class _restore:
     """Undo handle that sets an attribute back, like a hook's ``remove()``."""
 

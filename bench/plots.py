@@ -14,22 +14,28 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.config import OBJECTIVES
 from bench.files import atomic_write
-from bench.tables import has_accuracy, pareto_front, summarize, variant_label, varying_fields
+from bench.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
+                          varying_fields, width_and_re_arms)
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
 _MAX_SERIES = 12  # lines on one by-depth plot before fields are pooled
 
 
-def plot_names(df: pd.DataFrame) -> list[str]:
+def plot_names(df: pd.DataFrame, compare: Mapping[str, Any] | None = None) -> list[str]:
     """The PNGs ``plots`` draws for ``df`` (report.md links exactly these)."""
     accuracy, has = has_accuracy(df), (lambda c: c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
     names = ["top1_vs_gmacs.png"] if accuracy and has("infer_gmacs") else []
+    if accuracy and compare and all(width_and_re_arms(compare)):
+        names.append("width_vs_reattention.png")
+    if accuracy and not ranking_by_epoch(df).empty:
+        names.append("ranking_by_epoch.png")
     if "depth" in df:
         names += ["top1_vs_depth.png"] if accuracy else []
         names += ["throughput_vs_depth.png"] if has("train_samples_per_sec") or has("infer_samples_per_sec") else []
         names += ["gmacs_vs_depth.png"] if not accuracy and has("infer_gmacs") else []
         names += ["collapse_vs_depth.png"] if has("similar_blocks") else []
+        names += ["tokens_vs_depth.png"] if has("cka_adjacent_mean") else []
     names += ["collapse_heatmaps.png"] if _deepest(df) else []
     return names
 
@@ -180,14 +186,52 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+def width_vs_reattention(fig: Figure, points: pd.DataFrame, by: list[str]) -> None:
+    """Per group: the width curve (baseline and wider arms) as a line, each re-attention arm as
+    a point, top-1 (mean, 95 % t-interval over seeds) against GMACs."""
+    groups = list(points.groupby(by, dropna=False, sort=True)) if by else [((), points)]
+    fig.set_size_inches(max(5.0, 4.2 * len(groups)), 4.5)
+    for i, (key, g) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for kind, colour, style in (("width", "tab:blue", "o-"), ("re", "tab:red", "D")):
+            rows = g[g["kind"] == kind].sort_values("infer_gmacs")
+            err = np.vstack([rows["top1_mean"] - rows["low"], rows["high"] - rows["top1_mean"]])
+            ax.errorbar(rows["infer_gmacs"], rows["top1_mean"], yerr=np.nan_to_num(err), fmt=style, color=colour,
+                        capsize=3, label="width curve" if kind == "width" else "re-attention")
+            for r in rows.itertuples():
+                ax.annotate(r.arm, (r.infer_gmacs, r.top1_mean), fontsize=7, xytext=(4, -10 if kind == "re" else 4),
+                            textcoords="offset points")
+        ax.set_xscale("log")
+        title = " ".join(f"{f}={v}" for f, v in zip(by, key if isinstance(key, tuple) else (key,), strict=False))
+        ax.set(xlabel="GMACs per image (log)", ylabel="top-1 % (mean, 95 % CI over seeds)", title=title or None)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Widening against re-attention")
+
+
+def plots(df: pd.DataFrame, out_dir: Path, compare: Mapping[str, Any] | None = None) -> list[Path]:
     """Draw the PNGs ``plot_names`` lists into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, paths = summarize(df), []
-    for name in plot_names(df):
+    for name in plot_names(df, compare):
         wide = name.startswith(("throughput", "collapse"))
         fig = Figure(figsize=(10, 4.5) if wide else (6.5, 4.5))
+        if name == "ranking_by_epoch.png":
+            taus = ranking_by_epoch(df)
+            ax = fig.add_subplot()
+            ax.plot(taus["epoch"], taus["tau"], "o-")
+            ax.axhline(0.9, color="grey", lw=0.8)
+            ax.set(xlabel="epoch", ylabel="Kendall τ with the final ranking", ylim=(-1.05, 1.05),
+                   title=f"How early the ranking of {int(taus['variants'].iloc[0])} variants settles")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            paths.append(_save(fig, out_dir / name))
+            continue
+        if name == "width_vs_reattention.png":
+            width_vs_reattention(fig, arm_points(df, compare), list(compare.get("by") or []))
+            paths.append(_save(fig, out_dir / name))
+            continue
         if name == "top1_vs_gmacs.png":
             _top1_vs_gmacs(fig.add_subplot(), summary)
         elif name == "top1_vs_depth.png":
@@ -198,6 +242,13 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                       "Similar blocks (adjacent similarity > threshold)")
             _by_depth(fig.add_subplot(1, 2, 2), summary, df, "adjacent_similarity_mean",
                       "mean similarity to the previous block", "Cross-layer similarity")
+        elif name == "tokens_vs_depth.png":
+            fig.set_size_inches(14, 4.5)
+            for i, (col, ylabel, title) in enumerate((
+                    ("cka_adjacent_mean", "mean CKA to the previous block", "Token CKA between blocks"),
+                    ("token_uniformity_last", "mean cosine between patch tokens", "Token uniformity, last block"),
+                    ("rank_residual_last", "‖X − 1·x̄ᵀ‖ / ‖X‖", "Distance from rank 1, last block"))):
+                _by_depth(fig.add_subplot(1, 3, i + 1), summary, df, col, ylabel, title)
         elif name == "collapse_heatmaps.png":
             items = _deepest(df)
             fig.set_size_inches(5 * len(items), 4.5)

@@ -21,15 +21,16 @@ import optuna
 import pandas as pd
 
 from bench import plots
-from bench.config import OBJECTIVES
+from bench.config import NOISY, OBJECTIVES
 from bench.errors import BenchError, first_line
 from bench.files import atomic_write
 from bench.ledger import DETAILS, Ledger
-from bench.spec import BASELINE
+from bench.spec import BASELINE, variant_of
 from bench.storage import default_url, safe_url
-from bench.tables import (ACCURACY_COLS, COST_COLS, ENV_COLS, IDENTITY_COLS, VARIANT_FIELDS, comparison,
-                          has_accuracy, is_missing, md_table, num, pareto_front, show_value, signed, summarize,
-                          variant_label, varying_fields)
+from bench.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, VARIANT_FIELDS,
+                          comparison, fidelity, has_accuracy, is_missing, iso_costs, md_table, num, pareto_front,
+                          ranking_by_epoch, show_value, signed, summarize, variant_label, varying_fields,
+                          width_and_re_arms)
 from bench.variant import is_re_option
 
 _MAX_LISTED = 50  # failed/diverged trials named in report.md; runs.csv has them all
@@ -54,33 +55,120 @@ def _settings(section: Any) -> str:
     return ", ".join(f"{k}={_settings(v) if isinstance(v, Mapping) else num(v)}" for k, v in section.items())
 
 
-def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool) -> list[str]:
+def _interval(low: Any, high: Any, fmt: Any = signed) -> str:
+    return f" [{fmt(low)}, {fmt(high)}]" if not (is_missing(low) or is_missing(high)) else ""
+
+
+def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool,
+                   side: Mapping[str, Any] | None) -> list[str]:
     base = compare["baseline"]
     arms = ", ".join(f"**{a}**: " + (" ".join(f"{k}={show_value(k, v)}" for k, v in w.items() if base.get(k) != v)
                                      or "same as baseline") for a, w in (compare.get("arms") or {}).items())
     lines = ["## Comparison", "",
              f"Baseline: {' '.join(f'{k}={show_value(k, v)}' for k, v in base.items())}. Arms: {arms}. "
              f"Per {', '.join(compare.get('by') or ['sweep'])}; Δ = arm − baseline"
-             + (", Δtop-1 in percentage points, Δtop-1/GMAC in points per added GMAC." if accuracy else "."), ""]
+             + (", Δtop-1 in percentage points." if accuracy else "."), ""]
     by = list(compare.get("by") or [])
     if cmp.empty:
         return lines + ["No trial matches the baseline or any arm.", ""]
     speed = cmp["train_samples_per_sec"].notna().any()
-    headers = [*by, "arm"] + (["top-1 %", "Δtop-1"] if accuracy else []) + ["GMACs", "ΔGMACs", "M params",
-                                                                            "Δparams"]
+    headers = [*by, "arm"] + (["top-1 %", "Δtop-1 [95 % CI]", "P(arm > base)"] if accuracy else [])
+    headers += ["GMACs", "ΔGMACs", "M params", "Δparams"]
     headers += ["train samples/s", "Δtrain samples/s"] if speed else []
-    headers += ["Δtop-1/GMAC"] if accuracy else []
     rows = []
     for r in cmp.to_dict("records"):
         d = signed if r["arm"] != BASELINE else (lambda v, **kw: "")  # the baseline has no deltas
         cells = [show_value(f, r[f]) for f in by] + [r["arm"]]
-        cells += [_top1_cell(r), d(r["d_top1"])] if accuracy else []
+        if accuracy:
+            mark = " ✓" if r["significant"] else ""
+            interval = _interval(r["d_low"], r["d_high"]) or (" (—)" if r["arm"] != BASELINE
+                                                                 and not is_missing(r["d_top1"]) else "")
+            improve = "" if r["arm"] == BASELINE else "—" if is_missing(r["p_improve"]) else f"{r['p_improve']:.2f}"
+            cells += [_top1_cell(r), d(r["d_top1"]) + interval + mark if r["arm"] != BASELINE else "", improve]
         cells += [num(r["infer_gmacs"]), d(r["d_gmacs_pct"], unit=" %"),
                   num(r["param_count"]), d(r["d_params_pct"], unit=" %")]
-        cells += [num(r["train_samples_per_sec"]), d(r["d_train_sps_pct"], unit=" %")] if speed else []
-        cells += [d(r["d_top1_per_gmac"], digits=None)] if accuracy else []
+        if speed:
+            noisy = " ⚠" if not is_missing(r["train_spread"]) and r["train_spread"] > NOISY else ""
+            cells += [num(r["train_samples_per_sec"]) + noisy, d(r["d_train_sps_pct"], unit=" %")]
         rows.append(cells)
-    return lines + [md_table(headers, rows, left=len(by) + 1), ""]
+    lines += [md_table(headers, rows, left=len(by) + 1), ""]
+    notes = []
+    if accuracy:
+        tested = cmp[(cmp["arm"] != BASELINE) & cmp["p_value"].notna()]
+        paired = tested["paired"].astype(bool)
+        how = ("paired by seed (a seed fixes the data order and augmentation for every arm)" if paired.all()
+               else "Welch's unequal-variance t (the arms share fewer than two seeds)" if not paired.any()
+               else "paired by seed where the arms share two or more seeds, Welch's t otherwise")
+        notes.append(f"Δtop-1: mean over seeds with its 95 % t-interval, {how}; (—): a single seed on a side, "
+                     f"no interval. ✓: the difference holds after Holm's correction over the {len(tested)} arm(s) "
+                     "tested in this table (adjusted p < 0.05). P(arm > base): the chance that a seed of the arm "
+                     "beats a seed of the baseline, over all seed pairs, ties counting one half (rliable's "
+                     "probability of improvement).")
+    if speed:
+        if side is not None and cmp["side_by_side"].all():
+            notes.append(f"Train samples/s: timed side by side — every variant of the study in {side['rounds']} "
+                         f"interleaved rounds on {side['device_name']} ({side['dtype']}, batch {side['batch_size']}), "
+                         f"the median over rounds; ⚠: p90/p10 over rounds above {NOISY} (noisy).")
+        else:
+            notes.append("Train samples/s: timed inside each trial, minutes apart from its comparison, so drift "
+                         "on a shared machine can masquerade as a difference; `bench time NAME` times every "
+                         "variant side by side.")
+    return lines + [" ".join(notes), ""] if notes else lines
+
+
+def _ratio(value: Any) -> str:
+    return "–" if is_missing(value) else f"×{value:.3g}"
+
+
+def _multiplier(r: Mapping[str, Any], with_ci: bool = True) -> str:
+    if math.isinf(r["multiplier"]):
+        return f"> ×{r['widest_ratio']:.3g} (beyond the widest arm)"
+    text = "×1 (none needed)" if r["multiplier"] <= 1 + 1e-9 else f"×{r['multiplier']:.3g}"
+    if with_ci and not is_missing(r["mult_low"]):
+        high = "beyond the widest" if math.isinf(r["mult_high"]) else f"×{r['mult_high']:.3g}"
+        text += f" [×{r['mult_low']:.3g}, {high}]"
+    return text
+
+
+def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
+    """Width against re-attention at equal cost: one sentence per group, then the table."""
+    by = list(compare.get("by") or [])
+    width, _ = width_and_re_arms(compare)
+    lines = ["## Width or re-attention, at equal cost", ""]
+    for _, g in iso.groupby(by, dropna=False, sort=False) if by else [((), iso)]:
+        first = g[g["axis"] == "infer_gmacs"]
+        where = " ".join(f"{f} {show_value(f, first.iloc[0][f])}" for f in by) if by and len(first) else "this sweep"
+        for r in first.to_dict("records"):
+            gain = signed(r["d_top1"])
+            if r["multiplier"] <= 1 + 1e-9:
+                lines.append(f"At {where}, {r['arm']}'s {gain} points need no widening to match: the baseline "
+                             "already reaches them.")
+            elif math.isinf(r["multiplier"]):
+                lines.append(f"At {where}, {r['arm']}'s {gain} points would cost more than ×{r['widest_ratio']:.3g} "
+                             "GMACs by widening: beyond the widest arm, which does not reach them.")
+            else:
+                ci = "" if is_missing(r["mult_low"]) else (
+                    f" (95 % CI ×{r['mult_low']:.3g}–" + ("beyond the widest arm" if math.isinf(r["mult_high"])
+                                                          else f"×{r['mult_high']:.3g}") + ")")
+                lines.append(f"At {where}, {r['arm']}'s {gain} points would cost ×{r['multiplier']:.3g} GMACs by "
+                             f"widening{ci}, for ×{r['cost_ratio']:.3g} GMACs with re-attention.")
+            lines.append("")
+    headers = [*by, "arm", "cost", "arm's cost", "width curve's top-1 there", "arm's gain [95 % CI]",
+               "widening to match [95 % CI]"]
+    rows = []
+    for r in iso.to_dict("records"):
+        at = "– (outside the width curve)" if is_missing(r["width_top1"]) else f"{r['width_top1']:.1f}"
+        axis = COST_AXES[r["axis"]] + (" (side by side)" if r["side_by_side"] else " (per trial)"
+                                       if r["axis"] == "train_time" else "")
+        gain = "–" if is_missing(r["gain"]) else signed(r["gain"]) + _interval(r["gain_low"], r["gain_high"])
+        rows.append([show_value(f, r[f]) for f in by] + [r["arm"], axis, _ratio(r["cost_ratio"]), at, gain,
+                                                          _multiplier(r)])
+    lines += [md_table(headers, rows, left=len(by) + 2), "",
+              f"The width curve: the baseline and the arms that differ from it only in hidden dimension "
+              f"({', '.join(width)}), top-1 against cost, linear in log cost between points and never "
+              "extrapolated. Costs are multiples of the baseline's. Intervals: 95 % percentile bootstrap over "
+              "each variant's seeds.", ""]
+    return lines
 
 
 def _spread_md(summary: pd.DataFrame) -> list[str]:
@@ -96,11 +184,29 @@ def _spread_md(summary: pd.DataFrame) -> list[str]:
             "seed noise.", ""]
 
 
+def _settling_md(taus: pd.DataFrame) -> list[str]:
+    if taus.empty:
+        return []
+    shown = ", ".join(f"{t:.2f}" if math.isfinite(t) else "–" for t in taus["tau"])
+    settled = taus[taus["tau"] >= 0.9]
+    first = int(settled["epoch"].iloc[0]) if len(settled) else None
+    return ["## How early the ranking settles", "",
+            f"Kendall τ between the ranking of the {int(taus['variants'].iloc[0])} variants (mean top-1 over seeds) "
+            f"after each epoch and after the last: {shown}. "
+            + (f"From epoch {first} of {len(taus)} on, τ ≥ 0.9." if first else
+               "τ stays below 0.9 until the end: the ranking is still moving.")
+            + " A ranking that settles late says the proxy's verdicts are about speed of learning; "
+            "`bench fidelity NAME --reference REF` compares them with a longer run. "
+            "![ranking by epoch](ranking_by_epoch.png)", ""]
+
+
 def _summary_md(summary: pd.DataFrame, df: pd.DataFrame, accuracy: bool, limit: int = 500) -> list[str]:
     varying = varying_fields(df) or ["variant"]
     cols = {"param_count": "M params", "infer_gmacs": "GMACs", "infer_samples_per_sec": "infer samples/s",
             "train_samples_per_sec": "train samples/s", "similar_blocks": "similar blocks",
-            "adjacent_similarity_mean": "adjacent sim.", "cross_head_similarity_mean": "cross-head sim."}
+            "adjacent_similarity_mean": "adjacent sim.", "cross_head_similarity_mean": "cross-head sim.",
+            "cka_adjacent_mean": "token CKA to prev.", "token_uniformity_last": "token uniformity (last)",
+            "rank_residual_last": "rank residual (last)"}
     cols = {c: h for c, h in cols.items() if summary[c].notna().any()}
     counts = [c for c in ("diverged", "failed") if summary[c].any()]
     headers = varying + (["top-1 %", "min–max"] if accuracy else []) + list(cols.values()) + counts
@@ -135,7 +241,7 @@ def _trials_md(df: pd.DataFrame, status: str, title: str) -> list[str]:
 
 
 def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
-             extra: list[str] | None = None) -> str:
+             extra: list[str] | None = None, side: Mapping[str, Any] | None = None) -> str:
     """report.md: the run, ``extra`` (a study's section), the comparison, the noise level, every
     variant, what went wrong, plots."""
     accuracy = has_accuracy(df)
@@ -154,14 +260,18 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
              f"**Data:** {_settings(spec.get('data'))}  ",
              f"**Train:** {_settings(spec.get('train')) if spec.get('train') else 'none (profile only)'}", ""]
     lines += extra or []
-    if spec.get("compare"):
-        lines += _comparison_md(comparison(df, spec["compare"]), spec["compare"], accuracy)
+    compare = spec.get("compare")
+    if compare:
+        lines += _comparison_md(comparison(df, compare), compare, accuracy, side)
+        iso = iso_costs(df, compare) if accuracy else None
+        if iso is not None and not iso.empty:
+            lines += _iso_md(iso, compare)
     if accuracy:
-        lines += _spread_md(summary)
+        lines += _spread_md(summary) + _settling_md(ranking_by_epoch(df))
     lines += _summary_md(summary, df, accuracy)
     lines += _trials_md(df, "failed", "Failed trials") + _trials_md(df, "diverged", "Diverged trials")
     lines += _trials_md(df, "pruned", "Pruned trials")
-    names = plots.plot_names(df)
+    names = plots.plot_names(df, compare)
     if names:
         lines += ["## Plots", ""] + [f"![{n.removesuffix('.png')}]({n})\n" for n in names]
     return "\n".join(lines)
@@ -264,10 +374,27 @@ def runs_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def with_side_by_side(df: pd.DataFrame, side: Mapping[str, Any] | None) -> pd.DataFrame:
+    """``df`` with the side-by-side pass's speed of each row's variant (``side_*`` columns;
+    NaN for variants it did not time). The per-trial figures stay as they are."""
+    if not side or "key" not in df:
+        return df
+    figures = side.get("variants", {})
+    variant = df["key"].map(variant_of)
+    get = lambda k: variant.map(lambda v: figures.get(v, {}).get(k))  # noqa: E731
+    out = df.assign(side_train_samples_per_sec=get("train_samples_per_sec"),
+                    side_infer_samples_per_sec=get("infer_samples_per_sec"))
+    out["side_train_spread"] = pd.to_numeric(get("train_sps_p90"), errors="coerce") / \
+        pd.to_numeric(get("train_sps_p10"), errors="coerce")
+    return out
+
+
 def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
-                 info: Mapping[str, Any], study: Any = None) -> dict[str, Path]:
+                 info: Mapping[str, Any], study: Any = None, side: Mapping[str, Any] | None = None
+                 ) -> dict[str, Path]:
     """runs.csv, report.md and the plots in ``out_dir``; paths by file name. ``study``: the
-    Optuna study of a search (its Pareto front, best trials and importances go in too)."""
+    Optuna study of a search (its Pareto front, best trials and importances go in too);
+    ``side``: the side-by-side timing pass (bench.timing), whose speeds the tables compare."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
@@ -277,9 +404,10 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     if spec.get("search"):
         extra, study_plots = study_section(study, df, spec, out_dir)
         paths.update({p.name: p for p in study_plots})
-    text = markdown(df, spec, info, extra)
+    df = with_side_by_side(df, side)
+    text = markdown(df, spec, info, extra, side)
     atomic_write(paths["report.md"], lambda f: f.write(text))
-    paths.update({p.name: p for p in plots.plots(df, out_dir)})
+    paths.update({p.name: p for p in plots.plots(df, out_dir, spec.get("compare"))})
     return paths
 
 
@@ -303,7 +431,75 @@ def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) 
         loaded = df["trial"].map(ledger.details(numbers))
         df["collapse"] = loaded.where(~have, df["collapse"]) if "collapse" in df else loaded
     info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": safe_url(url)}
-    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info, study=ledger.study)
+    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info, study=ledger.study,
+                        side=ledger.side_by_side())
+
+
+def _records_frame(ledger: Ledger) -> pd.DataFrame:
+    df = pd.DataFrame(ledger.records())
+    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _ci(low: Any, high: Any) -> str:
+    return "" if is_missing(low) or is_missing(high) else f" [{low:.2f}, {high:.2f}]"
+
+
+def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, reference_storage: str | None = None,
+                    results_dir: str | Path = "results") -> tuple[dict[str, Any], Path]:
+    """``bench fidelity``: how study ``proxy``'s ranking and decisions agree with study
+    ``reference``'s (the same variants at a longer budget, or on other data). Writes
+    results_dir/proxy/fidelity.md; returns (the comparison, its path)."""
+    url_p = storage or default_url(results_dir, proxy)
+    url_r = reference_storage or storage or default_url(results_dir, reference)
+    lp, lr = Ledger.open(url_p, proxy), Ledger.open(url_r, reference)
+    dp, dr = _records_frame(lp), _records_frame(lr)
+    if dp.empty or dr.empty:
+        raise BenchError(f"study {proxy if dp.empty else reference!r} has no finished trials yet")
+    spec_p, spec_r = lp.spec or {}, lr.spec or {}
+    result = fidelity(dp, dr, spec_p.get("compare"))
+    if not result["variants"]:
+        raise BenchError(f"studies {proxy!r} and {reference!r} share no variant: a reference runs the proxy's "
+                         f"variants (e.g. bench run SWEEP --name {reference} --set train.epochs=...)")
+    a = result["agreement"]
+    lines = [f"# Fidelity: {proxy} against {reference}", "",
+             f"**Proxy:** data {_settings(spec_p.get('data'))}; train {_settings(spec_p.get('train'))}  ",
+             f"**Reference:** data {_settings(spec_r.get('data'))}; train {_settings(spec_r.get('train'))}", "",
+             f"Over the {result['variants']} variants both studies measured (mean top-1 over seeds): "
+             f"Kendall τ = {a.tau:.2f}{_ci(a.tau_low, a.tau_high)}, Spearman ρ = {a.rho:.2f}"
+             f"{_ci(a.rho_low, a.rho_high)} (95 % bootstrap intervals over variants)."
+             + (f" {result['only_proxy']} variant(s) only in the proxy, {result['only_reference']} only in the "
+                "reference, left out." if result["only_proxy"] or result["only_reference"] else ""),
+             "For scale: NAS-Bench-201 reports τ ≈ 0.9 between 12- and 200-epoch training on CIFAR; reduced-setting "
+             "(EcoNAS-style) proxies re-evaluated by Abdelfattah et al. (ICLR 2021) reached ρ ≈ 0.61. Few variants "
+             "make wide intervals: read them before the point values.", ""]
+    d = result["decisions"]
+    if len(d):
+        by = list((spec_p.get("compare") or {}).get("by") or [])
+        rows = []
+        for r in d.to_dict("records"):
+            iso = "–" if r["iso_agrees"] is None else (
+                f"{'re' if r['iso_proxy'] else 'width'} / {'re' if r['iso_ref'] else 'width'} "
+                + ("✓" if r["iso_agrees"] else "✗"))
+            rows.append([show_value(f, r[f]) for f in by] + [
+                r["arm"], signed(r["d_top1_proxy"]) + _interval(r["d_low_proxy"], r["d_high_proxy"]),
+                signed(r["d_top1_ref"]) + _interval(r["d_low_ref"], r["d_high_ref"]),
+                "✓" if r["sign_agrees"] else "✗", iso])
+        agree = int(d["sign_agrees"].sum())
+        lines += ["## Decisions", "",
+                  f"The sign of Δtop-1 agrees for {agree} of {len(d)} arm(s)"
+                  + (f"; the iso-cost verdict for {int(d['iso_agrees'].dropna().sum())} of "
+                     f"{int(d['iso_agrees'].notna().sum())}" if d["iso_agrees"].notna().any() else "") + ".", "",
+                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "same sign",
+                            "cheaper route at equal GMACs (proxy / reference)"], rows, left=len(by) + 1), ""]
+    out = Path(results_dir) / proxy
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "fidelity.md"
+    text = "\n".join(lines)
+    atomic_write(path, lambda f: f.write(text))
+    return result, path
 
 
 def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:

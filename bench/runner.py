@@ -18,11 +18,13 @@ import torch
 from bench import console
 from bench.errors import BenchError
 from bench.ledger import DONE, Ledger
-from bench.profiling import environment, resolve_device
+from bench.config import resolve_dtype
+from bench.profiling import device_name, environment, resolve_device
 from bench.report import report_ledger
 from bench.search import budget_used, run_search
-from bench.spec import Sweep
+from bench.spec import Sweep, variant_key
 from bench.storage import default_url, safe_url
+from bench.timing import side_by_side
 from bench.trials import label, result_line, run_trial
 
 POLL_S = 5.0  # how often an idle worker looks for dead workers' trials to take over
@@ -71,9 +73,34 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
         finished = run_search(sweep, ledger, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
                               poll=poll)
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
+    if sweep.search is None and sweep.profile.speed and sweep.profile.rounds and len(sweep.variants) > 1:
+        summary["side_by_side"] = time_side_by_side(ledger, sweep, dev, quiet=quiet)
     if report:
         summary["report"] = report_ledger(ledger, sweep.name, url, results_dir)
     return summary
+
+
+def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds: int | None = None,
+                      quiet: bool = False, again: bool = False) -> dict[str, Any]:
+    """Time every variant of the study side by side on ``dev`` (bench.timing) and store the
+    pass in the ledger, where reports find it. A stored pass over the same variants on the
+    same device is kept unless ``again``."""
+    variants = {variant_key(v): v for v in [*sweep.variants, *(t.variant for t in ledger.known_trials())]}
+    dtype = resolve_dtype(sweep.profile.dtype, dev)
+    rounds = sweep.profile.rounds if rounds is None else rounds
+    stored = ledger.side_by_side()
+    if (not again and stored and set(stored["variants"]) >= set(variants)
+            and stored["device_name"] == device_name(dev) and stored["dtype"] == dtype):
+        return stored
+    warmup, iters = sweep.profile.steps(dev)
+    with console.status("side-by-side timing", quiet=quiet) as update:
+        result = side_by_side(variants, device=dev, dtype=dtype, batch_size=sweep.profile.batch_size,
+                              rounds=rounds, iters=iters, warmup=max(warmup, 1), on_progress=update)
+    ledger.save_side_by_side(result)
+    if not quiet:
+        console.info(f"{sweep.name}: {len(variants)} variants timed side by side, {rounds} interleaved rounds "
+                     f"on {result['device_name']} in {result['seconds']:.1f} s")
+    return result
 
 
 def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | Path = "results",

@@ -95,11 +95,11 @@ class Sweep:
         data = _asdict(self.data)
         if data is not None:  # only the keys that matter for this dataset
             data = {k: v for k, v in data.items() if k in DATA_KEYS[self.data.name]}
-        return {"data": data, "train": _asdict(self.train), "profile": _asdict(self.profile),
+        return {"data": data, "train": _asdict(self.train), "profile": self.profile.settings(),
                 "collapse": _asdict(self.collapse)}
 
     def to_dict(self) -> dict[str, Any]:
-        settings = self.settings()
+        settings = {**self.settings(), "profile": _asdict(self.profile)}
         out = {"name": self.name, "path": self.path, "description": self.description, **settings,
                "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
         if self.search is not None:
@@ -111,10 +111,19 @@ def _asdict(obj: Any) -> dict[str, Any] | None:
     return None if obj is None else dataclasses.asdict(obj)
 
 
+def variant_key(variant: Variant) -> str:
+    """Stable identity of a variant (the same in every run and on every machine)."""
+    return hashlib.sha1(json.dumps(variant.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def trial_key(variant: Variant, seed: int) -> str:
-    """Stable identity of a variant × seed (the same in every run and on every machine)."""
-    blob = json.dumps(variant.to_dict(), sort_keys=True)
-    return f"{hashlib.sha1(blob.encode()).hexdigest()[:12]}-s{seed}"
+    """Stable identity of a variant × seed: ``<variant_key>-s<seed>``."""
+    return f"{variant_key(variant)}-s{seed}"
+
+
+def variant_of(key: str) -> str:
+    """The variant key inside a trial key."""
+    return key.rsplit("-s", 1)[0]
 
 
 # --- reading ----------------------------------------------------------------------------

@@ -7,15 +7,18 @@ that has them.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 
 from bench.config import COLLAPSE_SUMMARY
 from bench.console import fmt
 from bench.errors import did_you_mean
-from bench.spec import BASELINE
+from bench.spec import BASELINE, variant_of
+from bench.stats import Delta, delta, holm, iso_cost, mean_interval, rank_agreement
 from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
@@ -56,13 +59,21 @@ def variant_label(row: Mapping[str, Any], varying: list[str]) -> str:
 # --- tables ---------------------------------------------------------------------------
 
 def _work(df: pd.DataFrame) -> pd.DataFrame:
-    """Variant fields plus the numbers to aggregate; accuracy only from complete trials."""
+    """Variant fields plus the numbers to aggregate; accuracy only from complete trials.
+    Measured speed comes from the side-by-side pass (``side_*`` columns) where there is one."""
     status = df["status"].astype(str) if "status" in df else pd.Series("complete", index=df.index)
     nan = pd.Series(np.nan, index=df.index)
-    top1 = pd.to_numeric(df["top1"], errors="coerce") if "top1" in df else nan
+    num = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else nan  # noqa: E731
+    top1 = num("top1")
     cols = {"_top1": top1.where((status == "complete") & np.isfinite(top1)),
-            "_diverged": status == "diverged", "_failed": status == "failed"}
-    cols.update({c: pd.to_numeric(df[c], errors="coerce") if c in df else nan for c in COST_COLS + COLLAPSE_COLS})
+            "_diverged": status == "diverged", "_failed": status == "failed",
+            "_seed": df["seed"] if "seed" in df else pd.Series(0, index=df.index)}
+    cols.update({c: num(c) for c in COST_COLS + COLLAPSE_COLS})
+    for mode in ("infer", "train"):
+        side = num(f"side_{mode}_samples_per_sec")
+        cols[f"{mode}_samples_per_sec"] = side.where(side.notna(), cols[f"{mode}_samples_per_sec"])
+    cols["_side"] = num("side_train_samples_per_sec").notna()
+    cols["train_spread"] = num("side_train_spread")  # p90/p10 over rounds
     return df[[f for f in VARIANT_FIELDS if f in df]].assign(**cols)
 
 
@@ -71,8 +82,15 @@ def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
              "top1_std": ("_top1", "std"),  # ddof=1; NaN for n < 2
              "top1_min": ("_top1", "min"), "top1_max": ("_top1", "max"),
              "diverged": ("_diverged", "sum"), "failed": ("_failed", "sum"),
+             "side_by_side": ("_side", "all"), "train_spread": ("train_spread", "max"),
              **{c: (c, "mean") for c in COST_COLS + COLLAPSE_COLS}}
     return work.groupby(keys, dropna=False, sort=True, observed=True).agg(**named).reset_index()
+
+
+def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
+    """{seed: top-1} of complete trials (several variants matching one arm: their mean)."""
+    ok = rows[rows["_top1"].notna()]
+    return ok.groupby("_seed")["_top1"].mean().to_dict() if len(ok) else {}
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -97,13 +115,7 @@ def _match(df: pd.DataFrame, where: Mapping[str, Any]) -> np.ndarray:
     return mask
 
 
-def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
-    """Baseline then each arm, per group of ``compare["by"]``, with deltas against the baseline.
-
-    Deltas: ``d_top1`` in percentage points, ``d_*_pct`` in percent of the baseline,
-    ``d_top1_per_gmac`` in points per added GMAC (NaN where the arm adds none). An arm
-    row with no baseline in its group keeps its own figures and NaN deltas.
-    """
+def _arms(compare: Mapping[str, Any], df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     by = list(compare.get("by") or [])
     arms = {BASELINE: dict(compare["baseline"]), **dict(compare.get("arms") or {})}
     if BASELINE in (compare.get("arms") or {}):
@@ -113,28 +125,221 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     if missing:
         hints = "".join(did_you_mean(f, df.columns) for f in missing)
         raise ValueError(f"compare names {', '.join(missing)}, not a column of the trial records{hints}")
-    keys = by or ["_all"]
+    return arms
+
+
+def _arm_rows(df: pd.DataFrame, compare: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Every trial matched to its arm(s): (rows with ``arm``, group keys, arm names in order)."""
+    arms = _arms(compare, df)
+    by = list(compare.get("by") or [])
     work = _work(df).assign(**{f: df[f] for f in by if f not in VARIANT_FIELDS}, _all=0)
     parts = [work[m].assign(arm=arm) for arm, where in arms.items() if (m := _match(df, where)).any()]
-    cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "infer_gmacs", "d_gmacs_pct",
-            "param_count", "d_params_pct", "train_samples_per_sec", "d_train_sps_pct",
-            "d_top1_per_gmac", "trials", "diverged", "failed"]
-    if not parts:
+    rows = pd.concat(parts, ignore_index=True) if parts else work.iloc[:0].assign(arm="")
+    return rows, by or ["_all"], list(arms)
+
+
+def _groups(rows: pd.DataFrame, keys: list[str]):
+    """(group key tuple, its rows) with NaN keys kept (pandas drops them by default)."""
+    filled = rows[keys].astype(object).where(rows[keys].notna(), "\0none")
+    for key, part in filled.groupby(keys, sort=True):
+        yield (key if isinstance(key, tuple) else (key,)), rows.loc[part.index]
+
+
+def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
+    """Baseline then each arm, per group of ``compare["by"]``, with deltas against the baseline.
+
+    ``d_top1`` in percentage points with its 95 % interval (``d_low``, ``d_high``: paired by
+    seed, or Welch; see bench.stats), ``p_improve`` = P(arm > baseline), ``p_holm`` the
+    arm's p-value adjusted (Holm) over every arm of the table, ``significant`` when that is
+    below 0.05; ``d_*_pct`` in percent of the baseline. Speed is the side-by-side pass's
+    where there is one (``side_by_side``), with its spread (``train_spread``: p90/p10 over
+    rounds). An arm row with no baseline in its group keeps its own figures, NaN deltas.
+    """
+    rows, keys, order = _arm_rows(df, compare)
+    by = list(compare.get("by") or [])
+    cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "d_low", "d_high", "paired", "pairs",
+            "p_improve", "p_value", "p_holm", "significant", "infer_gmacs", "d_gmacs_pct", "param_count",
+            "d_params_pct", "train_samples_per_sec", "d_train_sps_pct", "side_by_side", "train_spread",
+            "trials", "diverged", "failed"]
+    if rows.empty:
         return pd.DataFrame(columns=cols)
-    stats = _aggregate(pd.concat(parts, ignore_index=True), [*keys, "arm"])
+    stats = _aggregate(rows, [*keys, "arm"])
     base_cols = ["top1_mean", "infer_gmacs", "param_count", "train_samples_per_sec"]
     base = stats[stats["arm"] == BASELINE].set_index(keys)[base_cols].add_prefix("base_")
     out = stats.merge(base, left_on=keys, right_index=True, how="left")  # NaN keys match NaN keys
-    added = out["infer_gmacs"] - out["base_infer_gmacs"]
-    out["d_top1"] = out["top1_mean"] - out["base_top1_mean"]
-    out["d_gmacs_pct"] = added / out["base_infer_gmacs"] * 100
+    out["d_gmacs_pct"] = (out["infer_gmacs"] / out["base_infer_gmacs"] - 1) * 100
     out["d_params_pct"] = (out["param_count"] / out["base_param_count"] - 1) * 100
     out["d_train_sps_pct"] = (out["train_samples_per_sec"] / out["base_train_samples_per_sec"] - 1) * 100
-    out["d_top1_per_gmac"] = (out["d_top1"] / added).where(added > 0)
-    out["arm"] = pd.Categorical(out["arm"], categories=list(arms), ordered=True)
+    deltas: dict[tuple, Delta] = {}
+    for group, g in _groups(rows, keys):
+        base_seeds = _by_seed(g[g["arm"] == BASELINE])
+        for arm in g["arm"].unique():
+            if arm != BASELINE and base_seeds:
+                deltas[(*group, arm)] = delta(_by_seed(g[g["arm"] == arm]), base_seeds)
+    filled = out[keys].astype(object).where(out[keys].notna(), "\0none")
+    found = [deltas.get((*k, a)) for k, a in zip(filled.itertuples(index=False, name=None), out["arm"], strict=True)]
+    nan = float("nan")
+    out["d_top1"] = [d.mean if d else nan for d in found]
+    out["d_low"] = [d.low if d and d.low is not None else nan for d in found]
+    out["d_high"] = [d.high if d and d.high is not None else nan for d in found]
+    out["paired"] = [d.paired if d else None for d in found]
+    out["pairs"] = [d.n if d else 0 for d in found]
+    out["p_improve"] = [d.p_improve if d and d.p_improve is not None else nan for d in found]
+    out["p_value"] = [d.p_value if d and d.p_value is not None else nan for d in found]
+    adjusted = holm([d.p_value if d else None for d in found])
+    out["p_holm"] = [nan if p is None else p for p in adjusted]
+    out["significant"] = out["p_holm"] < 0.05
+    out["arm"] = pd.Categorical(out["arm"], categories=order, ordered=True)
     out = out.sort_values([*keys, "arm"], kind="stable").reset_index(drop=True)
     out["arm"] = out["arm"].astype(str)
     return out[cols]
+
+
+# --- width against re-attention, at equal cost ------------------------------------------------
+
+WIDTH_FIELDS = ("embed_dim", "num_heads", "mlp_ratio")  # hidden-dimension expansion changes only these
+COST_AXES = {"infer_gmacs": "GMACs", "param_count": "params", "train_time": "train time per sample"}
+
+
+def width_and_re_arms(compare: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(width arms, re-attention arms) of a comparison: a width arm differs from the baseline
+    only in WIDTH_FIELDS; a re-attention arm sets attention: re."""
+    base = dict(compare["baseline"])
+    width, re = [], []
+    for arm, where in (compare.get("arms") or {}).items():
+        changed = {k for k, v in where.items() if base.get(k, v) != v or k not in base}
+        if where.get("attention", base.get("attention")) == "re" and base.get("attention", "self") != "re":
+            re.append(arm)
+        elif changed and changed <= set(WIDTH_FIELDS):
+            width.append(arm)
+    return width, re
+
+
+def arm_points(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
+    """Per group, each width point (baseline included) and re-attention arm: GMACs, mean top-1
+    and its 95 % t-interval over seeds (``low``/``high``: NaN for one seed) — what the
+    width-against-re-attention plot draws."""
+    width, re_arms = width_and_re_arms(compare)
+    by = list(compare.get("by") or [])
+    rows, keys, _ = _arm_rows(df, compare)
+    out = []
+    for group, g in _groups(rows, keys):
+        for arm in (BASELINE, *width, *re_arms):
+            seeds = list(_by_seed(g[g["arm"] == arm]).values())
+            if not seeds:
+                continue
+            ci = mean_interval(seeds) or (math.nan, math.nan)
+            out.append({**dict(zip(by, group, strict=False)), "arm": arm, "kind": "re" if arm in re_arms else "width",
+                        "infer_gmacs": float(g.loc[g["arm"] == arm, "infer_gmacs"].mean()),
+                        "top1_mean": float(np.mean(seeds)), "low": ci[0], "high": ci[1], "n": len(seeds)})
+    return pd.DataFrame(out, columns=[*by, "arm", "kind", "infer_gmacs", "top1_mean", "low", "high", "n"])
+
+
+def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **bootstrap: Any) -> pd.DataFrame:
+    """Per group and re-attention arm, along each cost of COST_AXES: the width curve's top-1 at
+    the arm's cost and the arm's gain over it, and the cost multiplier widening needs to
+    match the arm (bench.stats.iso_cost), with bootstrap intervals over seeds. Train time
+    per sample is 1 / train samples/s (side by side where measured so)."""
+    width, re_arms = width_and_re_arms(compare)
+    cols = [*(compare.get("by") or []), "arm", "axis", "arm_top1", "d_top1", "points", "cost_ratio", "widest_ratio",
+            "width_top1", "gain", "gain_low", "gain_high", "multiplier", "mult_low", "mult_high", "side_by_side"]
+    if not width or not re_arms:
+        return pd.DataFrame(columns=cols)
+    rows, keys, _ = _arm_rows(df, compare)
+    rows = rows.assign(train_time=1 / rows["train_samples_per_sec"])
+    by = list(compare.get("by") or [])
+    out = []
+    for group, g in _groups(rows, keys):
+        curve = [a for a in (BASELINE, *width) if (g["arm"] == a).any() and _by_seed(g[g["arm"] == a])]
+        if BASELINE not in curve or len(curve) < 2:
+            continue
+        for arm in re_arms:
+            arm_rows = g[g["arm"] == arm]
+            seeds = _by_seed(arm_rows)
+            if not seeds:
+                continue
+            for axis in COST_AXES:
+                points = [(float(g.loc[g["arm"] == a, axis].mean()), list(_by_seed(g[g["arm"] == a]).values()))
+                          for a in curve]
+                cost = float(arm_rows[axis].mean())
+                if not all(np.isfinite(c) and c > 0 for c, _ in points) or not (np.isfinite(cost) and cost > 0):
+                    continue
+                r = iso_cost(list(seeds.values()), cost, points, **bootstrap)
+                head = dict(zip(by, group, strict=False)) if by else {}
+                base_mean = float(np.mean(points[0][1]))
+                out.append({**{k: (None if v == "\0none" else v) for k, v in head.items()}, "arm": arm, "axis": axis,
+                            "arm_top1": float(np.mean(list(seeds.values()))),
+                            "d_top1": float(np.mean(list(seeds.values()))) - base_mean, "points": len(points),
+                            **r.__dict__, "side_by_side": bool(arm_rows["_side"].all()) if axis == "train_time"
+                            else None})
+    return pd.DataFrame(out, columns=cols)
+
+
+# --- proxy fidelity ----------------------------------------------------------------------------
+
+def _variant_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials grouped by variant (its key without the seed): mean top-1 and per-epoch top-1."""
+    ok = df[_work(df)["_top1"].notna()] if "top1" in df else df.iloc[:0]
+    if ok.empty or "key" not in ok:
+        return pd.DataFrame(columns=["variant", "top1", "per_epoch"])
+    rows = []
+    for key, g in ok.groupby(ok["key"].map(variant_of), sort=True):
+        curves = [c for c in g.get("top1_per_epoch", pd.Series(dtype=object)) if isinstance(c, list) and c]
+        same = curves and len({len(c) for c in curves}) == 1
+        rows.append({"variant": key, "top1": float(pd.to_numeric(g["top1"]).mean()),
+                     "per_epoch": np.mean(np.array(curves, float), 0).tolist() if same else None})
+    return pd.DataFrame(rows)
+
+
+def ranking_by_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    """How early the ranking of variants settles: Kendall's τ-b between the ranking after each
+    epoch (mean top-1 over seeds) and after the last, over the variants that ran every epoch.
+    Costs no training: it reads each record's ``top1_per_epoch``."""
+    means = _variant_means(df)
+    curves = [c for c in means.get("per_epoch", []) if c is not None]
+    if len(curves) < 3 or len({len(c) for c in curves}) != 1:
+        return pd.DataFrame(columns=["epoch", "tau", "variants"])
+    table = np.array(curves, float)  # (variants, epochs)
+    final = table[:, -1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant ranking (all equal at epoch 1): NaN
+        taus = [float(kendalltau(table[:, e], final).statistic) for e in range(table.shape[1])]
+    return pd.DataFrame({"epoch": range(1, table.shape[1] + 1), "tau": taus, "variants": len(curves)})
+
+
+def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
+             resamples: int = 1000) -> dict[str, Any]:
+    """How a proxy study's answers agree with a reference study of the same variants (a longer
+    budget, more data, another dataset): Kendall τ and Spearman ρ between their mean top-1
+    over the variants both measured, with bootstrap intervals; and, per group and arm of
+    ``compare``, whether the two agree on the sign of Δtop-1 and on the iso-cost verdict
+    (does re-attention beat widening at equal GMACs: multiplier above its own cost)."""
+    a, b = _variant_means(proxy), _variant_means(reference)
+    both = a.merge(b, on="variant", suffixes=("_proxy", "_ref"))
+    agreement = rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples) if len(both) >= 2 else None
+    decisions = []
+    if compare:
+        by = list(compare.get("by") or [])
+        cp, cr = comparison(proxy, compare), comparison(reference, compare)
+        merged = cp.merge(cr, on=[*by, "arm"], suffixes=("_proxy", "_ref"))
+        ip, ir = iso_costs(proxy, compare, resamples=200), iso_costs(reference, compare, resamples=200)
+        iso = {}
+        for name, frame in (("proxy", ip), ("ref", ir)):
+            for r in frame[frame["axis"] == "infer_gmacs"].to_dict("records"):
+                iso[(name, *[r[f] for f in by], r["arm"])] = r["multiplier"] > r["cost_ratio"]
+        for r in merged[merged["arm"] != BASELINE].to_dict("records"):
+            if is_missing(r["d_top1_proxy"]) or is_missing(r["d_top1_ref"]):
+                continue
+            key = tuple(r[f] for f in by)
+            verdicts = iso.get(("proxy", *key, r["arm"])), iso.get(("ref", *key, r["arm"]))
+            decisions.append({**{f: r[f] for f in by}, "arm": r["arm"],
+                              **{f"{k}_{w}": r[f"{k}_{w}"] for k in ("d_top1", "d_low", "d_high", "significant")
+                                 for w in ("proxy", "ref")},
+                              "sign_agrees": bool(np.sign(r["d_top1_proxy"]) == np.sign(r["d_top1_ref"])),
+                              "iso_proxy": verdicts[0], "iso_ref": verdicts[1],
+                              "iso_agrees": None if None in verdicts else verdicts[0] == verdicts[1]})
+    return {"variants": len(both), "only_proxy": len(a) - len(both), "only_reference": len(b) - len(both),
+            "agreement": agreement, "decisions": pd.DataFrame(decisions), "pairs": both}
 
 
 def pareto_front(gmacs: Any, top1: Any) -> np.ndarray:

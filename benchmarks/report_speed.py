@@ -34,10 +34,13 @@ from bench.variant import Variant
 
 def fake_record(v: Variant, seed: int, rng: random.Random) -> dict:
     status = rng.choices(["complete", "diverged", "failed"], [96, 2, 2])[0]
-    top1 = None if status != "complete" else 40 + v.depth + 3 * (v.attention == "re") + rng.gauss(0, 1)
+    wide = (v.embed_dim / 384) ** 2
+    top1 = None if status != "complete" else 40 + v.depth + 3 * (v.attention == "re") + 4 * (wide - 1) \
+        + rng.gauss(0, 1)
     error = "RuntimeError: boom" if status == "failed" else None
     return {**v.to_dict(), "seed": seed, "status": status, "error": error,
-            "param_count": v.depth * 0.3, "infer_gmacs": v.depth * 0.02 * (1.006 if v.attention == "re" else 1),
+            "param_count": v.depth * 0.3 * wide,
+            "infer_gmacs": v.depth * 0.02 * wide * (1.006 if v.attention == "re" else 1),
             "infer_macts": 1.0, "train_gmacs": v.depth * 0.06, "infer_samples_per_sec": 1e4 / v.depth,
             "infer_step_time": v.depth * 2.0, "infer_batch_size": 256, "train_samples_per_sec": 3e3 / v.depth,
             "train_step_time": v.depth * 6.0, "train_batch_size": 256, "top1": top1,
@@ -54,16 +57,18 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=50)
     p.add_argument("--keep", default=None, metavar="DIR", help="fill DIR once, reuse it later")
     p.add_argument("--repeat", type=int, default=3, help="in-process reports timed")
+    p.add_argument("--width", action="store_true", help="a third of the variants 1.5x wider, and a width arm "
+                   "in the comparison: the iso-cost section (bootstrap intervals) is computed too")
     args = p.parse_args()
     name = "speed"
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
         if not (Path(args.keep) / name / "study.db").is_file():
-            fill(args.keep, name, args.records, args.variants)
+            fill(args.keep, name, args.records, args.variants, args.width)
         time_report(args.keep, name, args.repeat)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            fill(tmp, name, args.records, args.variants)
+            fill(tmp, name, args.records, args.variants, args.width)
             time_report(tmp, name, args.repeat)
     rng = np.random.default_rng(0)
     g, t = rng.random(10_000), rng.random(10_000)
@@ -72,15 +77,18 @@ def main() -> None:
     print(f"pareto_front on 10,000 points: {(time.perf_counter() - t0) * 1e3:.1f} ms")
 
 
-def fill(tmp: str, name: str, n_records: int, n_variants: int) -> None:
+def fill(tmp: str, name: str, n_records: int, n_variants: int, width: bool = False) -> None:
     rng = random.Random(0)
-    depths = [2 * (i // 2 + 1) for i in range(n_variants)]
-    variants = [Variant(depth=d, attention="re" if i % 2 else "self") for i, d in enumerate(depths)]
+    per = 3 if width else 2  # per depth: self, re (and self 1.5x wider)
+    depths = [2 * (i // per + 1) for i in range(n_variants)]
+    kinds = [{"attention": "self"}, {"attention": "re"}, {"embed_dim": 576}][:per]
+    variants = [Variant(depth=d, **kinds[i % per]) for i, d in enumerate(depths)]
+    arms = {"re-attention": {"attention": "re"}, **({"wider x1.5": {"embed_dim": 576}} if width else {})}
     url = default_url(tmp, name)
     study = open_study(url, name, create=True)
     study.set_user_attr("spec", {"name": name, "train": {"epochs": 30},
-                                 "compare": {"by": ["depth"], "baseline": {"attention": "self"},
-                                             "arms": {"re-attention": {"attention": "re"}}}})
+                                 "compare": {"by": ["depth"], "arms": arms, "baseline": {
+                                     "attention": "self", **({"embed_dim": 384} if width else {})}}})
     t0 = time.perf_counter()
     trials = []
     for i in range(n_records):

@@ -94,3 +94,68 @@ def test_tiny_columns_are_normalised_not_zeroed():
     a = torch.tensor([[1e-20, 0.0], [2e-20, 1.0]]).view(1, 1, 2, 2)  # column 0 is tiny but not zero
     r = metrics([a, a.clone()])
     assert r["similarity"][0][1] == pytest.approx(1.0, abs=1e-6)  # both columns match themselves
+
+
+# --- token metrics: the same for every attention type ------------------------------------
+
+from bench.collapse import TokenStats  # noqa: E402
+
+
+def tokens_result(blocks, prefix=0):
+    stats = TokenStats()
+    stats.update(blocks, prefix)
+    return stats.result()
+
+
+def test_identical_tokens_are_fully_uniform_with_no_residual():
+    x = torch.randn(3, 1, 8).expand(3, 5, 8).clone()  # every token of an image the same
+    r = tokens_result([x])
+    assert r["token_uniformity"] == [pytest.approx(1.0)] and r["rank_residual"] == [pytest.approx(0.0, abs=1e-6)]
+
+
+def test_orthogonal_tokens_have_uniformity_zero():
+    x = torch.eye(6)[:4].unsqueeze(0)  # four orthonormal tokens
+    r = tokens_result([x])
+    assert r["token_uniformity"] == [pytest.approx(0.0)]
+    assert r["rank_residual"] == [pytest.approx(math.sqrt(3 / 4))]  # ‖X − 1x̄ᵀ‖² = 4 − 4·¼ of ‖X‖² = 4
+
+
+def test_cka_is_invariant_to_rotation_and_scale_and_matches_a_direct_computation():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    y = torch.randn(4, 7, 5, dtype=torch.float64)
+    r = tokens_result([x, x @ q, 3.0 * x, y])
+    assert r["cka"][0][1] == pytest.approx(1.0) and r["cka"][0][2] == pytest.approx(1.0)
+
+    def direct(a, b):  # feature-space linear CKA per image (Kornblith et al.), then the mean
+        out = []
+        for ai, bi in zip(a, b, strict=True):
+            ai, bi = ai - ai.mean(0), bi - bi.mean(0)
+            out.append(float((bi.T @ ai).norm() ** 2 / ((ai.T @ ai).norm() * (bi.T @ bi).norm())))
+        return sum(out) / len(out)
+    assert r["cka"][0][3] == pytest.approx(direct(x, y), rel=1e-5)
+    assert r["cka_adjacent"] == [pytest.approx(v, rel=1e-5) for v in (1.0, 1.0, direct(3 * x, y))]
+
+
+def test_token_metrics_do_not_depend_on_chunking():
+    torch.manual_seed(1)
+    blocks = [torch.randn(6, 9, 4) for _ in range(3)]
+    whole = tokens_result(blocks, prefix=1)
+    stats = TokenStats()
+    for part in ((0, 1), (1, 4), (4, 6)):
+        stats.update([b[part[0]:part[1]] for b in blocks], 1)
+    chunked = stats.result()
+    for key in ("cka", "token_uniformity", "rank_residual"):
+        assert torch.allclose(torch.tensor(whole[key]), torch.tensor(chunked[key]), atol=1e-6)
+
+
+def test_analyse_reports_token_metrics_for_both_attention_types():
+    torch.manual_seed(0)
+    images = torch.randn(6, 3, 32, 32)
+    for name in ("vit_micro", "deepvit_micro"):
+        r = analyse(build_model(resolve(name)), images, chunk=4)
+        d = len(r["similarity"])
+        assert len(r["cka"]) == d and len(r["token_uniformity"]) == d and len(r["rank_residual"]) == d
+        assert -1 <= r["token_uniformity_last"] <= 1 and 0 <= r["rank_residual_last"] <= 1
+        assert all(abs(v) <= 1 + 1e-5 for row in r["cka"] for v in row)

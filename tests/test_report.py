@@ -8,7 +8,7 @@ import pytest
 
 from bench.files import atomic_write
 from bench.report import markdown, write_report
-from bench.tables import VARIANT_FIELDS, comparison, pareto_front, summarize, variant_label
+from bench.tables import VARIANT_FIELDS, comparison, fidelity, pareto_front, ranking_by_epoch, summarize, variant_label
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
@@ -103,26 +103,25 @@ def test_comparison_deltas(sweep):
         (4, "baseline"), (4, "wider ×1.5"), (4, "re-attention"), (8, "re-attention")]
     base, wide, re4, re8 = (c.iloc[i] for i in range(4))
     assert base["top1_mean"] == 71.0 and base["top1_std"] == pytest.approx(math.sqrt(2))
-    assert base["d_top1"] == 0 and math.isnan(base["d_top1_per_gmac"])
-    assert wide["d_top1"] == pytest.approx(3.0)
+    assert math.isnan(base["d_top1"]) and math.isnan(base["d_low"])  # the baseline has no delta
+    assert wide["d_top1"] == pytest.approx(3.0) and wide["paired"] and wide["pairs"] == 2
+    assert wide["d_low"] == wide["d_high"] == pytest.approx(3.0)  # +3 on both seeds: no spread
+    assert wide["p_improve"] == 1.0 and re4_improve(c) == 0.75  # 71>70, 71<72, 73>70, 73>72
     assert wide["d_gmacs_pct"] == pytest.approx(100.0)
     assert wide["d_params_pct"] == pytest.approx(125.0)
     assert wide["d_train_sps_pct"] == pytest.approx(-20.0)
-    assert wide["d_top1_per_gmac"] == pytest.approx(3.0 / 0.001)
     # re-attention at depth 4: failed and diverged trials excluded; adds no GMACs here
     assert (re4["n"], re4["failed"], re4["diverged"]) == (2, 1, 1)
     assert re4["d_top1"] == pytest.approx(1.0) and re4["d_gmacs_pct"] == 0
-    assert math.isnan(re4["d_top1_per_gmac"])
     assert re4["param_count"] == pytest.approx(0.04)  # the failed trial's missing count is skipped
     # depth 8 has no baseline: the arm's own figures, NaN deltas
     assert re8["top1_mean"] == 80.0 and re8["infer_gmacs"] == 0.002
-    assert all(math.isnan(re8[k]) for k in ("d_top1", "d_gmacs_pct", "d_params_pct", "d_top1_per_gmac"))
+    assert all(math.isnan(re8[k]) for k in ("d_top1", "d_gmacs_pct", "d_params_pct", "d_low", "p_holm"))
+    assert not re8["significant"]
 
 
-def test_comparison_added_gmacs_gives_points_per_gmac(sweep):
-    sweep.loc[sweep["attention"] == "re", "infer_gmacs"] = 0.00125
-    re4 = comparison(sweep, COMPARE).iloc[2]
-    assert re4["d_top1_per_gmac"] == pytest.approx(1.0 / 0.00025)
+def re4_improve(c):
+    return c.iloc[2]["p_improve"]
 
 
 def test_comparison_names_unknown_field(sweep):
@@ -156,11 +155,14 @@ def test_markdown_cells(sweep):
     assert "4 variants × 2 seeds" in text
     assert "Test CPU (2 threads) · fp32 · torch 2.14.1 · timm 1.0.20 · bench 0.1.0" in text
     assert "dataset=cifar10, subset=512" in text and "epochs=2, lr=0.001" in text
-    assert "| 4 | baseline | 71.0 ± 1.4 (n=2) |  | 0.001 |  |" in text
-    wide = "| 4 | wider ×1.5 | 74.0 ± 1.4 (n=2) | +3.0 | 0.002 | +100.0 % | 0.09 | +125.0 % | 800 | −20.0 % | +3,000 |"
-    assert wide in text
-    assert "| 4 | re-attention | 72.0 ± 1.4 (n=2) | +1.0 | 0.001 | 0.0 % | 0.04 | 0.0 % | 900 | −10.0 % | – |" in text
-    assert "| 8 | re-attention | 80.0 (n=1) | – | 0.002 |" in text
+    assert "| 4 | baseline | 71.0 ± 1.4 (n=2) |  |  | 0.001 |  |" in text
+    wide = "| 4 | wider ×1.5 | 74.0 ± 1.4 (n=2) | +3.0 [+3.0, +3.0] | 1.00 | 0.002 | +100.0 % | 0.09 | +125.0 % | 800 | −20.0 % |"
+    assert wide in text  # the same +3 on both seeds: no spread, so no test and no ✓
+    assert "| 4 | re-attention | 72.0 ± 1.4 (n=2) | +1.0 [+1.0, +1.0] | 0.75 | 0.001 | 0.0 % | 0.04 | 0.0 % | 900 | −10.0 % |" in text
+    assert "| 8 | re-attention | 80.0 (n=1) | – | — | 0.002 |" in text  # no baseline at depth 8
+    assert "timed inside each trial, minutes apart" in text
+    assert "## Width or re-attention, at equal cost" in text
+    assert "At depth 4, re-attention's +1.0 points would cost ×1.26 GMACs by widening" in text
     assert "median 1.41 and max 1.41" in text and "about 2.8 points" in text
     assert "- trial 6 · depth=4 attention=re embed_dim=64 · seed 0: `RuntimeError: out of memory`" in text
     assert "## Diverged trials (1)" in text and "- trial 7 · depth=4 attention=re embed_dim=64 · seed 1" in text
@@ -178,7 +180,7 @@ def test_write_report_files(sweep, tmp_path):
     sweep.loc[0, "top1_per_epoch"] = json.dumps([60.0, 70.0])  # already a JSON string: kept as is
     paths = write_report(sweep, SPEC, tmp_path / "out", INFO)
     assert set(paths) == {"runs.csv", "report.md", "top1_vs_gmacs.png", "top1_vs_depth.png",
-                          "throughput_vs_depth.png"}
+                          "throughput_vs_depth.png", "width_vs_reattention.png", "ranking_by_epoch.png"}
     for path in paths.values():
         assert path.exists() and path.stat().st_size > 0
     assert paths["top1_vs_gmacs.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -220,3 +222,42 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(path, crash)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_ranking_by_epoch_by_hand():
+    # three variants, two epochs: after epoch 1 the order is b > a > c, at the end a > b > c
+    rows = [({"depth": 2}, 60.0, [55.0, 60.0]), ({"depth": 3}, 58.0, [57.0, 58.0]), ({"depth": 4}, 40.0, [30.0, 40.0])]
+    df = records([(v, top1, "complete", {}) for v, top1, _ in rows])
+    df["top1_per_epoch"] = [curve for _, _, curve in rows]
+    df["key"] = [f"v{i}-s0" for i in range(3)]
+    taus = ranking_by_epoch(df)
+    assert taus["tau"].tolist() == [pytest.approx(1 / 3), 1.0]  # one discordant pair of three
+    assert "Kendall τ between the ranking of the 3 variants" in markdown(df, {**SPEC, "compare": None}, INFO)
+
+
+def fid_frame(top1_by_variant, seeds=(0, 1)):
+    costs = {"embed_dim": WIDE_COST, "attention": {**RE_COST, "infer_gmacs": 0.0015}}  # re-attention: ×1.5 GMACs
+    rows = []
+    for changes, top1 in top1_by_variant:
+        for s in seeds:
+            rows.append((changes, top1 + s, "complete", next((c for k, c in costs.items() if k in changes), {})))
+    df = records(rows)
+    df["seed"] = [s for _ in top1_by_variant for s in seeds]
+    df["key"] = [f"{Variant(**{**MICRO, **c}).to_dict()['depth']}{c.get('attention', 'self')}{c.get('embed_dim', 64)}"
+                 f"-s{s}" for c, _ in top1_by_variant for s in seeds]
+    return df
+
+
+def test_fidelity_of_two_studies_with_one_variant_swapped():
+    proxy = fid_frame([(BASE, 70.0), (WIDE, 74.0), (RE, 72.0), ({"depth": 8}, 60.0)])
+    ref = fid_frame([(BASE, 70.0), (WIDE, 72.0), (RE, 74.0), ({"depth": 8}, 60.0)])  # wide and re swapped
+    r = fidelity(proxy, ref, COMPARE, resamples=200)
+    # ranks proxy: depth8 < base < re < wide; reference: depth8 < base < wide < re → one discordant pair of 6
+    assert r["variants"] == 4 and r["agreement"].tau == pytest.approx(1 - 2 / 6)
+    assert r["agreement"].rho == pytest.approx(1 - 6 * 2 / (4 * 15))  # Σd² = 2
+    d = r["decisions"].set_index("arm")
+    assert d.loc["wider ×1.5", "sign_agrees"] and d.loc["re-attention", "sign_agrees"]  # both still beat the base
+    # proxy: widening reaches re-attention's 72.5 at ×√2 < its ×1.5, so widening is the cheaper route;
+    # reference: no width point reaches 74.5, so re-attention is
+    assert (d.loc["re-attention", "iso_proxy"], d.loc["re-attention", "iso_ref"]) == (False, True)
+    assert not d.loc["re-attention", "iso_agrees"]

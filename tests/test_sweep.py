@@ -51,6 +51,10 @@ def test_a_sweep_records_every_trial_and_writes_the_report(sweep_file, tmp_path,
     assert sorted(csv["top1"]) == sorted(r["top1"] for r in records)
     text = (out / "report.md").read_text()
     assert "re-attention" in text and "top1_vs_gmacs.png" in text
+    # every variant timed side by side after the trials, and the comparison uses those figures
+    side = lg.side_by_side()
+    assert set(side["variants"]) == {spec.variant_key(v) for v in sweep.variants} and side["rounds"] == 5
+    assert "Train samples/s: timed side by side" in text
     assert {p.name for p in out.glob("*.png")} >= {"top1_vs_gmacs.png", "top1_vs_depth.png",
                                                    "throughput_vs_depth.png"}
 
@@ -182,6 +186,18 @@ def test_kill_9_leaves_a_running_trial_that_the_rerun_redoes(sweep_file, tmp_pat
     assert [t.state.name for t in closed] == ["FAIL", "WAITING", "WAITING", "WAITING"]
     assert "record" not in closed[0].user_attrs
     assert lg.plan(spec.load(sweep_file).trials()).interrupted == 1  # still to redo, not a failure
+
+
+def test_time_command_times_the_study_again(sweep_file, tmp_path, capsys, run, ledger):
+    run(sweep_file, sets={"profile.rounds": 0})  # no pass during the run
+    assert ledger().side_by_side() is None
+    assert "timed inside each trial" in (tmp_path / "results" / "tiny" / "report.md").read_text()
+    code = main(["time", "tiny", "--rounds", "2", "--results", str(tmp_path / "results"), "--device", "cpu",
+                 "--quiet"])
+    assert code == 0 and ledger().side_by_side()["rounds"] == 2
+    assert "timed side by side" in (tmp_path / "results" / "tiny" / "report.md").read_text()
+    assert main(["time", "tiny", "--rounds", "0", "--results", str(tmp_path / "results")]) == 2
+    assert run(sweep_file)["ran"] == 0  # rounds is no setting the records depend on: the same study
 
 
 def test_report_command_rebuilds_from_the_study_alone(sweep_file, tmp_path, capsys, run):

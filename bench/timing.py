@@ -1,0 +1,109 @@
+"""Costs timed side by side: every variant of a sweep in interleaved rounds on one device.
+
+A trial times its own model minutes apart from the next one, so drift on a shared machine
+(other jobs, clocks, thermals) lands on some variants and not others: one quickstart run
+measured the same model at 724 and 1,179 train samples/s. Here every variant is built once
+and visited once per round, in an order rotated every round (round r starts at variant r),
+``iters`` steps per visit; a variant's figure is the median over rounds of its per-visit
+median, and its spread the p10/p90 over rounds, so drift hits every variant alike and shows
+as spread. The same step functions as ``bench.profiling`` (inference; forward + loss +
+backward + AdamW), CUDA events on GPU, ``time.perf_counter`` on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import torch
+
+from bench.models import build_model
+from bench.profiling import Timing, device_name, inference_step, is_oom, time_steps, train_step
+from bench.variant import Variant
+
+def interleave(steps: Mapping[str, Callable[[], Any]], *, rounds: int, iters: int, warmup: int,
+               device: torch.device, on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """ms per step of every callable: one median per visit, ``rounds`` visits each. Round r
+    visits the callables in their order rotated by r, after ``warmup`` untimed calls of each."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(time_steps(steps[name], warmup=0, iters=iters, device=device).median)
+        if on_round:
+            on_round(r + 1)
+    return out
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    t = Timing(values)
+    return t.median, t.quantile(0.1), t.quantile(0.9)
+
+
+def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype: str, batch_size: int,
+                 rounds: int, iters: int, warmup: int, on_progress: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """Infer and train throughput of every variant (by name), timed in interleaved rounds.
+
+    Returns ``{"variants": {name: figures}, ...settings}``; figures use the record's
+    names (``train_samples_per_sec``, ``train_step_time``, …) plus ``*_sps_p10``/``_p90``
+    over rounds and, on CUDA, ``*_peak_mem_mb`` (this variant's weights, optimizer state
+    and activations: the peak of its visits above what the other variants hold)."""
+    say = on_progress or (lambda _msg: None)
+    steps: dict[str, Callable[[], Any]] = {}
+    resident: dict[str, int] = {}
+    cuda = device.type == "cuda"
+    for name, v in variants.items():
+        before = torch.cuda.memory_allocated(device) if cuda else 0
+        torch.manual_seed(0)
+        model = build_model(v).to(device)
+        x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
+        y = torch.randint(v.num_classes, (batch_size,), device=device)
+        trained = copy.deepcopy(model)
+        steps[f"{name}/infer"] = inference_step(model, x, dtype)
+        steps[f"{name}/train"] = train_step(trained, x, y, dtype, torch.optim.AdamW(trained.parameters(), lr=1e-4))
+        steps[f"{name}/train"]()  # optimizer state exists from here on
+        resident[name] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
+    peaks: dict[str, float] = {}
+    if cuda:  # each visit's peak above what is resident, per step function
+        steps = {k: _peak_tracked(k, f, device, peaks) for k, f in steps.items()}
+    t0 = time.perf_counter()
+    try:
+        ms = interleave(steps, rounds=rounds, iters=iters, warmup=warmup, device=device,
+                        on_round=lambda r: say(f"side-by-side timing: round {r} of {rounds}"))
+    except RuntimeError as err:
+        if is_oom(err):
+            raise RuntimeError(f"out of memory holding all {len(variants)} variants at batch {batch_size}: "
+                               "lower profile.batch_size for the side-by-side pass") from None
+        raise
+    out: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        figures: dict[str, Any] = {}
+        for mode in ("infer", "train"):
+            sps = [batch_size / (t / 1e3) for t in ms[f"{name}/{mode}"]]
+            median, p10, p90 = _spread(sps)
+            figures.update({f"{mode}_samples_per_sec": median, f"{mode}_sps_p10": p10, f"{mode}_sps_p90": p90,
+                            f"{mode}_step_time": statistics.median(ms[f"{name}/{mode}"])})
+            if cuda:
+                figures[f"{mode}_peak_mem_mb"] = (peaks.get(f"{name}/{mode}", 0) + resident[name]) / 2**20
+        out[name] = figures
+    return {"variants": out, "device": device.type, "device_name": device_name(device), "dtype": dtype,
+            "batch_size": batch_size, "rounds": rounds, "iters": iters, "warmup": warmup,
+            "seconds": time.perf_counter() - t0,
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _peak_tracked(name: str, step: Callable[[], Any], device: torch.device, peaks: dict[str, float]):
+    def run() -> Any:
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = step()
+        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device) - base)
+        return result
+    return run
