@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,8 +18,8 @@ import yaml
 
 from bench import __version__, console, spec
 from bench.config import DTYPES
-from bench.errors import BenchError, SpecError, first_line
-from bench.files import atomic_write
+from bench.errors import BenchError, SpecError, Terminated, first_line
+from bench.files import atomic_write, check_writable
 from bench.variant import FIELD_TYPES, Variant
 
 
@@ -98,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SpecError("workers", args.workers, "must be at least 1", where="--workers")
     summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
                         retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
+                        keep_checkpoints=args.keep_checkpoints,
                         workers=args.workers)
     records = summary["records"]
     if records and not args.quiet:
@@ -138,15 +140,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ledger = Ledger.open(url, args.name)
     sweep = ledger.stored_sweep()
     dev = resolve_device(args.device)
+    check_writable(Path(args.results) / args.name / ("weights" if args.save_weights else ""))
     if not args.quiet:
         console.info(f"worker on {args.name} | {url} | {dev}")
     if sweep.search is not None:
         offset = int(args.tag[1:]) if args.tag[1:].isdigit() else os.getpid()
         records = run_search(sweep, ledger, dev, results_dir=args.results, quiet=args.quiet,
-                             save_weights=args.save_weights, seed=sweep.study.seed + 1 + offset, tag=args.tag)
+                             save_weights=args.save_weights, keep_checkpoints=args.keep_checkpoints,
+                             seed=sweep.study.seed + 1 + offset, tag=args.tag)
     else:
         records = work(ledger, sweep, dev, results_dir=args.results, quiet=args.quiet,
-                       save_weights=args.save_weights, tag=args.tag, own=False)
+                       save_weights=args.save_weights, keep_checkpoints=args.keep_checkpoints, tag=args.tag,
+                       own=False)
     if not args.no_report:
         paths = report_ledger(ledger, args.name, url, args.results)
         if not args.quiet:
@@ -323,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     def worker_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--save-weights", action="store_true",
                        help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
+        p.add_argument("--keep-checkpoints", action="store_true",
+                       help="keep each trial's last epoch checkpoint (RESULTS/NAME/checkpoints/KEY.pt) once it is done; "
+                            "an interrupted trial's is always kept, and its rerun resumes from it")
         p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
 
     def storage_args(p: argparse.ArgumentParser) -> None:
@@ -428,25 +436,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)  # preemption: handled as Ctrl-C
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        previous = None
     try:
         return args.func(args)
     except BenchError as e:
         console.error(str(e))
         return e.exit_code
+    except Terminated:
+        console.error("terminated (SIGTERM): a running trial is recorded as interrupted; "
+                      "rerun the same command to resume")
+        return 143
     except KeyboardInterrupt:
-        console.error("interrupted")
+        console.error("interrupted: a running trial is recorded as interrupted; rerun the same command to resume")
         return 130
+    except OSError as e:  # the machine's, not bench's: a full disk, a name too long, a missing folder
+        where = f"{e.filename}: " if e.filename else ""
+        console.error(f"{where}{e.strerror or e}")
+        return 1
     except Exception as e:  # out of memory outside the retry loop, or a bug
         if os.environ.get("BENCH_DEBUG"):
             raise
         from bench.profiling import is_oom
+        from bench.storage import explain
         if is_oom(e):
             console.error(f"out of memory: {first_line(e)}")
+        elif explain(e):  # SQLite's own reason, which Optuna hides
+            console.error(f"study storage: {explain(e)} ({type(e).__name__})")
         else:
             console.error(f"internal error: {type(e).__name__}: {e} (set BENCH_DEBUG=1 for the traceback)")
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import SpecError, check_fields, check_keys, check_type, missing_data
+from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type, missing_data
 from bench.variant import FIELD_TYPES, is_re_option
 
 # --- numerics and timing ----------------------------------------------------------------
@@ -78,6 +78,7 @@ class DataConfig:
                 raise SpecError(key, getattr(self, key), "must be at least 1")
         if not 0 <= self.difficulty <= 1:
             raise SpecError("difficulty", self.difficulty, "must be in [0, 1]")
+        check_seed("seed", self.seed)
         if self.crop_padding < 0:
             raise SpecError("crop_padding", self.crop_padding, "must be at least 0")
 
@@ -278,7 +279,7 @@ class StudyConfig:
         check_type("timeout", self.timeout, (float, None))
         if self.timeout is not None and self.timeout <= 0:
             raise SpecError("timeout", self.timeout, "must be positive (seconds)")
-        check_type("seed", self.seed, int)
+        check_seed("seed", self.seed)
 
     @property
     def columns(self) -> list[str]:

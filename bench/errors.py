@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Iterable, Mapping
+
+QUOTE = 200  # characters of a value an error quotes at most (an alias bomb must not print 28 MB)
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = QUOTE, QUOTE, 8, 8, 3
+
+
+def quote(value: Any) -> str:
+    """``repr(value)``, cut to about QUOTE characters without building the whole of it."""
+    text = _repr.repr(value)
+    return text if len(text) <= QUOTE else text[:QUOTE] + "…"
 
 
 class BenchError(Exception):
     """An expected failure: bad input, a missing resource, out of memory. Exit code 1."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm and Kubernetes send on preemption), handled as Ctrl-C: the running
+    trial is recorded as interrupted and a rerun redoes it."""
 
 
 class SpecError(BenchError, ValueError):
@@ -32,7 +49,7 @@ class SpecError(BenchError, ValueError):
         prefix = f"{self.where}: " if self.where else ""
         if self.key is None:  # the file as a whole (unreadable, not YAML)
             return f"{prefix}{self.reason}"
-        return f"{prefix}{self.key}={self.value!r}: {self.reason}"
+        return f"{prefix}{self.key}={quote(self.value)}: {self.reason}"
 
     def within(self, where: str | None = None, prefix: str = "") -> SpecError:
         """The same error, placed in a file and under a key prefix (``model.`` say)."""
@@ -74,9 +91,20 @@ def check_type(name: str, value: Any, expected: Any) -> None:
         if t is None or isinstance(value, bool) != (t is bool):
             continue
         if isinstance(value, t) or (t is float and isinstance(value, int)):
+            if t is float and not math.isfinite(value):  # .nan and .inf only waste a run
+                raise SpecError(name, value, "must be a finite number")
             return
     names = " or ".join("null" if t is None else t.__name__ for t in allowed)
     raise SpecError(name, value, f"expected {names}, got {type(value).__name__}")
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what numpy and torch generators accept
+
+
+def check_seed(name: str, value: Any) -> None:
+    check_type(name, value, int)
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise SpecError(name, value, f"a seed must be in {SEED_RANGE[0]}…{SEED_RANGE[1]}")
 
 
 def check_fields(obj: Any) -> None:

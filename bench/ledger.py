@@ -162,6 +162,14 @@ def _alive(trial: optuna.trial.FrozenTrial, grace: float) -> bool:
     return True
 
 
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A closed trial that never finished: no record (its worker died), or a record that says
+    so. Read from the record itself, which one write stores: a second Ctrl-C between two
+    writes cannot turn an interrupted trial into a failed one."""
+    record = trial.user_attrs.get("record")
+    return record is None or record.get("status") == "interrupted" or bool(trial.user_attrs.get("interrupted"))
+
+
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``section.key: old → new`` for every stored setting the current run changes. A section
     or key the study has never stored (one a newer bench added) is not a difference."""
@@ -352,7 +360,7 @@ class Ledger:
                 plan.running_elsewhere += 1
             elif prev.state == TrialState.WAITING:
                 plan.queued += 1
-            elif prev.user_attrs.get("interrupted") or "record" not in prev.user_attrs:  # never finished
+            elif interrupted(prev):  # never finished
                 plan.interrupted += 1
                 plan.todo.append(trial)
             elif retry_failed:
@@ -448,9 +456,7 @@ class Ledger:
             self.study.tell(handle, values if len(values) > 1 else values[0])
         elif status in ("diverged", "pruned"):
             self.study.tell(handle, state=TrialState.PRUNED)
-        else:
-            if status == "interrupted":
-                handle.set_user_attr("interrupted", True)
+        else:  # interrupted: the record says so (``interrupted``)
             self.study.tell(handle, state=TrialState.FAIL)
 
 

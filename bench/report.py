@@ -405,9 +405,10 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
         extra, study_plots = study_section(study, df, spec, out_dir)
         paths.update({p.name: p for p in study_plots})
     df = with_side_by_side(df, side)
+    # the plots first: report.md links only files that were written (a full disk stops both)
+    paths.update({p.name: p for p in plots.plots(df, out_dir, spec.get("compare"))})
     text = markdown(df, spec, info, extra, side)
     atomic_write(paths["report.md"], lambda f: f.write(text))
-    paths.update({p.name: p for p in plots.plots(df, out_dir, spec.get("compare"))})
     return paths
 
 

@@ -17,8 +17,10 @@ import torch
 
 from bench import console
 from bench.errors import BenchError
+from bench.files import check_writable
 from bench.ledger import DONE, Ledger
 from bench.config import resolve_dtype
+from bench.data import load as load_data
 from bench.profiling import device_name, environment, resolve_device
 from bench.report import report_ledger
 from bench.search import budget_used, run_search
@@ -32,17 +34,24 @@ POLL_S = 5.0  # how often an idle worker looks for dead workers' trials to take 
 
 def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Path = "results",
               device: str | None = None, retry_failed: bool = False, quiet: bool = False,
-              report: bool = True, save_weights: bool = False, workers: int = 1,
+              report: bool = True, save_weights: bool = False, keep_checkpoints: bool = False, workers: int = 1,
               poll: float = POLL_S) -> dict[str, Any]:
     """Queue every trial of ``sweep`` that the study lacks, run the queue, write the report.
 
     ``workers`` > 1 starts that many local worker processes (one per GPU where there are
     several) instead of working here. Other workers (``bench worker``, or ``bench run``
     elsewhere with the same ``storage``) take from the same queue. ``save_weights``: keep
-    each trained model as results_dir/name/weights/KEY.safetensors."""
+    each trained model as results_dir/name/weights/KEY.safetensors. Each trial checkpoints its
+    training after every epoch in results_dir/name/checkpoints/ (a reclaimed trial resumes
+    from there); ``keep_checkpoints`` keeps them once the trial is done."""
     dev = resolve_device(device)
     if sweep.study is not None and "peak_mem" in sweep.study.objectives and dev.type != "cuda":
         raise BenchError(f"objective peak_mem is peak CUDA memory: this run's device is {dev.type}")
+    out = check_writable(Path(results_dir) / sweep.name)  # before any work: results must land somewhere
+    if sweep.train:
+        check_writable(out / "checkpoints")
+    if save_weights and sweep.train:
+        check_writable(out / "weights")
     url = storage or default_url(results_dir, sweep.name, workers)
     ledger = Ledger.for_sweep(sweep, url)
     ledger.bind(sweep)
@@ -51,6 +60,7 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
     plan = None
     if sweep.search is None:
         plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
+        datasets = preload(sweep) if sweep.train is not None and (plan.todo or plan.queued) else {}
         ledger.enqueue(plan.todo)
         total = len(plan.todo) + plan.queued
         if not quiet:
@@ -62,22 +72,33 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
                             else "") + where)
     elif not quiet:
         cfg = sweep.study
-        console.info(f"{sweep.name}: study of {sweep.budget()} trials, {budget_used(ledger)} already in it · objectives {', '.join(cfg.objectives)} · "
-                     f"sampler {cfg.sampler} · pruner {cfg.pruner or 'none'}" + where)
+        console.info(f"{sweep.name}: study of {sweep.budget()} trials, {budget_used(ledger)} already in it · "
+                     f"objectives {', '.join(cfg.objectives)} · sampler {cfg.sampler} · pruner {cfg.pruner or 'none'}"
+                     + where)
+    if sweep.search is not None:
+        datasets = preload(sweep) if sweep.train is not None else {}
     if workers > 1:
-        finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet)
+        finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet, keep_checkpoints)
     elif sweep.search is None:
         finished = work(ledger, sweep, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
-                        total=total, poll=poll)
+                        keep_checkpoints=keep_checkpoints, total=total, poll=poll, datasets=datasets)
     else:
         finished = run_search(sweep, ledger, dev, results_dir=results_dir, quiet=quiet, save_weights=save_weights,
-                              poll=poll)
+                              keep_checkpoints=keep_checkpoints, poll=poll, datasets=datasets)
     summary = {"url": url, "ran": len(finished), "plan": plan, "records": finished}
     if sweep.search is None and sweep.profile.speed and sweep.profile.rounds and len(sweep.variants) > 1:
         summary["side_by_side"] = time_side_by_side(ledger, sweep, dev, quiet=quiet)
     if report:
         summary["report"] = report_ledger(ledger, sweep.name, url, results_dir)
     return summary
+
+
+def preload(sweep: Sweep) -> dict[int, Any]:
+    """The sweep's data at each image size its variants use, loaded before any work: a
+    missing or unreadable file stops the run here with one message, rather than failing
+    every trial in turn."""
+    with console.status("loading data"):
+        return {img: load_data(sweep.data, img) for img in sorted({v.img_size for v in sweep.variants})}
 
 
 def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds: int | None = None,
@@ -104,13 +125,14 @@ def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds
 
 
 def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | Path = "results",
-         quiet: bool = False, save_weights: bool = False, total: int | None = None, poll: float = POLL_S,
-         tag: str = "", own: bool = True) -> list[dict[str, Any]]:
+         quiet: bool = False, save_weights: bool = False, keep_checkpoints: bool = False, total: int | None = None,
+         poll: float = POLL_S,
+         tag: str = "", own: bool = True, datasets: dict[int, Any] | None = None) -> list[dict[str, Any]]:
     """Run queued trials until the queue is empty and no other worker runs one: a worker that
     died meanwhile has its trial closed and queued again, so whoever is left finishes it.
     ``own``: ``sweep``'s grid points are this worker's to see done (False for a worker that
     joined by name: its sweep is the stored spec, whose points are those queued)."""
-    datasets: dict[int, Any] = {}  # loaded once per image size, kept for every trial
+    datasets = {} if datasets is None else datasets  # loaded once per image size, kept for every trial
     finished: list[dict[str, Any]] = []
     known = ledger.known_trials()
     variants = list(dict.fromkeys([*(sweep.variants if own else []), *(t.variant for t in known)])) \
@@ -128,7 +150,7 @@ def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | 
                 name = label(trial.variant, variants, trial.seed)
                 progress.start(name)
                 record = run_trial(trial, sweep, dev, datasets, ledger, progress, handle, results_dir=results_dir,
-                                   save=save_weights)
+                                   save=save_weights, keep_checkpoints=keep_checkpoints)
                 finished.append(record)
                 progress.finish(name, result_line(record))
                 continue
@@ -147,7 +169,7 @@ def work(ledger: Ledger, sweep: Sweep, dev: torch.device, *, results_dir: str | 
 
 
 def spawn_workers(name: str, url: str, n: int, dev: torch.device, results_dir: str | Path,
-                  save_weights: bool, quiet: bool) -> list[dict[str, Any]]:
+                  save_weights: bool, quiet: bool, keep_checkpoints: bool = False) -> list[dict[str, Any]]:
     """Start ``n`` local ``bench worker`` processes on study ``name`` and wait for them; with
     several GPUs each worker gets its own (CUDA_VISIBLE_DEVICES). Ctrl-C stops them all
     (each marks its trial interrupted). Returns the records they finished."""
@@ -161,18 +183,22 @@ def spawn_workers(name: str, url: str, n: int, dev: torch.device, results_dir: s
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         cmd = [sys.executable, "-m", "bench.cli", "worker", name, "--storage", url, "--results", str(results_dir),
                "--device", dev.type, "--quiet", "--tag", f"w{i}", "--no-report"]
-        if save_weights:
-            cmd.append("--save-weights")
+        cmd += ["--save-weights"] if save_weights else []
+        cmd += ["--keep-checkpoints"] if keep_checkpoints else []
         procs.append(subprocess.Popen(cmd, env=env))
     started = time.time()
     try:
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bench.errors.Terminated): stop every worker
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGINT)  # each records its trial as interrupted
         for p in procs:
-            p.wait()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         raise
     if any(codes):
         raise BenchError(f"{sum(c != 0 for c in codes)} of {n} workers failed (exit codes {codes}); "

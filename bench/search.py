@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from bench import console
 from bench.config import Dim, StudyConfig
 from bench.errors import SpecError
-from bench.ledger import DONE, Ledger
+from bench.ledger import DONE, Ledger, interrupted
 from bench.spec import Sweep, Trial, trial_key
 from bench.trials import label, result_line, run_trial
 from bench.variant import Variant, is_re_option
@@ -75,7 +75,7 @@ def _counts(t: optuna.trial.FrozenTrial) -> bool:
     points are sampled again."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
-    return t.state == TrialState.FAIL and "record" in t.user_attrs and not t.user_attrs.get("interrupted")
+    return t.state == TrialState.FAIL and not interrupted(t)
 
 
 def budget_used(ledger: Ledger) -> int:
@@ -89,8 +89,8 @@ def _over_budget(ledger: Ledger, number: int, budget: int) -> bool:
 
 
 def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Path = "results", quiet: bool = False,
-               save_weights: bool = False, seed: int | None = None, tag: str = "",
-               poll: float = 5.0) -> list[dict[str, Any]]:
+               save_weights: bool = False, keep_checkpoints: bool = False, seed: int | None = None, tag: str = "",
+               poll: float = 5.0, datasets: dict[int, Any] | None = None) -> list[dict[str, Any]]:
     """One worker's share of a study: ask the sampler, measure, tell, until the study has
     n_trials (all workers together), this worker's timeout passes, or the grid is done."""
     cfg: StudyConfig = sweep.study
@@ -102,7 +102,7 @@ def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Pat
     ledger = ledger.with_sampler(sampler, make_pruner(cfg, sweep.train.epochs if sweep.train else 1))
     study = ledger.study
     deadline = time.time() + cfg.timeout if cfg.timeout else None
-    datasets: dict[int, Any] = {}
+    datasets = {} if datasets is None else datasets  # by image size, loaded once
     finished: list[dict[str, Any]] = []
     seen: list[Variant] = [sweep.variants[0]]
     dropped = 0
@@ -152,7 +152,8 @@ def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Pat
             name = f"#{handle.number} " + label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)
             progress.start(name)
             record = run_trial(trial, sweep, dev, datasets, ledger, progress, handle, results_dir=results_dir,
-                               save=save_weights, on_epoch=_pruning(handle) if cfg.pruner else None)
+                               save=save_weights, keep_checkpoints=keep_checkpoints,
+                               on_epoch=_pruning(handle) if cfg.pruner else None)
             finished.append(record)
             progress.finish(name, result_line(record))
     return finished

@@ -32,7 +32,7 @@ import yaml
 
 from bench.config import (CIFAR_FOLDERS, DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
                           TrainConfig, parse_space)
-from bench.errors import SpecError, check_keys, check_type
+from bench.errors import SpecError, check_keys, check_seed, check_type
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 
 SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare",
@@ -148,9 +148,11 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 def read_yaml(path: str | Path) -> dict[str, Any]:
     where = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError(None, None, f"cannot read the sweep file: {err.strerror or err}", where) from None
+    except UnicodeDecodeError:
+        raise SpecError(None, None, "not a text file (a sweep file is YAML in UTF-8)", where) from None
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
@@ -198,8 +200,11 @@ def load(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep:
 def check_name(name: Any) -> str:
     """A study name: it names results/<name>/, so a plain file name."""
     check_type("name", name, str)
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise SpecError("name", name, "must be a plain file name (it names results/<name>/)")
+    if not name or any(c in name for c in "/\\") or name.startswith(".") or not name.isprintable():
+        raise SpecError("name", name, "must be a plain file name without control characters "
+                        "(it names results/<name>/)")
+    if len(name.encode()) > 200:
+        raise SpecError("name", name, "is too long for a folder name (200 bytes at most)")
     return name
 
 
@@ -277,7 +282,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     if not isinstance(seeds, list) or not seeds:
         raise SpecError("seeds", seeds, "expected a non-empty list of integers")
     for s in seeds:
-        check_type("seeds", s, int)
+        check_seed("seeds", s)
     if len(set(seeds)) != len(seeds):
         raise SpecError("seeds", seeds, "lists a seed twice")
     compare = _compare(raw.get("compare"), variants)

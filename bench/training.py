@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -15,7 +16,33 @@ from torch import nn
 
 from bench.config import TrainConfig
 from bench.data import Dataset, Loader
+from bench.files import atomic_write
 from bench.profiling import autocast
+
+
+def _save(path: Path, epochs: int, step: int, model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
+          result: dict[str, Any]) -> None:
+    state = {"epochs": epochs, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "loader": loader.gen.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             "result": {k: result[k] for k in ("top1_per_epoch", "train_loss_per_epoch")}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), lambda f: torch.save(state, f), binary=True)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
+            result: dict[str, Any]) -> tuple[int, int]:
+    """Load a checkpoint written by ``_save``: (epochs done, steps done)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    loader.gen.set_state(state["loader"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    result.update({k: list(v) for k, v in state["result"].items()})
+    return state["epochs"], state["step"]
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, floor: float) -> float:
@@ -56,11 +83,15 @@ Progress = Callable[[int, int, float | None], None]  # (step, total steps, mean 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
           crop_padding: int = 0, flip: bool = False, on_step: Progress | None = None,
-          on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[int, float, float], bool | None] | None = None,
+          checkpoint: Path | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
     ``on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
-    then has ``stopped`` set and ``epochs`` the epochs run.
+    then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
+    the whole state (model, optimizer, schedule, the result so far, every random stream
+    including the loader's) is written there atomically, and a run that finds one resumes
+    from it: on the CPU, to the same final top-1 as a run never interrupted.
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
     diverged, stopped, epochs, steps, train_time_s, train_dtype.
     """
@@ -84,8 +115,10 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False, "epochs": 0, "steps": 0,
                               "train_dtype": dtype}
     start = time.perf_counter()
-    step = 0
-    for epoch in range(cfg.epochs):
+    step, first = 0, 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, step = _resume(checkpoint, model, optimizer, schedule, train_loader, result)
+    for epoch in range(first, cfg.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
         for i, (x, y) in enumerate(train_loader, 1):
@@ -110,6 +143,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         top1 = evaluate(model, test_loader, dtype)
         result["top1_per_epoch"].append(top1)
         result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
+        if checkpoint is not None and epoch + 1 < cfg.epochs:
+            _save(checkpoint, epoch + 1, step, model, optimizer, schedule, train_loader, result)
         if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
             result["stopped"] = True
             break

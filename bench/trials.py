@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -29,9 +31,29 @@ from bench.training import train
 from bench.variant import Variant
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored meanwhile (in the main thread; elsewhere a no-op)."""
+    try:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def weights_path(results_dir: str | Path, name: str, key: str) -> Path:
     """Where ``--save-weights`` keeps trial ``key`` of study ``name``."""
     return Path(results_dir) / name / "weights" / f"{key}.safetensors"
+
+
+def checkpoint_path(results_dir: str | Path, name: str, key: str) -> Path:
+    """Where trial ``key`` of study ``name`` checkpoints its training (bench.training)."""
+    return Path(results_dir) / name / "checkpoints" / f"{key}.pt"
 
 
 def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
@@ -39,8 +61,10 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             crop_padding: int = 0, flip: bool = False, collapse: CollapseConfig | None = None,
             weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
             on_step: Callable[[int, int, float | None], None] | None = None,
-            on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[int, float, float], bool | None] | None = None,
+            checkpoint: Path | None = None) -> dict[str, Any]:
     """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
+    ``checkpoint``: training resumes from it if it exists, and writes it every epoch.
 
     With ``collapse``, the trained model's attention collapse on the first test images (and,
     ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
@@ -68,8 +92,10 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             _add_collapse(record, model.to(device), images, collapse, prefix="init_")
         say("training")
         t0 = time.perf_counter()
+        resumed = checkpoint is not None and checkpoint.is_file()
         result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
-                       flip=flip, on_step=on_step, on_epoch=on_epoch)
+                       flip=flip, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint)
+        record["resumed"] = resumed
         record["time_train_s"] = time.perf_counter() - t0
         if result.pop("diverged"):
             record["status"] = "diverged"
@@ -78,7 +104,10 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         result.pop("stopped", None)
         record.update(result)
         if weights_path is not None and record["status"] == "complete":
-            record["weights"] = str(save_weights(model, weights_path).resolve())
+            try:  # the trained result stands even if its weights cannot be kept
+                record["weights"] = str(save_weights(model, weights_path).resolve())
+            except OSError as err:
+                record["weights_error"] = f"cannot write {weights_path}: {err.strerror or err}"
         if collapse and record["status"] == "complete":
             say("attention collapse")
             try:  # the trained result stands even if its analysis fails
@@ -127,11 +156,14 @@ def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
 
 def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, Dataset], ledger: Ledger,
               progress: console.SweepProgress, handle: Any, *, results_dir: str | Path = "results",
-              save: bool = False, on_epoch: Callable[[int, float, float], bool | None] | None = None
-              ) -> dict[str, Any]:
+              save: bool = False, keep_checkpoints: bool = False,
+              on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
     """Measure ``trial`` and record it under ``handle``: its result, or its failure (a failed
     trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
-    ``loaded``: datasets by image size, loaded once per worker. ``save``: keep the weights."""
+    ``loaded``: datasets by image size, loaded once per worker. ``save``: keep the weights.
+    Training checkpoints every epoch (``checkpoint_path``); an interrupted trial leaves its
+    checkpoint for whichever worker redoes it, a finished one removes it unless ``keep_checkpoints``."""
+    checkpoint = checkpoint_path(results_dir, sweep.name, trial.key) if sweep.train is not None else None
     objectives = sweep.objective_columns()
     t0 = time.perf_counter()
     # the resolved config: with it, every record stands alone
@@ -150,10 +182,11 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
                          flip=bool(sweep.data and sweep.data.flip), collapse=sweep.collapse,
                          weights_path=weights_path(results_dir, sweep.name, trial.key) if save and sweep.train
                          else None, on_phase=progress.phase,
-                         on_step=progress.step, on_epoch=on_epoch)
+                         on_step=progress.step, on_epoch=on_epoch, checkpoint=checkpoint)
         record = {**base, **record}
     except KeyboardInterrupt:
-        ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objectives)
+        with signals_held():  # a second Ctrl-C must not cut the write that records the first
+            ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objectives)
         raise
     except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
         record = {**base, "status": "failed", "error": str(err)}
@@ -169,6 +202,8 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
     ledger.finish(handle, _jsonable(record), objectives)
+    if checkpoint is not None and not keep_checkpoints:  # recorded: the checkpoint's work is done
+        checkpoint.unlink(missing_ok=True)
     return record
 
 

@@ -15,8 +15,10 @@ def fresh(tmp_path, sweep_file, url=None, heartbeat=(30, 120), name="tiny"):
     sweep = spec.load(sweep_file)
     if name != "tiny":
         sweep = spec.load(sweep_file, {"name": name})
-    lg = Ledger.open(url or default_url(tmp_path / "results", sweep.name), sweep.name, create=True,
-                     heartbeat=heartbeat)
+    if url is None:
+        url = default_url(tmp_path / "results", sweep.name)
+        (tmp_path / "results" / sweep.name).mkdir(parents=True, exist_ok=True)  # a run makes its results folder
+    lg = Ledger.open(url, sweep.name, create=True, heartbeat=heartbeat)
     lg.bind(sweep)
     return lg, sweep
 
@@ -110,3 +112,20 @@ def test_a_point_whose_claims_were_all_dropped_is_queued_again(sweep_file, tmp_p
     lg.study.tell(first, state=TrialState.FAIL)
     assert lg.plan([point]).todo == [point]  # dropped claims do not speak for the point
     assert lg.known_trials() == [point]
+
+
+def test_a_torn_journal_tail_is_set_aside_and_the_study_stays_usable(sweep_file, tmp_path, capsys):
+    url = f"journal:{tmp_path / 'j' / 'study.journal'}"
+    (tmp_path / "j").mkdir()
+    lg, sweep = fresh(tmp_path, sweep_file, url=url)
+    first, second = sweep.trials()[:2]
+    finish_complete(lg, lg.start(first))
+    path = tmp_path / "j" / "study.journal"
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[-200:-20])  # a write cut off by a full disk: no newline, not JSON
+    again = Ledger.open(url, "tiny")  # repaired before anything is appended
+    assert "torn" in capsys.readouterr().err and path.read_bytes() == whole
+    (side,) = (tmp_path / "j").glob("study.journal.torn-*")
+    assert side.read_bytes() == whole[-200:-20]  # kept, never deleted
+    finish_complete(again, again.start(second))
+    assert len(Ledger.open(url, "tiny").records()) == 2

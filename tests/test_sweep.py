@@ -133,6 +133,28 @@ def test_ctrl_c_marks_the_trial_interrupted_and_a_rerun_redoes_it(sweep_file, tm
     assert len(ledger().records()) == 4
 
 
+def test_an_interrupted_trial_resumes_from_its_last_epoch(sweep_file, tmp_path, monkeypatch, run, ledger):
+    three = {"train.epochs": 3, "grid.depth": [2], "grid.attention": ["re"], "compare": None}
+    real = trials.train
+
+    def killed_in_epoch_3(*args, **kwargs):
+        def on_epoch(epoch, top1, loss):
+            if epoch == 2:
+                raise KeyboardInterrupt  # after epoch 2's checkpoint
+        return real(*args, **{**kwargs, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(trials, "train", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(sweep_file, three)
+    (checkpoint,) = (tmp_path / "results" / "tiny" / "checkpoints").glob("*.pt")
+    monkeypatch.setattr(trials, "train", real)
+    resumed = run(sweep_file, three)["records"][0]
+    assert resumed["resumed"] and not checkpoint.exists()  # done: its checkpoint removed
+    clean = runner.run_sweep(spec.load(sweep_file, three), results_dir=tmp_path / "clean", device="cpu", quiet=True)
+    assert resumed["top1_per_epoch"] == clean["records"][0]["top1_per_epoch"]  # to the last digit
+    assert resumed["top1"] == clean["records"][0]["top1"] and not clean["records"][0]["resumed"]
+
+
 def test_diverged_is_a_result_not_a_crash(sweep_file, tmp_path, monkeypatch, run, ledger):
     real = trials.train
 
@@ -198,6 +220,56 @@ def test_time_command_times_the_study_again(sweep_file, tmp_path, capsys, run, l
     assert "timed side by side" in (tmp_path / "results" / "tiny" / "report.md").read_text()
     assert main(["time", "tiny", "--rounds", "0", "--results", str(tmp_path / "results")]) == 2
     assert run(sweep_file)["ran"] == 0  # rounds is no setting the records depend on: the same study
+
+
+def wait_for_signed_trial(db, proc, timeout=90):
+    """Wait until a trial of the SQLite study at ``db`` is claimed and signed by its worker."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("select count(*) from trials t join trial_user_attributes a on "
+                                   "a.trial_id = t.trial_id where t.state = 'RUNNING' and a.key = 'worker'"
+                                   ).fetchone()[0]:
+                        return True
+            except sqlite3.OperationalError:
+                pass  # tables not created yet
+    return False
+
+
+def test_sigterm_records_the_trial_as_interrupted_and_a_rerun_redoes_exactly_it(sweep_file, tmp_path, run, ledger):
+    sweep_file.write_text(TINY.replace("train_size: 48", "train_size: 4000").replace("epochs: 1", "epochs: 50"))
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(sweep_file), "--results", str(results),
+                             "--device", "cpu", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for_signed_trial(results / "tiny" / "study.db", proc), proc.stderr.read().decode()
+    proc.send_signal(signal.SIGTERM)  # what Slurm or Kubernetes send on preemption
+    assert proc.wait(timeout=60) == 143
+    err = proc.stderr.read().decode()
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    first = ledger().study.get_trials()
+    assert [t.state.name for t in first] == ["FAIL", "WAITING", "WAITING", "WAITING"]
+    assert first[0].user_attrs["record"]["status"] == "interrupted"
+    plan = ledger().plan(spec.load(sweep_file).trials())
+    assert plan.interrupted == 1 and [t.key for t in plan.todo] == [first[0].user_attrs["key"]] and plan.queued == 3
+
+
+def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file, tmp_path, ledger):
+    """A second Ctrl-C used to split the record from its flag: the state now comes from the record."""
+    from bench.ledger import Ledger
+    from bench.storage import default_url
+    sweep = spec.load(sweep_file)
+    (tmp_path / "results" / "tiny").mkdir(parents=True)
+    lg = Ledger.for_sweep(sweep, default_url(tmp_path / "results", "tiny"))
+    lg.bind(sweep)
+    trial = sweep.trials()[0]
+    handle = lg.start(trial)
+    handle.set_user_attr("record", {"status": "interrupted", "error": "interrupted", "seed": 0})
+    lg.study.tell(handle, state=optuna.trial.TrialState.FAIL)  # no "interrupted" attribute
+    plan = lg.plan([trial])
+    assert plan.interrupted == 1 and plan.todo == [trial] and plan.failed_skipped == 0
 
 
 def test_report_command_rebuilds_from_the_study_alone(sweep_file, tmp_path, capsys, run):

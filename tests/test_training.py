@@ -98,3 +98,29 @@ def test_train_config_rejects(kwargs, key):
     with pytest.raises(SpecError) as err:
         TrainConfig(**kwargs)
     assert err.value.key == key
+
+
+def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path):
+    """Drop path (the global random stream), the loader's shuffles and crops, AdamW's moments and
+    the schedule all continue where they stopped: the final top-1 equals an uninterrupted run's."""
+    ds = data.shapes(train_size=96, test_size=48, img_size=16, seed=0)
+    v = resolve("deepvit_micro", {"img_size": 16, "patch_size": 4, "depth": 2, "drop_path_rate": 0.1})
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, check_every=1)
+
+    def run(checkpoint=None, stop_after=None):
+        torch.manual_seed(0)
+        model = build_model(v)
+        def on_epoch(epoch, top1, loss):
+            if epoch == stop_after:
+                raise KeyboardInterrupt  # killed between epochs
+        return train(model, ds, cfg, device=CPU, seed=0, crop_padding=2, flip=True, checkpoint=checkpoint,
+                     on_epoch=on_epoch)
+
+    whole = run()
+    path = tmp_path / "ckpt" / "trial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(path, stop_after=2)
+    assert path.is_file()
+    resumed = run(path)
+    assert resumed["top1_per_epoch"] == whole["top1_per_epoch"]  # to the last digit
+    assert resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"] and resumed["steps"] == whole["steps"]

@@ -143,3 +143,26 @@ def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_
     assert not (tmp_path / "r").exists()
     code = main(["worker", "nosuch", "--storage", pg, "--device", "cpu"])
     assert code == 1 and "no study named 'nosuch'" in capsys.readouterr().err
+
+
+def test_sigterm_stops_every_local_worker(tmp_path):
+    path, name = write_sweep(tmp_path, train_size=4000, epochs=50)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(bench_cmd("run", path, "--workers", "2", "--results", results, "--device", "cpu",
+                                      "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    journal = results / name / "study.journal"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (journal.exists() and b'"worker"' in journal.read_bytes()):
+        time.sleep(0.3)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 143
+    assert "terminated (SIGTERM)" in proc.stderr.read().decode()
+    for pid in children:  # no orphan keeps running
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+    lg = Ledger.open(default_url(results, name), name)
+    plan = lg.plan(spec.load(path).trials())
+    assert plan.running_elsewhere == 0 and plan.interrupted >= 1  # their trials: interrupted, to redo
