@@ -47,14 +47,15 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
     dev = resolve_device(device)
     if sweep.study is not None and "peak_mem" in sweep.study.objectives and dev.type != "cuda":
         raise BenchError(f"objective peak_mem is peak CUDA memory: this run's device is {dev.type}")
-    out = check_writable(Path(results_dir) / sweep.name)  # before any work: results must land somewhere
-    if sweep.train:
-        check_writable(out / "checkpoints")
-    if save_weights and sweep.train:
-        check_writable(out / "weights")
+    out = Path(results_dir) / sweep.name
+    if storage is None:  # the study itself lives in the results folder
+        check_writable(out)
     url = storage or default_url(results_dir, sweep.name, workers)
     ledger = Ledger.for_sweep(sweep, url)
     ledger.bind(sweep)
+    for folder in [out] + ([out / "checkpoints"] if sweep.train else []) + ([out / "weights"] if save_weights
+                                                                            and sweep.train else []):
+        check_writable(folder)  # before any work: results must land somewhere
     where = f" | {safe_url(url)} | " + (f"{workers} workers" if workers > 1 else
                                         environment(dev, 'fp32')['device_name'])
     plan = None

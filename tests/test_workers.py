@@ -145,6 +145,20 @@ def test_wrong_password_or_dead_server_is_one_line_with_the_password_masked(tmp_
     assert code == 1 and "no study named 'nosuch'" in capsys.readouterr().err
 
 
+def children_of(pid):
+    """Pids whose parent is ``pid`` (from /proc: no procps needed)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(entry)
+    return out
+
+
 def test_sigterm_stops_every_local_worker(tmp_path):
     path, name = write_sweep(tmp_path, train_size=4000, epochs=50)
     results = tmp_path / "results"
@@ -155,7 +169,7 @@ def test_sigterm_stops_every_local_worker(tmp_path):
     deadline = time.time() + 90
     while time.time() < deadline and not (journal.exists() and b'"worker"' in journal.read_bytes()):
         time.sleep(0.3)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    children = children_of(proc.pid)
     assert len(children) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=90) == 143
