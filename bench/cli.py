@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compare study NAME (a short proxy) with study REF: the same variants at a "
                                    "longer budget, or on other data. Kendall τ and Spearman ρ between their top-1 "
                                    "over variants, and whether each comparison arm's decision agrees. Writes "
-                                   "RESULTS/NAME/fidelity.md.")
+                                   "RESULTS/NAME/fidelity-REF.md.")
     p.add_argument("name", metavar="NAME", help="the proxy study")
     p.add_argument("--reference", required=True, metavar="REF", help="the reference study")
     storage_args(p)

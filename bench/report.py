@@ -452,7 +452,7 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
                     results_dir: str | Path = "results") -> tuple[dict[str, Any], Path]:
     """``bench fidelity``: how study ``proxy``'s ranking and decisions agree with study
     ``reference``'s (the same variants at a longer budget, or on other data). Writes
-    results_dir/proxy/fidelity.md; returns (the comparison, its path)."""
+    results_dir/proxy/fidelity-<reference>.md; returns (the comparison, its path)."""
     url_p = storage or default_url(results_dir, proxy)
     url_r = reference_storage or storage or default_url(results_dir, reference)
     lp, lr = Ledger.open(url_p, proxy), Ledger.open(url_r, reference)
@@ -497,7 +497,7 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
                             "cheaper route at equal GMACs (proxy / reference)"], rows, left=len(by) + 1), ""]
     out = Path(results_dir) / proxy
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "fidelity.md"
+    path = out / f"fidelity-{reference}.md"
     text = "\n".join(lines)
     atomic_write(path, lambda f: f.write(text))
     return result, path

@@ -53,6 +53,7 @@ def main() -> None:
         path.write_text(SWEEP.format(name=name, seeds=list(range(max(1, args.points // 4)))))
         sweep = spec.load(path)
         url = args.storage or default_url(tmp, name)
+        (Path(tmp) / name).mkdir(parents=True, exist_ok=True)  # a run makes its results folder
         ledger = Ledger.for_sweep(sweep, url)
         ledger.bind(sweep)
         t0 = time.perf_counter()

@@ -85,6 +85,7 @@ def fill(tmp: str, name: str, n_records: int, n_variants: int, width: bool = Fal
     variants = [Variant(depth=d, **kinds[i % per]) for i, d in enumerate(depths)]
     arms = {"re-attention": {"attention": "re"}, **({"wider x1.5": {"embed_dim": 576}} if width else {})}
     url = default_url(tmp, name)
+    (Path(tmp) / name).mkdir(parents=True, exist_ok=True)  # a run makes its results folder
     study = open_study(url, name, create=True)
     study.set_user_attr("spec", {"name": name, "train": {"epochs": 30},
                                  "compare": {"by": ["depth"], "arms": arms, "baseline": {

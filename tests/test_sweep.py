@@ -272,6 +272,18 @@ def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file,
     assert plan.interrupted == 1 and plan.todo == [trial] and plan.failed_skipped == 0
 
 
+def test_fidelity_command_compares_a_proxy_with_a_longer_run(sweep_file, tmp_path, capsys, run):
+    run(sweep_file, {"profile.rounds": 0})
+    runner.run_sweep(spec.load(sweep_file, {"train.epochs": 2, "profile.rounds": 0, "name": "tiny-ref"}),
+                     results_dir=tmp_path / "results", device="cpu", quiet=True)
+    code = main(["fidelity", "tiny", "--reference", "tiny-ref", "--results", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert code == 0 and "4 variants, Kendall τ" in out
+    text = (tmp_path / "results" / "tiny" / "fidelity-tiny-ref.md").read_text()
+    assert "Over the 4 variants both studies measured" in text and "## Decisions" in text
+    assert main(["fidelity", "tiny", "--reference", "nothing", "--results", str(tmp_path / "results")]) == 1
+
+
 def test_report_command_rebuilds_from_the_study_alone(sweep_file, tmp_path, capsys, run):
     run(sweep_file)
     out = tmp_path / "results" / "tiny"
