@@ -20,6 +20,7 @@ from bench.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epo
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
 _MAX_SERIES = 12  # lines on one by-depth plot before fields are pooled
+MAX_PANELS = 4  # groups drawn by the width-against-re-attention plot (report.md's table has every group)
 
 
 def plot_names(df: pd.DataFrame, compare: Mapping[str, Any] | None = None) -> list[str]:
@@ -190,6 +191,8 @@ def width_vs_reattention(fig: Figure, points: pd.DataFrame, by: list[str]) -> No
     """Per group: the width curve (baseline and wider arms) as a line, each re-attention arm as
     a point, top-1 (mean, 95 % t-interval over seeds) against GMACs."""
     groups = list(points.groupby(by, dropna=False, sort=True)) if by else [((), points)]
+    if len(groups) > MAX_PANELS:  # many groups (depths): evenly spaced ones, the first and last included
+        groups = [groups[round(i * (len(groups) - 1) / (MAX_PANELS - 1))] for i in range(MAX_PANELS)]
     fig.set_size_inches(max(5.0, 4.2 * len(groups)), 4.5)
     for i, (key, g) in enumerate(groups):
         ax = fig.add_subplot(1, len(groups), i + 1)

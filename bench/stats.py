@@ -189,12 +189,33 @@ def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float,
     if min(len(s) for s in samples) < 2:
         return IsoCost(**out)
 
-    def gain(a, *w):
-        got = top1_at(arm_cost, costs, [np.mean(s) for s in w])
-        return np.mean(a) - got
+    x, _ = _curve(costs, means)
+    order = np.argsort(costs, kind="stable")
+    c = math.log(arm_cost)
 
-    def multiplier(a, *w):
-        return cost_to_reach(float(np.mean(a)), costs, [np.mean(s) for s in w]) / base
+    def curve_means(w: tuple, axis: int) -> np.ndarray:  # (resamples, points), sorted by cost
+        return np.stack([w[i].mean(axis=axis) for i in order], axis=-1)
+
+    # the curve's top-1 at the arm's cost is a fixed mix of two points' means: vectorised
+    j = int(np.clip(np.searchsorted(x, c), 1, len(x) - 1)) if at is not None else 1
+    t = (c - x[j - 1]) / (x[j] - x[j - 1]) if x[j] > x[j - 1] else 0.0
+
+    def gain(a, *w, axis=-1):
+        y = curve_means(w, axis)
+        return a.mean(axis=axis) - (y[..., j - 1] * (1 - t) + y[..., j] * t)
+
+    def multiplier(a, *w, axis=-1):
+        y, target = curve_means(w, axis), a.mean(axis=axis)
+        y2, t2 = np.atleast_2d(y), np.atleast_1d(target)
+        reached = y2 >= t2[:, None]
+        first = np.where(reached.any(-1), reached.argmax(-1), -1)
+        prev = np.maximum(first - 1, 0)
+        rows = np.arange(len(t2))
+        lo, hi = y2[rows, prev], y2[rows, np.maximum(first, 0)]
+        frac = np.where(hi > lo, (t2 - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+        logc = np.where(first <= 0, x[0], x[prev] + frac * (x[np.maximum(first, 0)] - x[prev]))
+        out = np.where(first == -1, math.inf, np.exp(logc)) / base
+        return out.reshape(np.shape(target))
 
     rng = np.random.default_rng(seed)
     for name, fn in (("gain", gain), ("mult", multiplier)):
@@ -202,7 +223,7 @@ def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float,
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate resamples (all seeds equal) are fine here
-            res = st.bootstrap(samples, fn, vectorized=False, paired=False, confidence_level=level,
+            res = st.bootstrap(samples, fn, vectorized=True, paired=False, confidence_level=level,
                                n_resamples=resamples, method="percentile", random_state=rng)
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         out[f"{name}_low"], out[f"{name}_high"] = low, high
