@@ -73,14 +73,14 @@ def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path):
 def test_a_dead_worker_elsewhere_is_reclaimed_when_its_heartbeat_stops(where, sweep_file, tmp_path, request):
     url = request.getfixturevalue("pg") if where == "postgres" else None
     name = f"hb{time.time_ns()}" if url else "tiny"  # its own study on a shared server
-    lg, sweep = fresh(tmp_path, sweep_file, url=url, heartbeat=(1, 2), name=name)
+    lg, sweep = fresh(tmp_path, sweep_file, url=url, heartbeat=(1, 4), name=name)  # a grace loads don't outlast
     trial = sweep.trials()[0]
     handle = lg.start(trial)
     handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
     assert lg.plan([trial]).running_elsewhere == 1  # alive while it beats
     lg.heartbeats.stop_all()  # the worker dies (kill -9): no more beats
-    time.sleep(3.5)
-    again = Ledger.open(url or default_url(tmp_path / "results", name), name, create=True, heartbeat=(1, 2))
+    time.sleep(5.5)
+    again = Ledger.open(url or default_url(tmp_path / "results", name), name, create=True, heartbeat=(1, 4))
     plan = again.plan([trial])
     assert plan.interrupted == 1 and plan.todo == [trial]
 
