@@ -416,13 +416,9 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
 
 def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
     """Write the report of the study behind ``ledger`` to results_dir/name."""
-    rows = ledger.records()
-    if not rows:
+    df = _records_frame(ledger)
+    if df.empty:
         raise BenchError(f"study {name!r} in {url} has no finished trials yet")
-    df = pd.DataFrame(rows)
-    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
     # per-block details live beside the records: load the heatmaps' only (records from before
     # that change still carry theirs inside)
     have = df["collapse"].map(lambda c: isinstance(c, dict)) if "collapse" in df else pd.Series(False, df.index)
