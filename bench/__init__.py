@@ -8,12 +8,14 @@ loads on first use: touching ``bench.Variant``, ``bench.build_model``, ``bench.V
 The package is layered; a module imports only from the layers above it in this list
 (``tests/test_layers.py`` holds it to that):
 
-1. ``errors``, ``console``, ``files`` — one-line errors, all terminal output, atomic writes
+1. ``errors``, ``console``, ``files``, ``cache`` — one-line errors, all terminal output, atomic
+   writes; decoded datasets cached on disk (numpy and PIL, no torch)
 2. ``variant``, ``config``, ``spec``, ``stats`` — torch-free: an architecture, the spec's
    sections with their defaults and rules, the sweep file; intervals and iso-cost readings
 3. ``reattention``, ``models`` — DeepViT's re-attention; building and registering timm models
-4. ``data``, ``profiling``, ``timing``, ``training``, ``collapse`` — datasets, cost, costs timed
-   side by side, the proxy, collapse metrics
+4. ``data``, ``augment``, ``profiling``, ``timing``, ``training``, ``collapse`` — datasets and
+   their loader, timm's augmentation recipes, cost, costs timed side by side, the proxy,
+   collapse metrics
 5. ``storage``, ``ledger`` — opening the Optuna storage; the study ledger
 6. ``tables``, ``plots``, ``report`` — torch-free tables, figures and report files
 7. ``trials``, ``search``, ``runner`` — one trial; a study's search; a sweep and its workers

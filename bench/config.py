@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cache import CIFAR_FOLDERS, class_folders, list_split, select_classes
 from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type, missing_data
 from bench.variant import FIELD_TYPES, is_re_option
 
@@ -47,12 +48,76 @@ def _check_dtype(value: str) -> None:
 
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
 NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
 CIFAR_SIZES = (50000, 10000)  # train and test images of either CIFAR
 SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
-_COMMON = ("name", "train_size", "test_size", "crop_padding", "flip")
-DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, "root", "download"),
-             "cifar100": (*_COMMON, "root", "download"), "imagefolder": (*_COMMON, "root", "train_dir", "test_dir")}
+# how the data is held and cached: changes no result, so a study may change it between runs
+DATA_RUNTIME = ("residency", "memory_budget_gb", "prefetch", "cache_dir", "cache_workers")
+_COMMON = ("name", "train_size", "test_size", "crop_padding", "flip", "augment", "residency", "memory_budget_gb",
+           "prefetch")
+_REAL = ("root", "classes", "cache_dir", "cache_workers")
+DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, *_REAL, "download"),
+             "cifar100": (*_COMMON, *_REAL, "download"), "imagefolder": (*_COMMON, *_REAL, "train_dir", "test_dir")}
+RESIDENCIES = ("auto", "device", "stream")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``data.augment``: timm's recipes on top of the crop + flip (``data.crop_padding``,
+    ``data.flip``). A preset name (``none``, ``deit``) or a mapping of these keys, which
+    may start from a preset (``{preset: deit, mixup: 0}``)."""
+    rand_augment: str | None = None  # timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1 (host, per image)
+    random_erasing: float = 0.0      # probability (timm RandomErasing, per-pixel noise; on the device)
+    mixup: float = 0.0               # Mixup alpha (timm Mixup, soft-target loss; on the device)
+    cutmix: float = 0.0              # CutMix alpha
+    mix_prob: float = 1.0            # probability a batch is mixed at all
+    switch_prob: float = 0.5         # with both on: probability of CutMix rather than Mixup
+    repeats: int = 1                 # repeated augmentation: each image r times per batch (DeiT: 3)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.rand_augment is not None and not self.rand_augment.startswith("rand"):
+            raise SpecError("rand_augment", self.rand_augment, "expected a timm RandAugment string such as "
+                            "rand-m9-mstd0.5-inc1 (or null)")
+        for key in ("random_erasing", "mix_prob", "switch_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise SpecError(key, getattr(self, key), "must be in [0, 1]")
+        for key in ("mixup", "cutmix"):
+            if getattr(self, key) < 0:
+                raise SpecError(key, getattr(self, key), "must be at least 0 (0 = off)")
+        if self.repeats < 1:
+            raise SpecError("repeats", self.repeats, "must be at least 1 (1 = off)")
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
+
+    @classmethod
+    def parse(cls, value: Any) -> AugmentConfig:
+        if isinstance(value, cls):
+            return value
+        if value is None or isinstance(value, str):
+            value = {"preset": value or "none"}
+        if not isinstance(value, dict):
+            raise SpecError("augment", value, f"expected a preset ({', '.join(AUGMENT_PRESETS)}) or a mapping")
+        values = dict(value)
+        preset = values.pop("preset", "none")
+        if preset not in AUGMENT_PRESETS:
+            raise SpecError("augment", preset, f"unknown preset; expected one of {', '.join(AUGMENT_PRESETS)}")
+        try:
+            check_keys(values, [f.name for f in dataclasses.fields(cls)], "augment key")
+            return cls(**{**AUGMENT_PRESETS[preset], **values})
+        except SpecError as err:
+            raise err.within(prefix="augment.") from None
+
+
+# DeiT's recipe (Touvron et al. 2021, and the paper's training): RandAugment m9 with
+# magnitude noise, random erasing 0.25, Mixup 0.8 / CutMix 1.0 switching half the time,
+# repeated augmentation ×3; label smoothing 0.1 comes from train.label_smoothing.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "deit": {"rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
+             "repeats": 3},
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +133,31 @@ class DataConfig:
     test_dir: str = "val"           # imagefolder
     crop_padding: int = 2           # augmentation: random crop after zero padding (0 = off)
     flip: bool = True               # augmentation: horizontal flip (every shapes class is mirror-symmetric)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # timm's recipes (a preset or a mapping)
+    classes: int | list | None = None  # cifar*, imagefolder: the first N classes (sorted), or these names
+    residency: str = "auto"         # device: all in device memory; stream: batches from the cache; auto: by size
+    memory_budget_gb: float | None = None  # auto's budget (default: ¼ of the GPU, or ½ the free host memory)
+    prefetch: int = 4               # stream: batches read ahead by a background thread
+    cache_dir: str | None = None    # cifar*, imagefolder: where decoded caches live ($BENCH_CACHE_DIR, ~/.cache/bench)
+    cache_workers: int | None = None  # processes decoding a cache (None: every core)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", AugmentConfig.parse(self.augment))
         check_fields(self)
+        if self.residency not in RESIDENCIES:
+            raise SpecError("residency", self.residency, f"expected one of: {', '.join(RESIDENCIES)}")
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
+            raise SpecError("memory_budget_gb", self.memory_budget_gb, "must be positive (or null for the default)")
+        for key in ("prefetch", "cache_workers"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise SpecError(key, getattr(self, key), "must be at least 1")
+        if isinstance(self.classes, int) and self.classes < 1:
+            raise SpecError("classes", self.classes, "must be at least 1")
+        if isinstance(self.classes, list):
+            if not self.classes or not all(isinstance(c, str) for c in self.classes):
+                raise SpecError("classes", self.classes, "expected a number or a non-empty list of class names")
+            if len(set(self.classes)) != len(self.classes):
+                raise SpecError("classes", self.classes, "names a class twice")
         if self.name not in DATASETS:
             raise SpecError("name", self.name, f"expected one of: {', '.join(DATASETS)}")
         for key in ("train_size", "test_size"):
@@ -81,6 +168,17 @@ class DataConfig:
         check_seed("seed", self.seed)
         if self.crop_padding < 0:
             raise SpecError("crop_padding", self.crop_padding, "must be at least 0")
+
+    def num_classes(self, found: int) -> int:
+        """Classes trained on, of the ``found`` the data has."""
+        if self.classes is None:
+            return found
+        return min(found, self.classes) if isinstance(self.classes, int) else len(self.classes)
+
+    def settings(self) -> dict[str, Any]:
+        """What a record's figures depend on: the keys of this dataset, less how it is held."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k in DATA_KEYS[self.name] and k not in DATA_RUNTIME}
 
     @property
     def root_path(self) -> Path:
@@ -97,29 +195,32 @@ class DataConfig:
             if not folder.is_dir() and not self.download:
                 raise missing_data(self.name, folder, "Set data.download: true on a machine with internet, or "
                                    f"unpack {CIFAR_FOLDERS[self.name]} under data.root={self.root!r}.")
-            return NUM_CLASSES[self.name]
+            return self.num_classes(NUM_CLASSES[self.name])
         if self.name == "imagefolder":
-            counts = []
+            found = []
             for split in (self.train_dir, self.test_dir):
                 folder = self.root_path / split
                 if not folder.is_dir():
                     raise missing_data(f"imagefolder split {split!r}", folder, "Expected data.root/"
                                        f"{self.train_dir}/<class>/*.png and data.root/{self.test_dir}/<class>/*.png.")
-                counts.append(sum(1 for p in folder.iterdir() if p.is_dir()))
-            if not counts[0]:
+                found.append(class_folders(folder))
+            if not found[0]:
                 raise missing_data("imagefolder class folders", self.root_path / self.train_dir,
                                    "Each class needs its own folder of images.")
-            return counts[0]
+            return len(select_classes(found[0], self.classes, self.root_path / self.train_dir))
         return NUM_CLASSES[self.name]
 
     def split_sizes(self) -> tuple[int, int]:
-        """Train and test images per epoch, without loading the data (a folder is counted)."""
+        """Train and test images per epoch, without loading the data (a folder is listed)."""
         if self.name == "shapes":
             return self.shapes_sizes()
         if self.name in CIFAR_FOLDERS:
-            full = CIFAR_SIZES
+            per_class = [n // NUM_CLASSES[self.name] for n in CIFAR_SIZES]
+            full = tuple(n * self.num_classes(NUM_CLASSES[self.name]) for n in per_class)
         else:
-            full = tuple(sum(1 for p in (self.root_path / split).rglob("*") if p.is_file())
+            chosen = select_classes(class_folders(self.root_path / self.train_dir), self.classes,
+                                    self.root_path / self.train_dir)
+            full = tuple(len(list_split(self.root_path / split, chosen)[0])
                          for split in (self.train_dir, self.test_dir))
         return min(full[0], self.train_size or full[0]), min(full[1], self.test_size or full[1])
 

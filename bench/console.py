@@ -134,3 +134,40 @@ class SweepProgress:
         elif not self.quiet and message != getattr(self, "_said", None):
             info(f"{self.tag}{message}")
         self._said = message
+
+
+@contextmanager
+def progress(description: str, total: int, quiet: bool = False) -> Iterator[Any]:
+    """A bar for ``total`` units of work; the caller advances it with ``advance(n)``.
+    Not a terminal (CI logs), or another live display already up (a sweep's bars): a line at
+    each tenth instead; ``quiet``: nothing."""
+    if quiet:
+        yield lambda n=1: None
+        return
+    if err.is_terminal:
+        from rich.errors import LiveError  # on use: bars only
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True)
+        try:
+            bar.start()
+        except LiveError:
+            bar = None
+        if bar is not None:
+            task = bar.add_task(description, total=total)
+            try:
+                yield lambda n=1: bar.advance(task, n)
+            finally:
+                bar.stop()
+            return
+    done, said = 0, 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, said
+        done += n
+        tenth = done * 10 // max(1, total)
+        if tenth > said:
+            said = tenth
+            info(f"{description}: {done}/{total}")
+    yield advance

@@ -1,4 +1,4 @@
-"""Datasets for proxy training, held in (device) memory with on-device augmentation.
+"""Datasets for proxy training, and the loader that feeds a model from them.
 
 - ``shapes``: bench's built-in procedural dataset. No download, deterministic from a
   seed, generated in a fraction of a second. Each image holds one of ten outline-or-
@@ -7,39 +7,53 @@
   shape, so pixel statistics (colour, brightness, where the ink is) say nothing
   about it: a linear classifier on raw pixels stays far below a small ViT.
 - ``cifar10`` / ``cifar100``: torchvision's on-disk format (the python pickles).
-- ``imagefolder``: ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``,
-  resized to the model's image size.
+- ``imagefolder``: ``root/train/<class>/…`` and ``root/val/<class>/…`` (ImageNet's layout
+  too), at the model's image size.
 
-Everything becomes uint8 tensors (N, C, H, W) + int64 labels; ``Loader`` keeps them
-on the training device and augments there (random crop with padding, horizontal
-flip), so a GPU never waits on a DataLoader.
+Real data goes through ``bench.cache`` (decoded once, in parallel, into a memory-mappable
+uint8 cache keyed by the files and the resolution); ``data.classes`` and the sizes select a
+class subset and a class-balanced sample of it. ``Loader`` then feeds batches in one of two
+residencies: ``device`` (the whole split in device memory, augmented there: no input
+pipeline at all) or ``stream`` (batches read from the memory-mapped cache by a background
+thread into pinned memory, so host memory stays a few batches however big the data). The
+order of a seed is drawn on the host in both, so both give the same batches.
 """
 from __future__ import annotations
 
 import math
-import pickle
+import os
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import CIFAR_FOLDERS, NUM_CLASSES, DataConfig
+from bench import cache, console
+from bench.config import DataConfig
 from bench.errors import BenchError, missing_data
 
 SHAPES = ("disc", "ring", "square", "frame", "diamond", "plus", "cross", "triangle", "hbars", "vbars")
-CIFAR = {"cifar10": (CIFAR_FOLDERS["cifar10"], "labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
-         "cifar100": (CIFAR_FOLDERS["cifar100"], "fine_labels", ["train"], "test")}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 MEAN = (0.5, 0.5, 0.5)  # images are scaled to [-1, 1]: the datasets here are not ImageNet-like
 STD = (0.5, 0.5, 0.5)
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor | np.ndarray  # (N, C, H, W) uint8; an ndarray: a read-only memory map of the cache
     labels: torch.Tensor  # (N,) int64
+
+    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
+        """Images ``index`` as a uint8 tensor (copied out of a memory map)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index]
+        if isinstance(index, slice):  # a copy: the map is read-only, and held memory is the point
+            return torch.from_numpy(np.array(self.images[index], order="C"))
+        return torch.from_numpy(self.images[index.numpy()])  # fancy indexing copies already
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +65,7 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    source: Path | None = None  # the cache it was read from (None: in memory only)
 
     @property
     def num_classes(self) -> int:
@@ -60,10 +75,9 @@ class Dataset:
     def img_size(self) -> int:
         return self.train.images.shape[-1]
 
-    def subset(self, train_size: int | None, test_size: int | None) -> Dataset:
-        """The first ``train_size`` / ``test_size`` images of each split (None: all)."""
-        cut = lambda s, n: s if n is None else Split(s.images[:n], s.labels[:n])  # noqa: E731
-        return Dataset(self.name, cut(self.train, train_size), cut(self.test, test_size), self.classes)
+    @property
+    def nbytes(self) -> int:
+        return self.train.images.nbytes + self.test.images.nbytes
 
 
 # --- the built-in procedural dataset -------------------------------------------------
@@ -170,132 +184,224 @@ def shapes(*, train_size: int, test_size: int, img_size: int = 32, difficulty: f
 
 # --- real datasets on disk -----------------------------------------------------------
 
-def cifar(name: str, root: str | Path, *, download: bool = False) -> Dataset:
-    """CIFAR-10/100 from torchvision's on-disk format under ``root``."""
-    folder, label_key, train_files, test_file = CIFAR[name]
-    base = Path(root).expanduser() / folder
+def cifar_download(name: str, root: str | Path) -> None:
+    """Fetch CIFAR ``name`` into ``root`` with torchvision (only when asked to)."""
+    import torchvision  # on use: only a download needs it
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        cls(str(Path(root).expanduser()), train=True, download=True)
+    except Exception as err:  # no network, a full disk: say what failed
+        raise BenchError(f"{name}: download to {root} failed ({type(err).__name__}: {err})") from None
+
+
+def _from_cache(name: str, c: cache.Cached) -> Dataset:
+    return Dataset(name, Split(c.train_images, torch.from_numpy(c.train_labels)),
+                   Split(c.test_images, torch.from_numpy(c.test_labels)), list(c.classes), source=c.path)
+
+
+def cifar(name: str, root: str | Path, *, img_size: int = 32, download: bool = False, classes: Any = None,
+          train_size: int | None = None, test_size: int | None = None, cache_dir: str | Path | None = None,
+          workers: int | None = None, quiet: bool = True) -> Dataset:
+    """CIFAR-10/100 from torchvision's on-disk format under ``root``, through the cache."""
+    base, _ = cache.cifar_files(name, Path(root))
     if not base.is_dir() and download:
-        import torchvision  # on use: only a download needs it
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        try:
-            cls(str(Path(root).expanduser()), train=True, download=True)
-        except Exception as err:  # no network, a full disk: say what failed
-            raise BenchError(f"{name}: download to {root} failed ({type(err).__name__}: {err})") from None
+        cifar_download(name, root)
     if not base.is_dir():
         raise missing_data(name, base, f"Set data.download: true on a machine with internet, or unpack "
-                       f"{folder} (from https://www.cs.toronto.edu/~kriz/cifar.html) under {root}.")
-
-    def load(files: list[str]) -> Split:
-        images, labels = [], []
-        for fname in files:
-            path = base / fname
-            if not path.is_file():
-                raise missing_data(f"{name} file {fname}", base, "The extracted archive is incomplete.")
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(torch.as_tensor(entry["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
-            labels.append(torch.as_tensor(entry[label_key], dtype=torch.int64))
-        return Split(torch.cat(images), torch.cat(labels))
-
-    meta_file = base / ("batches.meta" if name == "cifar10" else "meta")
-    classes: list[str] = []
-    if meta_file.is_file():
-        with open(meta_file, "rb") as f:
-            meta = pickle.load(f, encoding="latin1")
-        classes = list(meta.get("label_names") or meta.get("fine_label_names") or [])
-    train, test = load(train_files), load([test_file])
-    return Dataset(name, train, test, classes or [str(i) for i in range(NUM_CLASSES[name])])
+                           f"{base.name} (from https://www.cs.toronto.edu/~kriz/cifar.html) under {root}.")
+    c = cache.cifar(name, Path(root), img_size, classes=classes, train_size=train_size, test_size=test_size,
+                    cache_dir=Path(cache_dir) if cache_dir else None, workers=workers, quiet=quiet)
+    return _from_cache(name, c)
 
 
-def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", test_dir: str = "val") -> Dataset:
-    """``root/<train_dir>/<class>/<image>`` and ``root/<test_dir>/<class>/<image>``, resized."""
-    from PIL import Image  # on use: only image folders need it
-
-    base = Path(root).expanduser()
-    splits = {}
-    classes: list[str] | None = None
-    for split in (train_dir, test_dir):
-        folder = base / split
-        if not folder.is_dir():
-            raise missing_data(f"imagefolder split {split!r}", folder,
-                           f"Expected {base}/{train_dir}/<class>/*.png and {base}/{test_dir}/<class>/*.png.")
-        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if classes is None:
-            classes = found
-        elif found != classes:
-            raise BenchError(f"imagefolder: {folder} has classes {found}, {base / train_dir} has {classes}")
-        images, labels = [], []
-        for idx, cls in enumerate(classes):
-            for path in sorted((folder / cls).iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                try:
-                    with Image.open(path) as im:
-                        im = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
-                        images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-                                      .view(img_size, img_size, 3).permute(2, 0, 1))
-                except OSError as err:
-                    raise BenchError(f"imagefolder: cannot read {path}: {err}") from None
-                labels.append(idx)
-        if not images:
-            raise missing_data(f"imagefolder images ({', '.join(IMAGE_SUFFIXES)})", folder,
-                           "Each class folder needs image files.")
-        # a fixed shuffle: read class by class, but any first-N subset (train_size, the
-        # collapse batch) must hold every class
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        splits[split] = Split(torch.stack(images)[order], torch.tensor(labels, dtype=torch.int64)[order])
-    return Dataset(base.name, splits[train_dir], splits[test_dir], classes or [])
+def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", test_dir: str = "val",
+                classes: Any = None, train_size: int | None = None, test_size: int | None = None,
+                cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = True) -> Dataset:
+    """``root/<train_dir>/<class>/<image>`` and ``root/<test_dir>/<class>/<image>``, through the cache."""
+    c = cache.folder(Path(root), img_size, train_dir=train_dir, test_dir=test_dir, classes=classes,
+                     train_size=train_size, test_size=test_size, cache_dir=Path(cache_dir) if cache_dir else None,
+                     workers=workers, quiet=quiet)
+    return _from_cache(Path(root).expanduser().name, c)
 
 
-def load(cfg: DataConfig, img_size: int) -> Dataset:
+def load(cfg: DataConfig, img_size: int, quiet: bool = True) -> Dataset:
     """The dataset a spec's ``data`` section names, at the model's image size (shapes are
-    drawn at it, folders resized)."""
+    drawn at it, real images cached at it)."""
     if cfg.name == "shapes":
         train_size, test_size = cfg.shapes_sizes()
         return shapes(train_size=train_size, test_size=test_size, img_size=img_size,
                       difficulty=cfg.difficulty, seed=cfg.seed)
-    if cfg.name in CIFAR:
-        ds = cifar(cfg.name, cfg.root, download=cfg.download)
+    t0 = time.perf_counter()
+    common = dict(classes=cfg.classes, train_size=cfg.train_size, test_size=cfg.test_size, cache_dir=cfg.cache_dir,
+                  workers=cfg.cache_workers, quiet=quiet)
+    if cfg.name in cache.CIFAR:
+        ds = cifar(cfg.name, cfg.root, img_size=img_size, download=cfg.download, **common)
     else:
-        ds = imagefolder(cfg.root, img_size=img_size, train_dir=cfg.train_dir, test_dir=cfg.test_dir)
-    return ds.subset(cfg.train_size, cfg.test_size)
+        ds = imagefolder(cfg.root, img_size=img_size, train_dir=cfg.train_dir, test_dir=cfg.test_dir, **common)
+    if not quiet:
+        console.info(f"{ds.name} at {img_size}px: {len(ds.train)} + {len(ds.test)} images, {ds.num_classes} classes, "
+                     f"{ds.nbytes / 2**20:.1f} MiB cached in {ds.source} ({time.perf_counter() - t0:.1f} s)")
+    return ds
 
 
-# --- device-resident batches with augmentation --------------------------------------
+def host_memory() -> int:
+    """Bytes of host memory available now (Linux), else 0."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def residency(ds: Dataset, device: torch.device, setting: str = "auto", budget_gb: float | None = None,
+              host_transform: bool = False) -> tuple[str, str]:
+    """Where ``ds`` lives while training on ``device``: ("device" or "stream", why).
+
+    ``auto``: in device memory when its images fit the budget (default: a quarter of the
+    GPU's memory, or half the host memory available now on a CPU), else streamed; on a
+    GPU, a host-side transform (RandAugment) streams too, since it needs the images on the
+    host anyway."""
+    size = ds.nbytes
+    if budget_gb is not None:
+        budget = budget_gb * 2**30
+    elif device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory / 4
+    else:
+        budget = host_memory() / 2
+    where = f"{size / 2**20:.1f} MiB of images, budget {budget / 2**20:.0f} MiB"
+    if setting != "auto":
+        return setting, f"data.residency: {setting} ({where})"
+    if host_transform and device.type == "cuda":
+        return "stream", f"RandAugment runs on the host ({where})"
+    if size <= budget:
+        return "device", where
+    return "stream", f"{where}: over budget"
+
+
+# --- batches, device-resident or streamed -------------------------------------------------
+
+Transform = Callable[[torch.Tensor], torch.Tensor]  # a host-side transform of a uint8 batch (RandAugment)
+
 
 class Loader:
-    """Batches of one split kept on ``device``: shuffled per epoch, augmented there.
+    """Batches of one split: shuffled per epoch, augmented, normalised to [-1, 1].
 
-    Augmentation is torchvision's CIFAR recipe done as tensor ops on the whole batch:
-    a random crop after zero padding by ``crop_padding`` pixels, and a horizontal
-    flip with probability ½. Output: float images normalised to [-1, 1].
+    ``residency``: ``device`` keeps the split on ``device`` and gathers batches there;
+    ``stream`` leaves it where it is (a memory-mapped cache, read with positioned reads
+    so that what was read does not stay in this process's memory) and a background thread
+    reads up to ``prefetch`` batches ahead, into pinned memory on a GPU. The batch order is
+    drawn on the host from ``seed`` in both, so they give the same batches.
+
+    Augmentation (training only): ``host_transform`` on the host's uint8 batch (RandAugment),
+    then on the device torchvision's CIFAR recipe as tensor ops on the whole batch: a random
+    crop after zero padding by ``crop_padding`` pixels and a horizontal flip with
+    probability ½. ``repeats`` > 1: repeated augmentation (DeiT) — each epoch draws 1/r of
+    the images and shows each r times, in the same batch, differently augmented.
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool,
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None) -> None:
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
+                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
+                 residency: str = "device", prefetch: int = 4, host_transform: Transform | None = None,
+                 repeats: int = 1) -> None:
+        if residency not in ("device", "stream"):
+            raise ValueError(f"residency={residency!r}: expected device or stream")
+        self.split, self.stream = split, residency == "stream"
+        self.images = split.images if self.stream else split.rows(slice(None)).to(device)
+        self.labels = split.labels if self.stream else split.labels.to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
-        self.crop_padding, self.flip = crop_padding, flip
+        self.crop_padding, self.flip, self.repeats = crop_padding, flip, repeats
+        self.prefetch, self.host_transform = max(1, prefetch), host_transform
         self.drop_last = train if drop_last is None else drop_last
-        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # augmentation, where it runs
+        self.order_gen = torch.Generator().manual_seed(seed)          # batch order, on the host
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+        self.pin = self.stream and device.type == "cuda"
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.split)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"augment": self.gen.get_state(), "order": self.order_gen.get_state()}
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, torch.Tensor):  # a checkpoint from before the order had its own stream
+            self.gen.set_state(state)
+            return
+        self.gen.set_state(state["augment"])
+        self.order_gen.set_state(state["order"])
+
+    def order(self) -> torch.Tensor:
+        """This epoch's order of the split (draws from the order stream when training)."""
+        n = len(self.split)
+        if not self.train:
+            return torch.arange(n)
+        perm = torch.randperm(n, generator=self.order_gen)
+        if self.repeats > 1:
+            perm = perm[:math.ceil(n / self.repeats)].repeat_interleave(self.repeats)[:n]
+        return perm
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        order = (torch.randperm(n, device=self.device, generator=self.gen) if self.train
-                 else torch.arange(n, device=self.device))
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]
+        order = self.order()
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        source = self._streamed(batches) if self.stream else (
+            (self.images[idx], self.labels[idx]) for idx in (b.to(self.device) for b in batches))
+        for x, y in source:
             if self.train:
+                if self.host_transform is not None:
+                    x = self.host_transform(x.cpu()).to(self.device, non_blocking=True)
                 x = self.augment(x)
-            yield (x.float() - self.mean) / self.std, self.labels[idx]
+            yield (x.float() - self.mean) / self.std, y
+
+    def _read(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` from the host: positioned reads of a memory-mapped .npy (its pages are
+        not kept mapped, so memory stays bounded), else indexing."""
+        images = self.images
+        if isinstance(images, np.memmap) and images.flags.c_contiguous and images.filename:
+            row = int(np.prod(images.shape[1:])) * images.itemsize
+            out = torch.empty((len(idx), *images.shape[1:]), dtype=torch.uint8)
+            view = out.numpy().reshape(len(idx), row)
+            fd = os.open(images.filename, os.O_RDONLY)
+            try:
+                for j in np.argsort(idx.numpy(), kind="stable"):  # ascending offsets: kinder to a disk
+                    offset = images.offset + int(idx[j]) * row
+                    if os.preadv(fd, [memoryview(view[j])], offset) != row:
+                        raise BenchError(f"{images.filename}: short read at image {int(idx[j])} (truncated cache?)")
+            finally:
+                os.close(fd)
+        else:
+            out = self.split.rows(idx)
+        return out, self.labels[idx]
+
+    def _streamed(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for idx in batches:
+                    if stop.is_set():
+                        return
+                    x, y = self._read(idx)
+                    q.put((x.pin_memory(), y.pin_memory()) if self.pin else (x, y))
+                q.put(None)
+            except BaseException as err:  # handed to the consumer, raised there
+                q.put(err)
+
+        thread = threading.Thread(target=produce, name="bench-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item[0].to(self.device, non_blocking=True), item[1].to(self.device, non_blocking=True)
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting to put
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -20,7 +20,8 @@ from bench.errors import BenchError
 from bench.files import check_writable
 from bench.ledger import DONE, Ledger
 from bench.config import resolve_dtype
-from bench.data import load as load_data
+from bench.augment import rand_augment
+from bench.data import load as load_data, residency
 from bench.profiling import device_name, environment, resolve_device
 from bench.report import report_ledger
 from bench.search import budget_used, run_search
@@ -61,7 +62,7 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
     plan = None
     if sweep.search is None:
         plan = ledger.plan(sweep.trials(), retry_failed=retry_failed)
-        datasets = preload(sweep) if sweep.train is not None and (plan.todo or plan.queued) else {}
+        datasets = preload(sweep, dev, quiet) if sweep.train is not None and (plan.todo or plan.queued) else {}
         ledger.enqueue(plan.todo)
         total = len(plan.todo) + plan.queued
         if not quiet:
@@ -77,7 +78,7 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
                      f"objectives {', '.join(cfg.objectives)} · sampler {cfg.sampler} · pruner {cfg.pruner or 'none'}"
                      + where)
     if sweep.search is not None:
-        datasets = preload(sweep) if sweep.train is not None else {}
+        datasets = preload(sweep, dev, quiet) if sweep.train is not None else {}
     if workers > 1:
         finished = spawn_workers(sweep.name, url, workers, dev, results_dir, save_weights, quiet, keep_checkpoints)
     elif sweep.search is None:
@@ -94,12 +95,23 @@ def run_sweep(sweep: Sweep, *, storage: str | None = None, results_dir: str | Pa
     return summary
 
 
-def preload(sweep: Sweep) -> dict[int, Any]:
-    """The sweep's data at each image size its variants use, loaded before any work: a
-    missing or unreadable file stops the run here with one message, rather than failing
-    every trial in turn."""
-    with console.status("loading data"):
-        return {img: load_data(sweep.data, img) for img in sorted({v.img_size for v in sweep.variants})}
+def preload(sweep: Sweep, dev: torch.device, quiet: bool = False) -> dict[int, Any]:
+    """The sweep's data at each image size its variants use, loaded (a real dataset: its
+    cache built) before any work: a missing or unreadable file, or a RandAugment string timm
+    cannot read, stops the run here with one message rather than failing every trial in
+    turn. Says where the data will live while training (bench.data.residency)."""
+    datasets = {}
+    augment = sweep.data.augment
+    for img in sorted({v.img_size for v in sweep.variants}):
+        if augment.rand_augment:
+            rand_augment(augment.rand_augment, img)
+        datasets[img] = ds = load_data(sweep.data, img, quiet=quiet)
+        if not quiet:
+            where, why = residency(ds, dev, sweep.data.residency, sweep.data.memory_budget_gb,
+                                   host_transform=augment.rand_augment is not None)
+            console.info(f"data at {img}px: " + ("in device memory" if where == "device" else
+                                                 f"streamed, {sweep.data.prefetch} batches read ahead") + f" ({why})")
+    return datasets
 
 
 def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds: int | None = None,

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from bench.config import (CIFAR_FOLDERS, DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
+from bench.config import (DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
                           TrainConfig, parse_space)
 from bench.errors import SpecError, check_keys, check_seed, check_type
 from bench.variant import FIELD_TYPES, Variant, is_re_option
@@ -92,14 +92,15 @@ class Sweep:
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs' records comparable: held fixed within one study."""
-        data = _asdict(self.data)
-        if data is not None:  # only the keys that matter for this dataset
-            data = {k: v for k, v in data.items() if k in DATA_KEYS[self.data.name]}
+        data = self.data.settings() if self.data is not None else None  # the keys that matter for this dataset
         return {"data": data, "train": _asdict(self.train), "profile": self.profile.settings(),
                 "collapse": _asdict(self.collapse)}
 
     def to_dict(self) -> dict[str, Any]:
-        settings = {**self.settings(), "profile": _asdict(self.profile)}
+        data = _asdict(self.data)
+        if data is not None:  # with how it is held (a worker started by name needs the cache folder)
+            data = {k: v for k, v in data.items() if k in DATA_KEYS[self.data.name]}
+        settings = {**self.settings(), "profile": _asdict(self.profile), "data": data}
         out = {"name": self.name, "path": self.path, "description": self.description, **settings,
                "model": self.model, "grid": self.grid, "seeds": self.seeds, "compare": self.compare}
         if self.search is not None:
@@ -250,6 +251,9 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
             except SpecError as err:
                 raise err.within(prefix="data.") from None
     data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
+    if train is not None and data is not None and data.augment.mixes and train.batch_size % 2:
+        raise SpecError("train.batch_size", train.batch_size, "Mixup/CutMix (data.augment) mixes pairs of images "
+                        "within a batch: must be even")
     profile = _build(ProfileConfig, _section(raw, "profile"), "profile")
     collapse = raw["collapse"] if "collapse" in raw else {}  # an explicit null: off
     if collapse is not None:
@@ -397,8 +401,6 @@ def point_variant(base: Variant, point: dict[str, Any], at: str, what: str = "gr
 def _fits_data(v: Variant, data: DataConfig, at: str, point: dict[str, Any], num_classes: int | None) -> None:
     key = lambda f: f"{at}.{f}" if f in point else f"model.{f}"  # noqa: E731 (where the value came from)
     here = f" (at grid point {_show(point)})"
-    if data.name in CIFAR_FOLDERS and v.img_size != 32:
-        raise SpecError(key("img_size"), v.img_size, f"{data.name} images are 32×32{here}")
     if num_classes is not None and v.num_classes != num_classes:
         raise SpecError(key("num_classes"), v.num_classes, f"data {data.name!r} has {num_classes} classes")
     if v.in_chans != 3:

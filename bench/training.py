@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.config import TrainConfig
-from bench.data import Dataset, Loader
+from bench.augment import Recipe, seed_streams, set_streams_state, streams_state
+from bench.config import DataConfig, TrainConfig
+from bench.data import Dataset, Loader, residency
 from bench.files import atomic_write
 from bench.profiling import autocast
 
@@ -23,7 +23,8 @@ from bench.profiling import autocast
 def _save(path: Path, epochs: int, step: int, model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
           result: dict[str, Any]) -> None:
     state = {"epochs": epochs, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "schedule": schedule.state_dict(), "loader": loader.gen.get_state(), "torch": torch.get_rng_state(),
+             "schedule": schedule.state_dict(), "loader": loader.state(), "streams": streams_state(),
+             "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              "result": {k: result[k] for k in ("top1_per_epoch", "train_loss_per_epoch")}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,9 @@ def _resume(path: Path, model: nn.Module, optimizer: Any, schedule: Any, loader:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    loader.gen.set_state(state["loader"])
+    loader.set_state(state["loader"])
+    if "streams" in state:
+        set_streams_state(state["streams"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -82,24 +85,36 @@ Progress = Callable[[int, int, float | None], None]  # (step, total steps, mean 
 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
-          crop_padding: int = 0, flip: bool = False, on_step: Progress | None = None,
+          recipe: DataConfig | None = None, on_step: Progress | None = None,
           on_epoch: Callable[[int, float, float], bool | None] | None = None,
           checkpoint: Path | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
+    ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.augment) and
+    residency (bench.data.residency); None: no augmentation, data on the device.
     ``on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
     then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
     the whole state (model, optimizer, schedule, the result so far, every random stream
     including the loader's) is written there atomically, and a run that finds one resumes
     from it: on the CPU, to the same final top-1 as a run never interrupted.
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
-    diverged, stopped, epochs, steps, train_time_s, train_dtype.
+    diverged, stopped, epochs, steps, train_time_s, train_dtype, data_residency.
     """
     model.to(device)
     dtype = cfg.resolved_dtype(device)
-    train_loader = Loader(data.train, batch_size=min(cfg.batch_size, len(data.train)), device=device,
-                          train=True, crop_padding=crop_padding, flip=flip, seed=seed)
-    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False)
+    recipe = recipe or DataConfig(crop_padding=0, flip=False)
+    aug = Recipe(recipe.augment, num_classes=data.num_classes, img_size=data.img_size,
+                 label_smoothing=cfg.label_smoothing, device=device)
+    where, _ = residency(data, device, recipe.residency, recipe.memory_budget_gb, host_transform=aug.host is not None)
+    batch = min(cfg.batch_size, len(data.train))
+    if aug.mixup is not None:
+        batch -= batch % 2  # Mixup/CutMix pair images within a batch
+    seed_streams(seed)
+    train_loader = Loader(data.train, batch_size=batch, device=device, train=True, crop_padding=recipe.crop_padding,
+                          flip=recipe.flip, seed=seed, residency=where, prefetch=recipe.prefetch,
+                          host_transform=aug.host, repeats=recipe.augment.repeats)
+    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, residency=where,
+                         prefetch=recipe.prefetch)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -113,7 +128,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False, "epochs": 0, "steps": 0,
-                              "train_dtype": dtype}
+                              "train_dtype": dtype, "data_residency": where}
     start = time.perf_counter()
     step, first = 0, 0
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -122,8 +137,10 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         model.train()
         loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
         for i, (x, y) in enumerate(train_loader, 1):
+            if aug.active:
+                x, y = aug(x, y)
             with autocast(device, dtype):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                loss = aug.loss(model(x), y)
             loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)

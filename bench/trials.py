@@ -19,7 +19,7 @@ import torch
 
 from bench import console
 from bench.collapse import analyse
-from bench.config import COLLAPSE_SUMMARY, CollapseConfig, ProfileConfig, TrainConfig, resolve_dtype
+from bench.config import COLLAPSE_SUMMARY, CollapseConfig, DataConfig, ProfileConfig, TrainConfig, resolve_dtype
 from bench.data import Dataset, Loader, Split, load as load_data
 from bench.errors import BenchError, first_line
 from bench.ledger import Ledger
@@ -58,12 +58,13 @@ def checkpoint_path(results_dir: str | Path, name: str, key: str) -> Path:
 
 def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
             train_cfg: TrainConfig | None = None, data: Dataset | None = None,
-            crop_padding: int = 0, flip: bool = False, collapse: CollapseConfig | None = None,
+            recipe: DataConfig | None = None, collapse: CollapseConfig | None = None,
             weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
             on_step: Callable[[int, int, float | None], None] | None = None,
             on_epoch: Callable[[int, float, float], bool | None] | None = None,
             checkpoint: Path | None = None) -> dict[str, Any]:
     """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
+    ``recipe``: the data section (augmentation, residency; bench.training.train).
     ``checkpoint``: training resumes from it if it exists, and writes it every epoch.
 
     With ``collapse``, the trained model's attention collapse on the first test images (and,
@@ -93,8 +94,8 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
         say("training")
         t0 = time.perf_counter()
         resumed = checkpoint is not None and checkpoint.is_file()
-        result = train(model, data, train_cfg, device=device, seed=seed, crop_padding=crop_padding,
-                       flip=flip, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint)
+        result = train(model, data, train_cfg, device=device, seed=seed, recipe=recipe, on_step=on_step,
+                       on_epoch=on_epoch, checkpoint=checkpoint)
         record["resumed"] = resumed
         record["time_train_s"] = time.perf_counter() - t0
         if result.pop("diverged"):
@@ -119,7 +120,7 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
 
 def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
     """The fixed evaluation batch: the first ``n`` test images, normalised as in training."""
-    first = Split(data.test.images[:n], data.test.labels[:n])
+    first = Split(data.test.rows(slice(0, n)), data.test.labels[:n])
     return next(iter(Loader(first, batch_size=len(first), device=device, train=False)))[0]
 
 
@@ -178,8 +179,7 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
                 loaded[img] = load_data(sweep.data, img)
             data = loaded[img]
         record = measure(trial.variant, trial.seed, device=dev, profile=sweep.profile, train_cfg=sweep.train,
-                         data=data, crop_padding=sweep.data.crop_padding if sweep.data else 0,
-                         flip=bool(sweep.data and sweep.data.flip), collapse=sweep.collapse,
+                         data=data, recipe=sweep.data, collapse=sweep.collapse,
                          weights_path=weights_path(results_dir, sweep.name, trial.key) if save and sweep.train
                          else None, on_phase=progress.phase,
                          on_step=progress.step, on_epoch=on_epoch, checkpoint=checkpoint)

@@ -21,6 +21,13 @@ compare: {baseline: {attention: self}, arms: {re-attention: {attention: re}}}
 """
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Every test's decoded-data caches in its own folder, never the user's ~/.cache."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def sweep_file(tmp_path):
     path = tmp_path / "tiny.yaml"

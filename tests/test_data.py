@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data
+from bench import cache, data
 from bench.errors import BenchError
 
 
@@ -49,8 +49,8 @@ def test_difficulty_out_of_range():
 
 
 def _write_cifar(root, name="cifar10", n=4):
-    folder, label_key, train_files, test_file = data.CIFAR[name]
-    base = root / folder
+    label_key, train_files, test_file, _, _ = cache.CIFAR[name]
+    base = root / cache.CIFAR_FOLDERS[name]
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     written = {}
@@ -71,7 +71,7 @@ def _write_cifar(root, name="cifar10", n=4):
 def test_cifar_on_disk_format(tmp_path, name):
     written = _write_cifar(tmp_path, name)
     ds = data.cifar(name, tmp_path)
-    _, _, train_files, test_file = data.CIFAR[name]
+    _, train_files, test_file, _, _ = cache.CIFAR[name]
     assert len(ds.train) == 4 * len(train_files) and len(ds.test) == 4
     arr, labels = written[train_files[0]]
     # rows are 1024 red, 1024 green, 1024 blue values, each row-major 32×32
@@ -105,20 +105,21 @@ def test_imagefolder_reads_and_resizes(tmp_path):
     assert ds.train.images.shape == (4, 3, 8, 8) and ds.test.images.shape == (2, 3, 8, 8)
     assert sorted(ds.train.labels.tolist()) == [0, 0, 1, 1]
     assert torch.equal(data.imagefolder(tmp_path, img_size=8).train.labels, ds.train.labels)  # a fixed order
-    red = ds.train.images[ds.train.labels == 1][0]
+    red = ds.train.rows(slice(None))[ds.train.labels == 1][0]
     assert red[0].min().item() == 255 and red[1:].max().item() == 0
 
 
 def test_imagefolder_subsets_hold_every_class(tmp_path):
     _write_folder(tmp_path, {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}, n_train=10)
-    ds = data.imagefolder(tmp_path, img_size=4).subset(6, None)  # read class by class, shuffled once
-    assert set(ds.train.labels.tolist()) == {0, 1, 2}
+    ds = data.imagefolder(tmp_path, img_size=4, train_size=6)  # read class by class, shuffled once
+    assert torch.bincount(ds.train.labels).tolist() == [2, 2, 2]
+    assert ds.train.labels[:3].tolist() != [0, 0, 0] or ds.train.labels[3:].tolist() != [1, 1, 2]  # mixed
 
 
 def test_imagefolder_missing_split(tmp_path):
     _write_folder(tmp_path, {"a": (1, 2, 3)})
     (tmp_path / "val" / "a" / "0.png").unlink()
-    with pytest.raises(BenchError, match="imagefolder images"):
+    with pytest.raises(BenchError, match=f"class folder {tmp_path / 'val' / 'a'} holds no images"):
         data.imagefolder(tmp_path, img_size=8)
     with pytest.raises(BenchError, match=str(tmp_path / "nowhere" / "train")):
         data.imagefolder(tmp_path / "nowhere", img_size=8)

@@ -11,8 +11,8 @@ import bench
 
 PACKAGE = Path(bench.__file__).parent
 # the order of bench/__init__.py's layers: a module imports only modules before it
-ORDER = ["errors", "console", "files", "variant", "config", "spec", "stats", "reattention", "models", "data",
-         "profiling", "timing", "training", "collapse", "storage", "ledger", "tables", "plots", "report", "trials",
+ORDER = ["errors", "console", "files", "cache", "variant", "config", "spec", "stats", "reattention", "models",
+         "data", "augment", "profiling", "timing", "training", "collapse", "storage", "ledger", "tables", "plots", "report", "trials",
          "search", "runner", "api", "cli"]
 LAZY_OK = {"cli"}  # imports per command keep `bench --version` and `bench report` free of torch
 

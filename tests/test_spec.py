@@ -127,10 +127,13 @@ def test_missing_cifar_is_caught_before_any_work(tmp_path):
     assert "cifar10 not found: looked in" in str(err.value) and "nowhere" in str(err.value)
 
 
-def test_cifar_needs_32_pixel_models(tmp_path):
+def test_cifar_at_another_resolution_and_a_class_subset(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
-    text = edit(BASE, data={"name": "cifar10", "root": str(tmp_path)})
-    with pytest.raises(SpecError, match=r"model.img_size=16: cifar10 images are 32×32"):
+    text = edit(BASE, data={"name": "cifar10", "root": str(tmp_path), "classes": 4})  # 16 px: cached resized
+    sweep = spec.load(write(tmp_path, text))
+    assert {(v.img_size, v.num_classes) for v in sweep.variants} == {(16, 4)}
+    text = edit(text, model={"img_size": 16, "patch_size": 4, "embed_dim": 16, "num_heads": 2, "num_classes": 10})
+    with pytest.raises(SpecError, match=r"model.num_classes=10: data 'cifar10' has 4 classes"):
         spec.load(write(tmp_path, text))
 
 

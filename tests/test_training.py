@@ -8,7 +8,7 @@ from torch import nn
 from bench import data
 from bench.errors import SpecError
 from bench.models import build_model, resolve
-from bench.config import TrainConfig
+from bench.config import DataConfig, TrainConfig
 from bench.training import lr_lambda, param_groups, train
 
 CPU = torch.device("cpu")
@@ -62,7 +62,7 @@ def test_a_rerun_gives_the_same_accuracy_on_cpu():
     runs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        runs.append(train(build_model(v), ds, cfg, device=CPU, seed=seed, crop_padding=2, flip=True))
+        runs.append(train(build_model(v), ds, cfg, device=CPU, seed=seed, recipe=DataConfig(crop_padding=2, flip=True)))
     assert runs[0]["top1_per_epoch"] == runs[1]["top1_per_epoch"]
     assert runs[0]["train_loss_per_epoch"] == runs[1]["train_loss_per_epoch"]
     assert runs[0]["train_loss_per_epoch"] != runs[2]["train_loss_per_epoch"]
@@ -113,7 +113,7 @@ def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path):
         def on_epoch(epoch, top1, loss):
             if epoch == stop_after:
                 raise KeyboardInterrupt  # killed between epochs
-        return train(model, ds, cfg, device=CPU, seed=0, crop_padding=2, flip=True, checkpoint=checkpoint,
+        return train(model, ds, cfg, device=CPU, seed=0, recipe=DataConfig(crop_padding=2, flip=True), checkpoint=checkpoint,
                      on_epoch=on_epoch)
 
     whole = run()
