@@ -3,9 +3,10 @@
 Where each transform runs, in order, on one training batch:
 
 1. RandAugment (``rand_augment``: timm's ``rand-m9-mstd0.5-inc1`` strings) — on the host, per
-   image, on PIL images (timm's implementation is PIL's). On a GPU this keeps the data on
-   the host (``data.residency: auto`` then streams), and runs in the training thread while
-   the GPU still works through the previous step's queued kernels.
+   image, on PIL images (timm's implementation is PIL's), each batch seeded from the
+   loader's order stream. Streaming (``data.residency: auto`` streams on a GPU when it is on),
+   ``data.host_workers`` processes transform batches ahead of time; otherwise the training
+   thread does (on the CPU, where the model's step needs the cores anyway).
 2. Random crop after zero padding, horizontal flip (``data.crop_padding``, ``data.flip``) —
    on the device, as batched tensor ops (bench.data.Loader).
 3. Normalisation to [-1, 1], then random erasing (``random_erasing``: timm's RandomErasing,
@@ -14,14 +15,15 @@ Where each transform runs, in order, on one training batch:
    the targets become soft (label smoothing folded in) and the loss timm's
    ``SoftTargetCrossEntropy``.
 
-timm draws RandAugment and random erasing from Python's ``random`` and Mixup from numpy's
-global generator; ``seed_streams`` seeds both and ``streams_state`` / ``set_streams_state``
-carry them through a checkpoint, so a seeded run repeats and a resumed one matches.
+timm draws random erasing from Python's ``random`` and Mixup from numpy's global generator
+(RandAugment too, but each batch under its own seed: bench.data.seeded); ``seed_streams``
+seeds both and ``streams_state`` / ``set_streams_state`` carry them through a checkpoint,
+so a seeded run repeats and a resumed one matches.
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,24 +34,46 @@ from bench.data import MEAN
 from bench.errors import BenchError
 
 
-def rand_augment(spec: str, img_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """timm's RandAugment ``spec`` as a transform of a (B, 3, H, W) uint8 host batch.
+class RandAugment:
+    """timm's RandAugment ``spec`` as a transform of a (B, 3, H, W) uint8 numpy batch, per
+    image through PIL. Picklable (worker processes rebuild timm's transform from the spec).
     An invalid string is a BenchError naming it."""
-    from PIL import Image
-    from timm.data.auto_augment import rand_augment_transform
 
-    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in MEAN)}
-    try:
-        transform = rand_augment_transform(spec, hparams)
-    except Exception as err:  # timm asserts on unknown sections
-        raise BenchError(f"data.augment.rand_augment={spec!r}: timm cannot read it ({type(err).__name__}: {err}); "
-                         "expected e.g. rand-m9-mstd0.5-inc1") from None
+    def __init__(self, spec: str, img_size: int) -> None:
+        self.spec, self.img_size = spec, img_size
+        self._build()
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        images = x.permute(0, 2, 3, 1).numpy()
-        out = np.stack([np.asarray(transform(Image.fromarray(a)), dtype=np.uint8) for a in images])
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-    return apply
+    def _build(self) -> None:
+        from timm.data.auto_augment import rand_augment_transform
+
+        # magnitude_max just under timm's 10: at 10, the inc1 ops' Posterize keeps 0 bits, which
+        # this Pillow refuses (ValueError): about 1 image in 1000 at m9-mstd0.5, so a crash within a
+        # few dozen steps of batch 32. At 9.99 it keeps 1 bit; every other op moves by 0.1 %
+        hparams = {"translate_const": int(self.img_size * 0.45), "img_mean": tuple(round(255 * m) for m in MEAN),
+                   "magnitude_max": 9.99}
+        try:
+            self._transform = rand_augment_transform(self.spec, hparams)
+        except Exception as err:  # timm asserts on unknown sections
+            raise BenchError(f"data.augment.rand_augment={self.spec!r}: timm cannot read it "
+                             f"({type(err).__name__}: {err}); expected e.g. rand-m9-mstd0.5-inc1") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "img_size": self.img_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec, self.img_size = state["spec"], state["img_size"]
+        self._build()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        out = np.stack([np.asarray(self._transform(Image.fromarray(a)), dtype=np.uint8)
+                        for a in images.transpose(0, 2, 3, 1)])
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def rand_augment(spec: str, img_size: int) -> RandAugment:
+    return RandAugment(spec, img_size)
 
 
 class Recipe:

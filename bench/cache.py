@@ -43,8 +43,9 @@ from bench.errors import BenchError, did_you_mean, missing_data
 
 VERSION = 1  # bump when the cache's content or layout changes: old caches are then not read
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
+_SUFFIXES = frozenset(s[1:] for s in IMAGE_SUFFIXES)
 MAX_NAMED = 20  # unreadable images named in the message; the rest counted
-INLINE_BELOW = 256  # fewer images than this: decoded in this process (workers take ~1 s to start)
+POOL_ABOVE_S = 3.0  # decoding that would take one process longer than this goes to every core
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
 CIFAR = {"cifar10": ("labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
                      "label_names"),
@@ -69,29 +70,32 @@ def cores() -> int:
 
 # --- what a folder holds -------------------------------------------------------------------
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, following links); a directory link that
-    leads back to one of its own ancestors is an error naming it."""
+def _images_under(folder: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of each image file under ``folder`` (recursively, following
+    links), sorted by path; a directory link that leads back to one of its own ancestors is
+    an error naming it. Plain strings and ``os.scandir``: a million files list in seconds."""
     parents = frozenset(os.path.realpath(p) for p in Path(os.path.abspath(folder)).parents)
-    found: list[Path] = []
-    stack = [(folder, parents)]
+    found: list[tuple[str, int, int]] = []
+    stack = [(os.fspath(folder), parents)]
     while stack:
         here, above = stack.pop()
         real = os.path.realpath(here)
         if real in above:
             raise BenchError(f"imagefolder: {here} is a symlink loop (it leads back to {real}); remove the link")
         try:
-            entries = sorted(os.scandir(here), key=lambda e: e.name)
+            entries = list(os.scandir(here))
         except OSError as err:
             raise BenchError(f"imagefolder: cannot list {here}: {err.strerror or err}") from None
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                stack.append((Path(entry.path), above | {real}))
-            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(Path(entry.path))
-    return sorted(found)
+                stack.append((entry.path, above | {real}))
+            elif "." in entry.name and entry.name.rpartition(".")[2].lower() in _SUFFIXES and entry.is_file():
+                st = entry.stat()
+                found.append((entry.path, st.st_size, st.st_mtime_ns))
+    found.sort()
+    return found
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -99,10 +103,10 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_split(folder: Path, classes: Sequence[str]) -> tuple[list[Path], np.ndarray]:
-    """Every image of ``classes`` under ``folder/<class>/``, and its label (index in
-    ``classes``); an empty class folder is an error naming it."""
-    files: list[Path] = []
+def list_split(folder: Path, classes: Sequence[str]) -> tuple[list[tuple[str, int, int]], np.ndarray]:
+    """Every image of ``classes`` under ``folder/<class>/`` as (path, size, mtime ns), and
+    its label (index in ``classes``); an empty class folder is an error naming it."""
+    files: list[tuple[str, int, int]] = []
     labels: list[int] = []
     for idx, cls in enumerate(classes):
         found = _images_under(folder / cls)
@@ -212,13 +216,20 @@ def _decode_into(out_path: str, start: int, items: Any, size: int) -> list[tuple
 
 
 def _decode_all(jobs: list[tuple[Path, Any]], size: int, workers: int, label: str, quiet: bool) -> list[tuple[str, str]]:
-    """``jobs``: (an .npy to fill, its items); every core decodes chunks of them."""
+    """``jobs``: (an .npy to fill, its items). The first chunk is decoded here and timed;
+    when the rest would take this process more than ``POOL_ABOVE_S``, every core decodes it
+    (starting worker processes costs about a second: small or cheap images stay here)."""
     total = sum(len(items) for _, items in jobs)
     chunk = max(16, min(512, math.ceil(total / (workers * 16))))
     tasks = [(str(path), s, items[s:s + chunk]) for path, items in jobs for s in range(0, len(items), chunk)]
     failed: list[tuple[str, str]] = []
     with console.progress(label, total, quiet=quiet) as advance:
-        if workers <= 1 or total < INLINE_BELOW:
+        t0 = time.perf_counter()
+        path, s, items = tasks.pop(0)
+        failed += _decode_into(path, s, items, size)
+        advance(len(items))
+        rest = total - len(items)
+        if workers <= 1 or (time.perf_counter() - t0) / len(items) * rest < POOL_ABOVE_S:
             for path, s, items in tasks:
                 failed += _decode_into(path, s, items, size)
                 advance(len(items))
@@ -258,16 +269,12 @@ def _open(path: Path, built_s: float | None = None) -> Cached:
     return Cached(path, meta["classes"], built_s=built_s, **arrays)
 
 
-def fingerprint(files: Sequence[Path], root: Path, extra: dict[str, Any]) -> str:
+def fingerprint(files: Sequence[tuple[str, int, int]], root: Path, extra: dict[str, Any]) -> str:
     """sha256 of ``extra`` and each file's path (relative to ``root``), size and mtime."""
     h = hashlib.sha256(json.dumps({"version": VERSION, **extra}, sort_keys=True, default=str).encode())
-    for f in files:
-        st = os.stat(f)
-        try:
-            rel = f.relative_to(root)
-        except ValueError:
-            rel = f
-        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    prefix = os.fspath(root).rstrip(os.sep) + os.sep
+    h.update("\n".join(f"{p[len(prefix):] if p.startswith(prefix) else p}\t{size}\t{mtime}"
+                       for p, size, mtime in files).encode())
     return h.hexdigest()[:20]
 
 
@@ -398,9 +405,10 @@ def folder(root: Path, size: int, *, train_dir: str = "train", test_dir: str = "
     listed = {s: list_split(root / d, chosen) for s, d in (("train", train_dir), ("test", test_dir))}
     keep = _selection({s: lab for s, (_, lab) in listed.items()}, {"train": train_size, "test": test_size},
                       len(chosen), shuffle=True)
-    splits = {s: ([str(listed[s][0][i]) for i in keep[s]], listed[s][1][keep[s]]) for s in listed}
-    files = [Path(p) for s in splits for p in splits[s][0]]
-    key = fingerprint(files, root, {"size": size, "classes": chosen, "dirs": [train_dir, test_dir]})
+    picked = {s: [listed[s][0][i] for i in keep[s]] for s in listed}
+    splits = {s: ([p for p, _, _ in picked[s]], listed[s][1][keep[s]]) for s in listed}
+    key = fingerprint([f for s in picked for f in picked[s]], root,
+                      {"size": size, "classes": chosen, "dirs": [train_dir, test_dir]})
     return cached(root.name or "imagefolder", size, key, splits, chosen, {"root": str(root)},
                   cache_dir=cache_dir or default_dir(), workers=workers, quiet=quiet)
 
@@ -426,7 +434,8 @@ def cifar(name: str, root: Path, size: int, *, classes: int | Sequence[str] | No
         with open(base / meta_file, "rb") as f:
             all_classes = list(pickle.load(f, encoding="latin1").get(names_key) or all_classes)
     chosen = select_classes(all_classes, classes, base)
-    key = fingerprint(files, base, {"size": size, "classes": chosen, "train_size": train_size,
+    stats = [(str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    key = fingerprint(stats, base, {"size": size, "classes": chosen, "train_size": train_size,
                                     "test_size": test_size})
     path = Path(cache_dir or default_dir()) / f"{name}-{size}px-{key}"
     if (path / "meta.json").is_file():

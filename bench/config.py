@@ -51,9 +51,9 @@ NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
 CIFAR_SIZES = (50000, 10000)  # train and test images of either CIFAR
 SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
 # how the data is held and cached: changes no result, so a study may change it between runs
-DATA_RUNTIME = ("residency", "memory_budget_gb", "prefetch", "cache_dir", "cache_workers")
+DATA_RUNTIME = ("residency", "memory_budget_gb", "prefetch", "host_workers", "cache_dir", "cache_workers")
 _COMMON = ("name", "train_size", "test_size", "crop_padding", "flip", "augment", "residency", "memory_budget_gb",
-           "prefetch")
+           "prefetch", "host_workers")
 _REAL = ("root", "classes", "cache_dir", "cache_workers")
 DATA_KEYS = {"shapes": (*_COMMON, "difficulty", "seed"), "cifar10": (*_COMMON, *_REAL, "download"),
              "cifar100": (*_COMMON, *_REAL, "download"), "imagefolder": (*_COMMON, *_REAL, "train_dir", "test_dir")}
@@ -138,6 +138,7 @@ class DataConfig:
     residency: str = "auto"         # device: all in device memory; stream: batches from the cache; auto: by size
     memory_budget_gb: float | None = None  # auto's budget (default: ¼ of the GPU, or ½ the free host memory)
     prefetch: int = 4               # stream: batches read ahead by a background thread
+    host_workers: int | None = None  # stream: processes running RandAugment ahead (None: all cores but one on a GPU, 0 on a CPU)
     cache_dir: str | None = None    # cifar*, imagefolder: where decoded caches live ($BENCH_CACHE_DIR, ~/.cache/bench)
     cache_workers: int | None = None  # processes decoding a cache (None: every core)
 
@@ -151,6 +152,8 @@ class DataConfig:
         for key in ("prefetch", "cache_workers"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise SpecError(key, getattr(self, key), "must be at least 1")
+        if self.host_workers is not None and self.host_workers < 0:
+            raise SpecError("host_workers", self.host_workers, "must be at least 0 (0: in the training thread)")
         if isinstance(self.classes, int) and self.classes < 1:
             raise SpecError("classes", self.classes, "must be at least 1")
         if isinstance(self.classes, list):

@@ -47,16 +47,52 @@ class Split:
     images: torch.Tensor | np.ndarray  # (N, C, H, W) uint8; an ndarray: a read-only memory map of the cache
     labels: torch.Tensor  # (N,) int64
 
-    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
-        """Images ``index`` as a uint8 tensor (copied out of a memory map)."""
-        if isinstance(self.images, torch.Tensor):
-            return self.images[index]
-        if isinstance(index, slice):  # a copy: the map is read-only, and held memory is the point
-            return torch.from_numpy(np.array(self.images[index], order="C"))
-        return torch.from_numpy(self.images[index.numpy()])  # fancy indexing copies already
-
     def __len__(self) -> int:
         return len(self.labels)
+
+    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
+        """Images ``index`` as a uint8 tensor of their own (read out of a memory-mapped cache
+        with positioned reads, so the file's pages do not stay in this process's memory)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index]
+        return read_rows(self.images, index)
+
+
+def _mapped_file(images: np.ndarray) -> bool:
+    return isinstance(images, np.memmap) and bool(images.filename) and images.flags.c_contiguous
+
+
+def read_rows(images: np.ndarray, index: slice | torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``images`` (N, ...) as a new uint8 tensor; from a whole-file memory
+    map (a cache's .npy) by ``preadv``: a slice in one read per 256 MiB, an index array one
+    read per row in ascending offsets."""
+    if not _mapped_file(images):
+        picked = images[index] if isinstance(index, slice) else images[index.numpy()]
+        return torch.from_numpy(np.array(picked, order="C"))
+    row = int(np.prod(images.shape[1:])) * images.itemsize
+    if isinstance(index, slice):
+        start, stop, step = index.indices(len(images))
+        if step != 1:
+            return read_rows(images, torch.arange(start, stop, step))
+        out = torch.empty((max(0, stop - start), *images.shape[1:]), dtype=torch.uint8)
+        flat = out.numpy().reshape(-1)
+        reads = [(i, min(len(flat), i + 2**28)) for i in range(0, len(flat), 2**28)]
+        offsets = [images.offset + start * row + a for a, _ in reads]
+    else:
+        idx = index.numpy()
+        out = torch.empty((len(idx), *images.shape[1:]), dtype=torch.uint8)
+        flat = out.numpy().reshape(-1)
+        order = np.argsort(idx, kind="stable")  # ascending offsets: kinder to a disk
+        reads = [(int(j) * row, (int(j) + 1) * row) for j in order]
+        offsets = [images.offset + int(idx[j]) * row for j in order]
+    fd = os.open(images.filename, os.O_RDONLY)
+    try:
+        for (a, b), offset in zip(reads, offsets):
+            if os.preadv(fd, [memoryview(flat[a:b])], offset) != b - a:
+                raise BenchError(f"{images.filename}: short read at byte {offset} (a truncated cache?)")
+    finally:
+        os.close(fd)
+    return out
 
 
 @dataclass
@@ -279,7 +315,22 @@ def residency(ds: Dataset, device: torch.device, setting: str = "auto", budget_g
 
 # --- batches, device-resident or streamed -------------------------------------------------
 
-Transform = Callable[[torch.Tensor], torch.Tensor]  # a host-side transform of a uint8 batch (RandAugment)
+Transform = Callable[[np.ndarray], np.ndarray]  # a host-side transform of a uint8 batch (RandAugment); picklable
+
+
+def seeded(transform: Transform, images: np.ndarray, seed: int) -> np.ndarray:
+    """``transform(images)`` with Python's and numpy's global generators (which timm's host
+    transforms draw from) seeded with ``seed``, and restored after: the batch's result
+    depends on its seed alone, in this process or in any worker."""
+    import random
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        return transform(images)
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
 
 
 class Loader:
@@ -292,7 +343,8 @@ class Loader:
     drawn on the host from ``seed`` in both, so they give the same batches.
 
     Augmentation (training only): ``host_transform`` on the host's uint8 batch (RandAugment),
-    then on the device torchvision's CIFAR recipe as tensor ops on the whole batch: a random
+    seeded per batch from the order stream; with ``host_workers`` (streaming only) in that
+    many worker processes, ahead of time, else in this thread. Then on the device torchvision's CIFAR recipe as tensor ops on the whole batch: a random
     crop after zero padding by ``crop_padding`` pixels and a horizontal flip with
     probability ½. ``repeats`` > 1: repeated augmentation (DeiT) — each epoch draws 1/r of
     the images and shows each r times, in the same batch, differently augmented.
@@ -301,7 +353,7 @@ class Loader:
     def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool,
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
                  residency: str = "device", prefetch: int = 4, host_transform: Transform | None = None,
-                 repeats: int = 1) -> None:
+                 host_workers: int = 0, repeats: int = 1) -> None:
         if residency not in ("device", "stream"):
             raise ValueError(f"residency={residency!r}: expected device or stream")
         self.split, self.stream = split, residency == "stream"
@@ -309,7 +361,9 @@ class Loader:
         self.labels = split.labels if self.stream else split.labels.to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
         self.crop_padding, self.flip, self.repeats = crop_padding, flip, repeats
-        self.prefetch, self.host_transform = max(1, prefetch), host_transform
+        self.prefetch, self.host_transform = max(1, prefetch), host_transform if train else None
+        self.host_workers = host_workers if self.stream and self.host_transform is not None else 0
+        self._pool: Any = None
         self.drop_last = train if drop_last is None else drop_last
         self.gen = torch.Generator(device=device).manual_seed(seed)  # augmentation, where it runs
         self.order_gen = torch.Generator().manual_seed(seed)          # batch order, on the host
@@ -341,49 +395,56 @@ class Loader:
             perm = perm[:math.ceil(n / self.repeats)].repeat_interleave(self.repeats)[:n]
         return perm
 
+    def close(self) -> None:
+        """Stop the host-transform workers, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        self.close()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order()
+        # the host transform's seed for this epoch (drawn only when there is one: other runs'
+        # order streams stay as they were)
+        base = int(torch.randint(2**62, (1,), generator=self.order_gen)) if self.host_transform else 0
         batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
-        source = self._streamed(batches) if self.stream else (
+        source = self._streamed(batches, base) if self.stream else (
             (self.images[idx], self.labels[idx]) for idx in (b.to(self.device) for b in batches))
-        for x, y in source:
+        for i, (x, y) in enumerate(source):
             if self.train:
-                if self.host_transform is not None:
-                    x = self.host_transform(x.cpu()).to(self.device, non_blocking=True)
+                if self.host_transform is not None and not self.host_workers:
+                    x = torch.from_numpy(seeded(self.host_transform, x.cpu().numpy(), base + i))
+                    x = x.to(self.device, non_blocking=True)
                 x = self.augment(x)
-            yield (x.float() - self.mean) / self.std, y
+            yield x.float().sub_(self.mean).div_(self.std), y
 
     def _read(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``idx`` from the host: positioned reads of a memory-mapped .npy (its pages are
-        not kept mapped, so memory stays bounded), else indexing."""
-        images = self.images
-        if isinstance(images, np.memmap) and images.flags.c_contiguous and images.filename:
-            row = int(np.prod(images.shape[1:])) * images.itemsize
-            out = torch.empty((len(idx), *images.shape[1:]), dtype=torch.uint8)
-            view = out.numpy().reshape(len(idx), row)
-            fd = os.open(images.filename, os.O_RDONLY)
-            try:
-                for j in np.argsort(idx.numpy(), kind="stable"):  # ascending offsets: kinder to a disk
-                    offset = images.offset + int(idx[j]) * row
-                    if os.preadv(fd, [memoryview(view[j])], offset) != row:
-                        raise BenchError(f"{images.filename}: short read at image {int(idx[j])} (truncated cache?)")
-            finally:
-                os.close(fd)
-        else:
-            out = self.split.rows(idx)
-        return out, self.labels[idx]
+        return self.split.rows(idx), self.labels[idx]
 
-    def _streamed(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+    def _streamed(self, batches: list[torch.Tensor], base: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pool = None
+        if self.host_workers:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+                self._pool = ProcessPoolExecutor(self.host_workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = self._pool
+        # with workers, enough batches in flight to keep every one busy
+        q: queue.Queue = queue.Queue(maxsize=max(self.prefetch, 2 * self.host_workers))
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                for idx in batches:
+                for i, idx in enumerate(batches):
                     if stop.is_set():
                         return
                     x, y = self._read(idx)
-                    q.put((x.pin_memory(), y.pin_memory()) if self.pin else (x, y))
+                    if pool is not None:  # transformed in a worker; collected in order below
+                        q.put((pool.submit(seeded, self.host_transform, x.numpy(), base + i), y))
+                    else:
+                        q.put((x.pin_memory(), y.pin_memory()) if self.pin else (x, y))
                 q.put(None)
             except BaseException as err:  # handed to the consumer, raised there
                 q.put(err)
@@ -394,7 +455,11 @@ class Loader:
             while (item := q.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item[0].to(self.device, non_blocking=True), item[1].to(self.device, non_blocking=True)
+                x, y = item
+                if not isinstance(x, torch.Tensor):  # a worker's future
+                    x = torch.from_numpy(x.result())
+                    x = x.pin_memory() if self.pin else x
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         finally:
             stop.set()
             while thread.is_alive():  # unblock a producer waiting to put
@@ -404,17 +469,18 @@ class Loader:
                     thread.join(0.01)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
         if self.crop_padding:
             p = self.crop_padding
             padded = F.pad(x, (p, p, p, p))
-            # one gather per batch: per-image offsets into the padded image
-            oy = torch.randint(0, 2 * p + 1, (b, 1, 1), device=x.device, generator=self.gen)
-            ox = torch.randint(0, 2 * p + 1, (b, 1, 1), device=x.device, generator=self.gen)
-            rows = (oy + torch.arange(h, device=x.device).view(1, h, 1)).expand(b, h, w)
-            cols = (ox + torch.arange(w, device=x.device).view(1, 1, w)).expand(b, h, w)
-            flat = (rows * (w + 2 * p) + cols).view(b, 1, h * w).expand(-1, x.shape[1], -1)
-            x = padded.flatten(2).gather(2, flat).view_as(x)
+            # per-image offsets; two gathers (rows, then columns) with broadcast index views: no
+            # per-pixel index tensor, so a 224² batch needs no more than one padded copy
+            oy = torch.randint(0, 2 * p + 1, (b, 1, 1, 1), device=x.device, generator=self.gen)
+            ox = torch.randint(0, 2 * p + 1, (b, 1, 1, 1), device=x.device, generator=self.gen)
+            rows = (oy + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(b, c, h, w + 2 * p)
+            x = padded.gather(2, rows)
+            cols = (ox + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(b, c, h, w)
+            x = x.gather(3, cols)
         if self.flip:
             mask = torch.rand(b, device=x.device, generator=self.gen) < 0.5
             x = torch.where(mask.view(b, 1, 1, 1), x.flip(-1), x)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from bench.cache import cores
 from bench.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.config import DataConfig, TrainConfig
 from bench.data import Dataset, Loader, residency
@@ -110,9 +111,12 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     if aug.mixup is not None:
         batch -= batch % 2  # Mixup/CutMix pair images within a batch
     seed_streams(seed)
+    workers = recipe.host_workers
+    if workers is None:  # a GPU waits on the host's RandAugment unless every spare core does it
+        workers = max(1, min(16, cores() - 1)) if device.type == "cuda" else 0
     train_loader = Loader(data.train, batch_size=batch, device=device, train=True, crop_padding=recipe.crop_padding,
                           flip=recipe.flip, seed=seed, residency=where, prefetch=recipe.prefetch,
-                          host_transform=aug.host, repeats=recipe.augment.repeats)
+                          host_transform=aug.host, host_workers=workers, repeats=recipe.augment.repeats)
     test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, residency=where,
                          prefetch=recipe.prefetch)
     steps_per_epoch = len(train_loader)
@@ -131,40 +135,43 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                               "train_dtype": dtype, "data_residency": where}
     start = time.perf_counter()
     step, first = 0, 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        first, step = _resume(checkpoint, model, optimizer, schedule, train_loader, result)
-    for epoch in range(first, cfg.epochs):
-        model.train()
-        loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
-        for i, (x, y) in enumerate(train_loader, 1):
-            if aug.active:
-                x, y = aug(x, y)
-            with autocast(device, dtype):
-                loss = aug.loss(model(x), y)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            loss_sum += loss.detach().float()
-            step += 1
-            if i % cfg.check_every == 0 or i == steps_per_epoch:
-                mean = loss_sum.item() / i
-                if not math.isfinite(mean):
-                    result.update(diverged=True, train_loss=mean, steps=step, epochs=epoch + 1,
-                                  train_time_s=time.perf_counter() - start)
-                    return result
-                if on_step:
-                    on_step(step, total, mean)
-        top1 = evaluate(model, test_loader, dtype)
-        result["top1_per_epoch"].append(top1)
-        result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
-        if checkpoint is not None and epoch + 1 < cfg.epochs:
-            _save(checkpoint, epoch + 1, step, model, optimizer, schedule, train_loader, result)
-        if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
-            result["stopped"] = True
-            break
+    try:
+        if checkpoint is not None and Path(checkpoint).is_file():
+            first, step = _resume(checkpoint, model, optimizer, schedule, train_loader, result)
+        for epoch in range(first, cfg.epochs):
+            model.train()
+            loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
+            for i, (x, y) in enumerate(train_loader, 1):
+                if aug.active:
+                    x, y = aug(x, y)
+                with autocast(device, dtype):
+                    loss = aug.loss(model(x), y)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                loss_sum += loss.detach().float()
+                step += 1
+                if i % cfg.check_every == 0 or i == steps_per_epoch:
+                    mean = loss_sum.item() / i
+                    if not math.isfinite(mean):
+                        result.update(diverged=True, train_loss=mean, steps=step, epochs=epoch + 1,
+                                      train_time_s=time.perf_counter() - start)
+                        return result
+                    if on_step:
+                        on_step(step, total, mean)
+            top1 = evaluate(model, test_loader, dtype)
+            result["top1_per_epoch"].append(top1)
+            result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
+            if checkpoint is not None and epoch + 1 < cfg.epochs:
+                _save(checkpoint, epoch + 1, step, model, optimizer, schedule, train_loader, result)
+            if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
+                result["stopped"] = True
+                break
+    finally:
+        train_loader.close()  # its RandAugment workers, if any
     result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
                   epochs=len(result["top1_per_epoch"]), steps=step, train_time_s=time.perf_counter() - start)
     if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check

@@ -44,7 +44,7 @@ def main() -> None:
     for name, make in models.items():
         torch.manual_seed(0)
         model = make()
-        r = train(model, data, sweep.train, device=dev, seed=0, crop_padding=d.crop_padding, flip=d.flip)
+        r = train(model, data, sweep.train, device=dev, seed=0, recipe=d)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         curve = " ".join(f"{t:.1f}" for t in r["top1_per_epoch"])
         print(f"{name:<34} top-1 {r['top1']:5.1f} %  ({params:.3f} M params, {r['train_time_s']:.0f} s; "

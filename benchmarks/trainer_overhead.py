@@ -22,7 +22,7 @@ from bench.cli import parse_sets
 from bench.data import MEAN, STD, Dataset, Split, make_shapes
 from bench.models import Variant, build_model
 from bench.profiling import autocast
-from bench.config import TrainConfig
+from bench.config import DataConfig, TrainConfig
 from bench.training import param_groups, train
 
 QUICKSTART = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, mlp_ratio=2.0, depth=4, num_classes=10)
@@ -74,7 +74,7 @@ def main() -> None:
         model = build_model(variant)
         sync(dev)
         t0 = time.perf_counter()
-        result = train(model, data, cfg, device=dev, seed=0, crop_padding=2, flip=True,
+        result = train(model, data, cfg, device=dev, seed=0, recipe=DataConfig(crop_padding=2, flip=True),
                        on_step=lambda *_: None)
         sync(dev)
         return (time.perf_counter() - t0) * 1e3 / result["steps"]

@@ -73,7 +73,7 @@ def test_cache_round_trips_exactly_every_format_and_16_bit(tmp_path, cache_dir):
     assert ds.source.parent == cache_dir and ds.source.name.startswith("d-8px-")
     assert isinstance(ds.train.images, np.memmap) and ds.train.images.shape == (13, 3, 8, 8)
     listed, labels = cache.list_split(tmp_path / "d" / "train", ["ant", "bee", "cat"])
-    for path, label in zip(listed, labels):  # each cached image is exactly that file decoded alone
+    for (path, _, _), label in zip(listed, labels):  # each cached image is exactly that file decoded alone
         expected = cache.decode(path, 8)
         hits = [i for i in range(len(ds.train)) if np.array_equal(ds.train.images[i], expected)]
         assert hits and int(ds.train.labels[hits[0]]) == label
@@ -126,7 +126,7 @@ def test_two_concurrent_builders_share_one_cache(tmp_path):
 def test_parallel_build_matches_one_process(tmp_path, monkeypatch):
     _mixed_folder(tmp_path / "d", per_class=10)
     inline = cache.folder(tmp_path / "d", 8, cache_dir=tmp_path / "one", workers=1)
-    monkeypatch.setattr(cache, "INLINE_BELOW", 0)
+    monkeypatch.setattr(cache, "POOL_ABOVE_S", 0.0)
     pooled = cache.folder(tmp_path / "d", 8, cache_dir=tmp_path / "two", workers=2)
     assert np.array_equal(inline.train_images, pooled.train_images)
     assert np.array_equal(inline.test_labels, pooled.test_labels)
@@ -271,6 +271,36 @@ def test_deit_recipe_trains_a_tiny_model_one_step(tmp_path):
     again = train(build_model(v), ds, TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, check_every=1),
                   device=CPU, seed=0, recipe=recipe)
     assert again["train_loss"] == result["train_loss"]  # every stream seeded: a rerun repeats
+
+
+def test_rand_augment_at_full_magnitude_runs_on_this_pillow():
+    """At magnitude 10 the inc1 Posterize keeps 0 bits, which current Pillow refuses."""
+    from bench.augment import rand_augment
+    x = np.random.default_rng(0).integers(0, 256, (32, 3, 8, 8), dtype=np.uint8)
+    out = rand_augment("rand-m10-n4-inc1", 8)(x)
+    assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
+
+
+def test_rand_augment_in_worker_processes_matches_the_training_thread(tmp_path):
+    """Each batch's RandAugment is seeded on its own: workers ahead of time, or this thread,
+    streamed or resident, the batches are the same."""
+    from bench.augment import RandAugment
+    ds = _cached_split(tmp_path, n_per_class=6)
+    make = lambda where, workers: data.Loader(  # noqa: E731
+        ds.train, batch_size=4, device=CPU, train=True, crop_padding=1, flip=True, seed=3, residency=where,
+        host_transform=RandAugment("rand-m9-mstd0.5-inc1", 8), host_workers=workers)
+    pooled, inline = make("stream", 2), make("device", 0)
+    assert pooled.host_workers == 2 and inline.host_workers == 0
+    try:
+        for _ in range(2):
+            a, b = list(pooled), list(inline)
+            assert len(a) == len(b) == 4
+            for (xa, ya), (xb, yb) in zip(a, b):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        plain = data.Loader(ds.train, batch_size=4, device=CPU, train=True, crop_padding=1, flip=True, seed=3)
+        assert not torch.equal(next(iter(plain))[0], a[0][0])  # RandAugment did change the images
+    finally:
+        pooled.close()
 
 
 def test_augment_spec_errors():

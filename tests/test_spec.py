@@ -38,8 +38,16 @@ def edit(text, **sections):
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_shipped_sweeps_validate_and_open_with_their_command(path):
-    sweep = spec.load(path)
+def test_shipped_sweeps_validate_and_open_with_their_command(path, tmp_path):
+    sets = None
+    if "name: imagefolder" in path.read_text():  # ImageNet's layout, class folders only: enough to validate
+        for split in ("train", "val"):
+            for k in range(100):
+                (tmp_path / split / f"n{k:08d}").mkdir(parents=True)
+        sets = {"data.root": str(tmp_path)}
+    sweep = spec.load(path, sets)
+    if sets:
+        assert {v.num_classes for v in sweep.variants} == {100}
     assert sweep.variants and (sweep.trials() or sweep.search)  # a study's trials come from its sampler
     head = path.read_text().splitlines()
     command = f"bench {'study' if sweep.search else 'run'} sweeps/{path.name}"
