@@ -312,7 +312,8 @@ def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarr
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise BenchError(f"data.cache_dir: cannot create {final.parent}: {err.strerror or err}") from None
+        raise BenchError(f"data.cache_dir (or BENCH_CACHE_DIR): cannot create {final.parent}: "
+                         f"{err.strerror or err}") from None
     if not os.access(final.parent, os.W_OK):
         raise BenchError(f"data.cache_dir: {final.parent} is not writable; set data.cache_dir (or BENCH_CACHE_DIR)")
     with _locked(final.with_name(final.name + ".lock"), name, quiet):

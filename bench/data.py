@@ -366,7 +366,8 @@ class Loader:
         self._pool: Any = None
         self.drop_last = train if drop_last is None else drop_last
         self.gen = torch.Generator(device=device).manual_seed(seed)  # augmentation, where it runs
-        self.order_gen = torch.Generator().manual_seed(seed)          # batch order, on the host
+        # batch order, on the host: on a CPU the same stream (as bench always drew it there)
+        self.order_gen = self.gen if device.type == "cpu" else torch.Generator().manual_seed(seed)
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
         self.pin = self.stream and device.type == "cuda"
@@ -376,7 +377,7 @@ class Loader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"augment": self.gen.get_state(), "order": self.order_gen.get_state()}
+        return {"augment": self.gen.get_state(), "order": self.order_gen.get_state()}  # one stream twice on a CPU
 
     def set_state(self, state: Any) -> None:
         if isinstance(state, torch.Tensor):  # a checkpoint from before the order had its own stream
