@@ -7,8 +7,9 @@ Where each transform runs, in order, on one training batch:
    loader's order stream. Streaming (``data.residency: auto`` streams on a GPU when it is on),
    ``data.host_workers`` processes transform batches ahead of time; otherwise the training
    thread does (on the CPU, where the model's step needs the cores anyway).
-2. Random crop after zero padding, horizontal flip (``data.crop_padding``, ``data.flip``) —
-   on the device, as batched tensor ops (bench.data.Loader).
+2. Random-resized crop (``resized_crop``) or a random crop after zero padding
+   (``data.crop_padding``), then a horizontal flip (``data.flip``) — on the device, as
+   batched tensor ops (bench.data.Loader).
 3. Normalisation to [-1, 1], then random erasing (``random_erasing``: timm's RandomErasing,
    per-pixel noise) — on the device.
 4. Mixup / CutMix (``mixup``, ``cutmix``: ``timm.data.Mixup``, batch mode) — on the device;

@@ -65,6 +65,7 @@ class AugmentConfig:
     """``data.augment``: timm's recipes on top of the crop + flip (``data.crop_padding``,
     ``data.flip``). A preset name (``none``, ``deit``) or a mapping of these keys, which
     may start from a preset (``{preset: deit, mixup: 0}``)."""
+    resized_crop: float | None = None  # random-resized crop's smallest area (DeiT: 0.08; device), instead of pad + crop
     rand_augment: str | None = None  # timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1 (host, per image)
     random_erasing: float = 0.0      # probability (timm RandomErasing, per-pixel noise; on the device)
     mixup: float = 0.0               # Mixup alpha (timm Mixup, soft-target loss; on the device)
@@ -75,6 +76,9 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.resized_crop is not None and not 0 < self.resized_crop <= 1:
+            raise SpecError("resized_crop", self.resized_crop, "must be in (0, 1]: the smallest share of the image "
+                            "a crop keeps (or null: pad + crop)")
         if self.rand_augment is not None and not self.rand_augment.startswith("rand"):
             raise SpecError("rand_augment", self.rand_augment, "expected a timm RandAugment string such as "
                             "rand-m9-mstd0.5-inc1 (or null)")
@@ -110,12 +114,13 @@ class AugmentConfig:
             raise err.within(prefix="augment.") from None
 
 
-# DeiT's recipe (Touvron et al. 2021, and the paper's training): RandAugment m9 with
-# magnitude noise, random erasing 0.25, Mixup 0.8 / CutMix 1.0 switching half the time,
-# repeated augmentation ×3; label smoothing 0.1 comes from train.label_smoothing.
+# DeiT's recipe (Touvron et al. 2021, and the paper's training): random-resized crop (8-100 %
+# of the image, aspect 3/4-4/3) and flip, RandAugment m9 with magnitude noise, random erasing
+# 0.25, Mixup 0.8 / CutMix 1.0 switching half the time, repeated augmentation ×3; label
+# smoothing 0.1 comes from train.label_smoothing.
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
-    "deit": {"rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
+    "deit": {"resized_crop": 0.08, "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
              "repeats": 3},
 }
 

@@ -344,7 +344,10 @@ class Loader:
 
     Augmentation (training only): ``host_transform`` on the host's uint8 batch (RandAugment),
     seeded per batch from the order stream; with ``host_workers`` (streaming only) in that
-    many worker processes, ahead of time, else in this thread. Then on the device torchvision's CIFAR recipe as tensor ops on the whole batch: a random
+    many worker processes, ahead of time, else in this thread. Then on the device either a
+    random-resized crop (``resized_crop``: the smallest area kept, as timm's
+    RandomResizedCrop with aspect 3/4–4/3, bilinear; a crop that would not fit is clamped to
+    the image rather than redrawn) or torchvision's CIFAR recipe as tensor ops on the whole batch: a random
     crop after zero padding by ``crop_padding`` pixels and a horizontal flip with
     probability ½. ``repeats`` > 1: repeated augmentation (DeiT) — each epoch draws 1/r of
     the images and shows each r times, in the same batch, differently augmented.
@@ -353,14 +356,14 @@ class Loader:
     def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool,
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
                  residency: str = "device", prefetch: int = 4, host_transform: Transform | None = None,
-                 host_workers: int = 0, repeats: int = 1) -> None:
+                 host_workers: int = 0, repeats: int = 1, resized_crop: float | None = None) -> None:
         if residency not in ("device", "stream"):
             raise ValueError(f"residency={residency!r}: expected device or stream")
         self.split, self.stream = split, residency == "stream"
         self.images = split.images if self.stream else split.rows(slice(None)).to(device)
         self.labels = split.labels if self.stream else split.labels.to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
-        self.crop_padding, self.flip, self.repeats = crop_padding, flip, repeats
+        self.crop_padding, self.flip, self.repeats, self.resized_crop = crop_padding, flip, repeats, resized_crop
         self.prefetch, self.host_transform = max(1, prefetch), host_transform if train else None
         self.host_workers = host_workers if self.stream and self.host_transform is not None else 0
         self._pool: Any = None
@@ -469,9 +472,27 @@ class Loader:
                 except queue.Empty:
                     thread.join(0.01)
 
+    def _resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Per image: a window of a random share of the area (``resized_crop``…1) and aspect
+        (3/4…4/3, log-uniform) at a random place, resampled bilinearly to the full size: one
+        ``grid_sample`` for the batch. Returns float images in [0, 255]."""
+        b, c, h, w = x.shape
+        dev, g = x.device, self.gen
+        area = torch.empty(b, device=dev).uniform_(self.resized_crop, 1.0, generator=g)
+        ratio = torch.empty(b, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g).exp()
+        cw, ch = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # shares of w, h
+        cx = (torch.rand(b, device=dev, generator=g) * (1 - cw) + cw / 2) * 2 - 1  # centres, in [-1, 1]
+        cy = (torch.rand(b, device=dev, generator=g) * (1 - ch) + ch / 2) * 2 - 1
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
+        grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        if self.crop_padding:
+        if self.resized_crop is not None:
+            x = self._resized_crop(x)
+        elif self.crop_padding:
             p = self.crop_padding
             padded = F.pad(x, (p, p, p, p))
             # per-image offsets; two gathers (rows, then columns) with broadcast index views: no

@@ -116,7 +116,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         workers = max(1, min(16, cores() - 1)) if device.type == "cuda" else 0
     train_loader = Loader(data.train, batch_size=batch, device=device, train=True, crop_padding=recipe.crop_padding,
                           flip=recipe.flip, seed=seed, residency=where, prefetch=recipe.prefetch,
-                          host_transform=aug.host, host_workers=workers, repeats=recipe.augment.repeats)
+                          host_transform=aug.host, host_workers=workers, repeats=recipe.augment.repeats,
+                          resized_crop=recipe.augment.resized_crop)
     test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, residency=where,
                          prefetch=recipe.prefetch)
     steps_per_epoch = len(train_loader)

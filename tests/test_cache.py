@@ -1,5 +1,6 @@
 """Real data at scale: the decoded cache (round trip, keys, concurrent builders, bad data),
 class subsets and balanced sizes, both residencies, and timm's recipes."""
+import math
 import multiprocessing
 import os
 import struct
@@ -207,12 +208,13 @@ def _cached_split(tmp_path, n_per_class=8):
     return data.imagefolder(tmp_path / "d", img_size=8)
 
 
-@pytest.mark.parametrize("repeats", [1, 3])
-def test_both_residencies_give_identical_batches(tmp_path, repeats):
+@pytest.mark.parametrize("repeats,resized", [(1, None), (3, None), (1, 0.08)])
+def test_both_residencies_give_identical_batches(tmp_path, repeats, resized):
     ds = _cached_split(tmp_path)
     assert isinstance(ds.train.images, np.memmap)
     make = lambda where: data.Loader(ds.train, batch_size=5, device=CPU, train=True, crop_padding=2,  # noqa: E731
-                                     flip=True, seed=7, residency=where, prefetch=2, repeats=repeats)
+                                     flip=True, seed=7, residency=where, prefetch=2, repeats=repeats,
+                                     resized_crop=resized)
     device, stream = make("device"), make("stream")
     assert isinstance(device.images, torch.Tensor) and isinstance(stream.images, np.memmap)
     for _ in range(2):  # two epochs: the order and the augmentation streams advance alike
@@ -223,6 +225,23 @@ def test_both_residencies_give_identical_batches(tmp_path, repeats):
     if repeats == 3:
         order = make("stream").order()
         assert torch.equal(order[:6], order[:6:3].repeat_interleave(3))  # each image thrice in a row
+
+
+def test_resized_crop_is_a_rescaled_window_of_the_image():
+    """On a horizontal ramp (value = column), each crop is a ramp again: non-decreasing,
+    inside the image's range, spanning a share of it between the smallest area's and all."""
+    w = 32
+    ramp = torch.arange(w, dtype=torch.uint8).view(1, 1, 1, w).expand(64, 3, w, w).contiguous() * 8
+    split = data.Split(ramp, torch.zeros(64, dtype=torch.int64))
+    loader = data.Loader(split, batch_size=64, device=CPU, train=True, seed=0, resized_crop=0.25)
+    out = loader.augment(split.images)
+    assert out.shape == ramp.shape and out.dtype == torch.float32
+    assert (out.diff(dim=-1) >= -1e-3).all()                      # still a ramp, left to right
+    assert out.min() >= 0 and out.max() <= 8 * (w - 1) + 1e-3      # nothing from outside the image
+    span = (out[:, 0, 0, -1] - out[:, 0, 0, 0]) / (8 * (w - 1))    # the share of the width kept
+    assert span.min() > math.sqrt(0.25 * 3 / 4) - 0.1 and span.max() <= 1.0 + 1e-6
+    assert span.std() > 0.05                                       # a different crop per image
+    assert torch.equal(out[:, 0], out[:, 2])                       # every channel cropped alike
 
 
 def test_stream_stops_cleanly_when_abandoned(tmp_path):
