@@ -263,9 +263,17 @@ class Cached:
 
 
 def _open(path: Path, built_s: float | None = None) -> Cached:
-    meta = json.loads((path / "meta.json").read_text())
-    arrays = {f"{s}_{k}": np.load(path / f"{s}.{k}.npy", mmap_mode="r" if k == "images" else None)
-              for s in ("train", "test") for k in ("images", "labels")}
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        arrays = {f"{s}_{k}": np.load(path / f"{s}.{k}.npy", mmap_mode="r" if k == "images" else None)
+                  for s in ("train", "test") for k in ("images", "labels")}
+        for s in ("train", "test"):
+            if not len(arrays[f"{s}_images"]) == len(arrays[f"{s}_labels"]) == meta["counts"][s]:
+                raise ValueError(f"{s}: {len(arrays[f'{s}_images'])} images, {len(arrays[f'{s}_labels'])} labels, "
+                                 f"{meta['counts'][s]} expected")
+    except (OSError, ValueError, KeyError) as err:
+        raise BenchError(f"the data cache {path} is damaged ({type(err).__name__}: {err}); remove that folder "
+                         "and run again to rebuild it") from None
     return Cached(path, meta["classes"], built_s=built_s, **arrays)
 
 
@@ -279,19 +287,22 @@ def fingerprint(files: Sequence[tuple[str, int, int]], root: Path, extra: dict[s
 
 
 @contextmanager
-def _locked(lock: Path, what: str, quiet: bool) -> Iterator[None]:
+def _locked(lock: Path, what: str, quiet: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on ``lock`` (waiting for it); yields False on a file system
+    without flock, where the atomic rename alone keeps readers safe."""
     import fcntl
 
     with open(lock, "a") as f:
+        held = True
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not quiet:
                 console.info(f"{what}: another process is building this cache; waiting for it")
             fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock: the rename below still keeps readers safe
-            pass
-        yield
+        except OSError:
+            held = False
+        yield held
 
 
 def _fsync(path: Path) -> None:
@@ -316,10 +327,10 @@ def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarr
                          f"{err.strerror or err}") from None
     if not os.access(final.parent, os.W_OK):
         raise BenchError(f"data.cache_dir: {final.parent} is not writable; set data.cache_dir (or BENCH_CACHE_DIR)")
-    with _locked(final.with_name(final.name + ".lock"), name, quiet):
+    with _locked(final.with_name(final.name + ".lock"), name, quiet) as held:
         if (final / "meta.json").is_file():  # built by whoever held the lock before us
             return _open(final)
-        for stale in final.parent.glob(final.name + ".partial-*"):  # a crashed build's leftovers
+        for stale in final.parent.glob(final.name + ".partial-*") if held else ():  # a crashed build's leftovers
             shutil.rmtree(stale, ignore_errors=True)
         n = sum(len(labels) for _, labels in splits.values())
         need = n * 3 * size * size
@@ -328,7 +339,7 @@ def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarr
             raise BenchError(f"{name}: the cache needs {need / 2**30:.2f} GiB at {size}px, {final.parent} has "
                              f"{free / 2**30:.2f} GiB free; set data.cache_dir elsewhere")
         t0 = time.perf_counter()
-        partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+        partial = final.with_name(f"{final.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
         partial.mkdir()
         try:
             jobs = []

@@ -99,6 +99,14 @@ def test_cache_is_keyed_by_files_and_resolution(tmp_path):
     assert len(where) == 1  # the new picture is in the rebuilt cache
 
 
+def test_a_damaged_cache_says_which_folder_to_remove(tmp_path):
+    _mixed_folder(tmp_path / "d")
+    c = cache.folder(tmp_path / "d", 8)
+    (c.path / "test.labels.npy").unlink()
+    with pytest.raises(BenchError, match=f"the data cache {c.path} is damaged .*remove that folder"):
+        cache.folder(tmp_path / "d", 8)
+
+
 def _build_in_child(root: str, out: "multiprocessing.Queue") -> None:
     c = cache.folder(Path(root), 16, workers=1)
     out.put((str(c.path), c.built_s is not None, np.asarray(c.train_images).tobytes()))
