@@ -51,6 +51,7 @@ CIFAR = {"cifar10": ("labels", [f"data_batch_{i}" for i in range(1, 6)], "test_b
                      "label_names"),
          "cifar100": ("fine_labels", ["train"], "test", "meta", "fine_label_names")}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+USED = "last-used"  # touched at every open
 SHUFFLE_SEED = 0  # folders are read class by class: a fixed shuffle mixes them (any first-N holds every class)
 
 
@@ -274,7 +275,58 @@ def _open(path: Path, built_s: float | None = None) -> Cached:
     except (OSError, ValueError, KeyError) as err:
         raise BenchError(f"the data cache {path} is damaged ({type(err).__name__}: {err}); remove that folder "
                          "and run again to rebuild it") from None
+    try:  # when it was last used: what `bench cache --prune` goes by
+        (path / USED).touch()
+    except OSError:  # a read-only cache folder shared between users: fine, just not tracked
+        pass
     return Cached(path, meta["classes"], built_s=built_s, **arrays)
+
+
+def caches(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Every cache under ``cache_dir``: its folder, what it holds, its size on disk, when it
+    was built and last used (newest use first)."""
+    root = Path(cache_dir or default_dir())
+    out = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (path / "meta.json").is_file():
+            continue
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        used = path / USED
+        out.append({"cache": path.name, "px": meta.get("size"), "classes": len(meta.get("classes", [])),
+                    "images": sum(meta.get("counts", {}).values()),
+                    "gib": sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**30,
+                    "built": meta.get("built"), "source": meta.get("sources", {}).get("root"),
+                    "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
+                        (used if used.is_file() else path / "meta.json").stat().st_mtime)),
+                    "path": str(path)})
+    return sorted(out, key=lambda c: c["last_used"], reverse=True)
+
+
+def prune(days: float, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Remove the caches not used for ``days`` days (and their lock files); the removed ones.
+    A cache being built is skipped (its lock is held)."""
+    import fcntl
+
+    cutoff = time.time() - days * 86400
+    removed = []
+    for c in caches(cache_dir):
+        path = Path(c["path"])
+        used = path / USED
+        if (used if used.is_file() else path / "meta.json").stat().st_mtime > cutoff:
+            continue
+        lock = path.with_name(path.name + ".lock")
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        removed.append(c)
+    return removed
 
 
 def fingerprint(files: Sequence[tuple[str, int, int]], root: Path, extra: dict[str, Any]) -> str:

@@ -205,6 +205,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from bench.cache import caches, default_dir, prune
+
+    where = Path(args.dir).expanduser() if args.dir else default_dir()
+    if args.prune is not None:
+        if args.prune < 0:
+            raise BenchError(f"--prune {args.prune}: expected a number of days, at least 0")
+        gone = prune(args.prune, where)
+        console.info(f"{where}: removed {len(gone)} cache(s) unused for {args.prune:g} days, "
+                     f"{sum(c['gib'] for c in gone):.2f} GiB freed")
+    rows = caches(where)
+    if args.json:
+        console.print_json(rows)
+    elif rows:
+        console.rows_table(rows, ["cache", "px", "classes", "images", "gib", "last_used", "source"],
+                           title=f"{where}: {sum(r['gib'] for r in rows):.2f} GiB",
+                           headers={"gib": "GiB", "last_used": "last used"})
+    else:
+        console.info(f"{where}: no data caches")
+    return 0
+
+
 def cmd_fidelity(args: argparse.Namespace) -> int:
     from bench.report import fidelity_report
 
@@ -427,6 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     storage_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_collapse)
+
+    p = sub.add_parser("cache", help="list the decoded-data caches, or remove those not used lately",
+                       description="Real datasets are decoded once per resolution into caches (bench.cache); "
+                       "a changed folder leaves its old cache behind. This lists them, newest use first.")
+    p.add_argument("--dir", default=None, help="the cache folder (default: $BENCH_CACHE_DIR, else ~/.cache/bench)")
+    p.add_argument("--prune", type=float, default=None, metavar="DAYS",
+                   help="first remove the caches no run has used for DAYS days")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("report", help="write runs.csv, report.md and plots from a sweep's study",
                        description="Rebuild a sweep's report from its study storage alone.")

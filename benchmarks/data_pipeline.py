@@ -1,7 +1,7 @@
 """Real data at scale: cache build and reuse, streaming against device-resident training,
 peak memory with a dataset larger than its budget, and the DeiT recipe's cost per step.
 
-    python -m benchmarks.data_pipeline [--small 3000] [--large 1500] [--budget-mb 256]
+    python -m benchmarks.data_pipeline [--small 3000] [--large 1500] [--budget-mb 256] [--device cuda]
 
 Every folder is written by the script itself (no download) under --work (a temporary
 folder by default):
@@ -93,7 +93,7 @@ def part_cache(work: Path, small: int, large: int) -> None:
               "(target >= 50x)", flush=True)
 
 
-def part_stream(work: Path, rounds: int) -> None:
+def part_stream(work: Path, rounds: int, device: str) -> None:
     import torch
 
     from bench import data
@@ -101,7 +101,8 @@ def part_stream(work: Path, rounds: int) -> None:
     from bench.models import Variant, build_model
     from bench.training import train
 
-    print("\n2. streaming vs device-resident training (quickstart model, CPU)", flush=True)
+    dev = torch.device(device)
+    print(f"\n2. streaming vs device-resident training (quickstart model, {dev})", flush=True)
     ds = data.imagefolder(work / "png32", img_size=32, cache_dir=work / f"cache-32-{cores()}")
     cfg = TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.1, eval_batch_size=500)
     variant = Variant(**QUICKSTART)
@@ -109,7 +110,7 @@ def part_stream(work: Path, rounds: int) -> None:
     for r in range(rounds + 1):
         for mode in samples:
             torch.manual_seed(0)
-            result = train(build_model(variant), ds, cfg, device=torch.device("cpu"), seed=0,
+            result = train(build_model(variant), ds, cfg, device=dev, seed=0,
                            recipe=DataConfig(name="imagefolder", residency=mode))
             rate = result["steps"] * cfg.batch_size / result["train_time_s"]
             if r:  # round 0 warms up
@@ -174,7 +175,7 @@ def part_rss(work: Path, budget_mb: float) -> None:
               f"{grow / budget_mb:.2f}x the budget, {grow / mib(r['data']):.2f}x the dataset", flush=True)
 
 
-def part_deit(work: Path, rounds: int) -> None:
+def part_deit(work: Path, rounds: int, device: str) -> None:
     import torch
 
     from bench import data
@@ -183,7 +184,8 @@ def part_deit(work: Path, rounds: int) -> None:
     from bench.models import Variant, build_model
     from bench.training import train
 
-    print("\n4. the DeiT preset's cost per step (quickstart model, batch 32, CPU)", flush=True)
+    dev = torch.device(device)
+    print(f"\n4. the DeiT preset's cost per step (quickstart model, batch 32, {dev})", flush=True)
     ds = data.imagefolder(work / "png32", img_size=32, cache_dir=work / f"cache-32-{cores()}")
     cfg = TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.1)
     variant = Variant(**QUICKSTART)
@@ -192,19 +194,19 @@ def part_deit(work: Path, rounds: int) -> None:
     for r in range(rounds + 1):
         for arm, recipe in arms.items():
             torch.manual_seed(0)
-            result = train(build_model(variant), ds, cfg, device=torch.device("cpu"), seed=0, recipe=recipe)
+            result = train(build_model(variant), ds, cfg, device=dev, seed=0, recipe=recipe)
             ms = result["train_time_s"] * 1e3 / result["steps"]
             if r:
                 samples[arm].append(ms)
-                print(f"  round {r}/{rounds} {arm:<12} {ms:7.1f} ms/step (top-1 {result['top1']:.2f})", flush=True)
+                print(f"  round {r}/{rounds} {arm:<12} {ms:7.1f} ms/step (top-1 {result['top1']:.2f}, data "
+                      f"{result['data_residency']})", flush=True)
     med = {a: statistics.median(s) for a, s in samples.items()}
     print(f"  deit - crop+flip = {med['deit'] - med['crop + flip']:+.1f} ms/step "
           f"({med['deit'] / med['crop + flip']:.2f}x; includes a test pass per epoch in both)", flush=True)
-    recipe = Recipe(AugmentConfig.parse("deit"), num_classes=10, img_size=32, label_smoothing=0.1,
-                    device=torch.device("cpu"))
+    recipe = Recipe(AugmentConfig.parse("deit"), num_classes=10, img_size=32, label_smoothing=0.1, device=dev)
     x8 = np.array(ds.train.images[:32])
-    x = torch.randn(32, 3, 32, 32)
-    y = torch.arange(32) % 10
+    x = torch.randn(32, 3, 32, 32, device=dev)
+    y = torch.arange(32, device=dev) % 10
     parts = {"RandAugment (host, per image)": lambda: recipe.host(x8),
              "random erasing (device)": lambda: recipe.erase(x.clone()),
              "Mixup/CutMix (device)": lambda: recipe.mixup(x.clone(), y)}
@@ -215,9 +217,12 @@ def part_deit(work: Path, rounds: int) -> None:
     parts["RandAugment at 224² (host, per image)"] = lambda: host224(x224)
     for name, fn in parts.items():
         fn()
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        sync()
         t0 = time.perf_counter()
         for _ in range(20):
             fn()
+        sync()
         print(f"  {name}: {(time.perf_counter() - t0) * 1e3 / 20:.2f} ms per batch of 32", flush=True)
 
 
@@ -229,6 +234,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="folder for the images and caches (default: a temp one)")
     p.add_argument("--parts", default="1234", help="which parts to run")
+    p.add_argument("--device", default="cpu", help="parts 2 and 4: cpu or cuda (streaming then pins memory, and "
+                   "RandAugment runs in worker processes)")
     args = p.parse_args()
     import torch
     print(f"CPU: {os.cpu_count()} threads | torch {torch.__version__} | torch threads {torch.get_num_threads()}")
@@ -239,11 +246,11 @@ def main() -> None:
         if "1" in args.parts:
             part_cache(work, args.small, args.large)
         if "2" in args.parts:
-            part_stream(work, args.rounds)
+            part_stream(work, args.rounds, args.device)
         if "3" in args.parts:
             part_rss(work, args.budget_mb)
         if "4" in args.parts:
-            part_deit(work, args.rounds)
+            part_deit(work, args.rounds, args.device)
 
 
 if __name__ == "__main__":

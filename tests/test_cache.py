@@ -1,5 +1,6 @@
 """Real data at scale: the decoded cache (round trip, keys, concurrent builders, bad data),
 class subsets and balanced sizes, both residencies, and timm's recipes."""
+import json
 import math
 import multiprocessing
 import os
@@ -105,6 +106,22 @@ def test_a_damaged_cache_says_which_folder_to_remove(tmp_path):
     (c.path / "test.labels.npy").unlink()
     with pytest.raises(BenchError, match=f"the data cache {c.path} is damaged .*remove that folder"):
         cache.folder(tmp_path / "d", 8)
+
+
+def test_bench_cache_lists_and_prunes_by_last_use(tmp_path, cache_dir, capsys):
+    from bench.cli import main
+    _mixed_folder(tmp_path / "d")
+    old, new = cache.folder(tmp_path / "d", 8), cache.folder(tmp_path / "d", 6)
+    os.utime(old.path / cache.USED, (1, 1))  # last used in 1970
+    listed = cache.caches(cache_dir)
+    assert [c["cache"] for c in listed] == [new.path.name, old.path.name]
+    assert listed[1]["images"] == 12 + 6 and listed[1]["px"] == 8
+    assert abs(listed[1]["gib"] * 2**30 - (18 * 3 * 8 * 8 + 18 * 8)) < 4096  # images + labels (+ headers, meta)
+    assert main(["cache", "--prune", "30", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["cache"] for r in rows] == [new.path.name] and not old.path.exists()
+    assert not old.path.with_name(old.path.name + ".lock").exists()
+    assert cache.folder(tmp_path / "d", 6).built_s is None  # the one in use stays
 
 
 def _build_in_child(root: str, out: "multiprocessing.Queue") -> None:
