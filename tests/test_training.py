@@ -100,9 +100,11 @@ def test_train_config_rejects(kwargs, key):
     assert err.value.key == key
 
 
-def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("augment", ["none", "deit"])
+def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path, augment):
     """Drop path (the global random stream), the loader's shuffles and crops, AdamW's moments and
-    the schedule all continue where they stopped: the final top-1 equals an uninterrupted run's."""
+    the schedule all continue where they stopped: the final top-1 equals an uninterrupted run's.
+    With DeiT's recipe too: RandAugment's per-batch seeds, random erasing's and Mixup's streams."""
     ds = data.shapes(train_size=96, test_size=48, img_size=16, seed=0)
     v = resolve("deepvit_micro", {"img_size": 16, "patch_size": 4, "depth": 2, "drop_path_rate": 0.1})
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, check_every=1)
@@ -113,8 +115,8 @@ def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path):
         def on_epoch(epoch, top1, loss):
             if epoch == stop_after:
                 raise KeyboardInterrupt  # killed between epochs
-        return train(model, ds, cfg, device=CPU, seed=0, recipe=DataConfig(crop_padding=2, flip=True), checkpoint=checkpoint,
-                     on_epoch=on_epoch)
+        return train(model, ds, cfg, device=CPU, seed=0, recipe=DataConfig(crop_padding=2, flip=True, augment=augment),
+                     checkpoint=checkpoint, on_epoch=on_epoch)
 
     whole = run()
     path = tmp_path / "ckpt" / "trial.pt"
