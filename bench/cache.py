@@ -9,10 +9,10 @@ sizes), so a changed folder builds a new cache and an unchanged one is reused by
 trial, worker and later run on the machine.
 
 Safe with concurrent builders: whoever holds an flock on ``<dir>.lock`` builds, the others
-wait and then read its result. A cache is built in ``<dir>.partial-<pid>`` and renamed into
-place, so no reader ever sees half of one; a crash leaves a partial folder that the next
-builder removes (and on a file system without flock, a second finished build loses the
-rename and is discarded).
+wait and then read its result. A cache is built in ``<dir>.partial-<pid>-<random>`` and
+renamed into place, so no reader ever sees half of one; a crash leaves a partial folder that
+the next builder (or ``bench cache --prune``) removes. On a file system without flock, a
+second finished build loses the rename and is discarded.
 
 Geometry: the shorter side is resized to R (bilinear, antialiased) and the centre R×R kept;
 for square sources (CIFAR, most proxies) that is a plain resize. 16-bit images are scaled
@@ -142,14 +142,12 @@ def balanced(labels: np.ndarray, n: int | None, num_classes: int) -> np.ndarray:
     if n is None or n >= len(labels):
         return np.arange(len(labels))
     have = np.bincount(labels, minlength=num_classes)
-    take = np.zeros(num_classes, dtype=np.int64)
-    left = n
-    while left > 0:
-        open_ = np.flatnonzero(take < have)
-        share, extra = divmod(left, len(open_))
-        add = np.minimum(have[open_] - take[open_], share + (np.arange(len(open_)) < extra))
-        take[open_] += add
-        left -= int(add.sum())
+    lo, hi = 0, int(have.max())  # the highest level every class can be filled to within n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if np.minimum(have, mid).sum() <= n else (lo, mid - 1)
+    take = np.minimum(have, lo)
+    take[np.flatnonzero(have > lo)[:n - int(take.sum())]] += 1  # the rest: one more each, in class order
     rank = np.empty(len(labels), dtype=np.int64)  # position of each item within its class
     for k in range(num_classes):
         where = np.flatnonzero(labels == k)
@@ -237,11 +235,24 @@ def _decode_all(jobs: list[tuple[Path, Any]], size: int, workers: int, label: st
             return failed
         import multiprocessing  # spawned, not forked: the parent may hold threads (torch, heartbeats)
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_decode_into, path, s, items, size): len(items) for path, s, items in tasks}
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(_decode_into, path, s, items, size): (len(items), items) for path, s, items in tasks}
             for future in as_completed(futures):
-                failed += future.result()
-                advance(futures[future])
+                try:
+                    failed += future.result()
+                except BrokenProcessPool:
+                    n, items = futures[future]
+                    raise BenchError(f"{label}: a decoding process died (out of memory, or a decoder crashed) "
+                                     f"on one of {n} images from {items[0]}; set data.cache_workers: 1 to find "
+                                     "which") from None
+                advance(futures[future][0])
+        except BaseException:  # Ctrl-C, a dead worker: stop now, not after every chunk queued
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     return failed
 
 
@@ -306,8 +317,9 @@ def caches(cache_dir: Path | None = None) -> list[dict[str, Any]]:
 
 
 def prune(days: float, cache_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Remove the caches not used for ``days`` days (and their lock files); the removed ones.
-    A cache being built is skipped (its lock is held)."""
+    """Remove the caches not used for ``days`` days, and what crashed builds left; the removed
+    ones. A cache being built is skipped (its lock is held); a run still reading a removed
+    cache keeps it (its loader holds the file open) until it ends."""
     import fcntl
 
     cutoff = time.time() - days * 86400
@@ -317,15 +329,32 @@ def prune(days: float, cache_dir: Path | None = None) -> list[dict[str, Any]]:
         used = path / USED
         if (used if used.is_file() else path / "meta.json").stat().st_mtime > cutoff:
             continue
-        lock = path.with_name(path.name + ".lock")
-        with open(lock, "a") as f:
+        with open(path.with_name(path.name + ".lock"), "a") as f:  # the lock file stays: a builder may hold it open
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue
             shutil.rmtree(path, ignore_errors=True)
-        lock.unlink(missing_ok=True)
         removed.append(c)
+    return removed + prune_partial(cache_dir)
+
+
+def prune_partial(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Remove what crashed builds left (``*.partial-*`` folders whose lock nobody holds)."""
+    import fcntl
+
+    root = Path(cache_dir or default_dir())
+    removed = []
+    for partial in sorted(root.glob("*.partial-*")) if root.is_dir() else []:
+        final = partial.name.split(".partial-")[0]
+        with open(root / f"{final}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # being built now
+                continue
+            size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) / 2**30
+            shutil.rmtree(partial, ignore_errors=True)
+        removed.append({"cache": partial.name, "gib": size, "path": str(partial)})
     return removed
 
 

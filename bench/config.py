@@ -72,7 +72,7 @@ class AugmentConfig:
     cutmix: float = 0.0              # CutMix alpha
     mix_prob: float = 1.0            # probability a batch is mixed at all
     switch_prob: float = 0.5         # with both on: probability of CutMix rather than Mixup
-    repeats: int = 1                 # repeated augmentation: each image r times per batch (DeiT: 3)
+    repeats: int = 1                 # repeated augmentation: 1/r of the images per epoch, each r times in a row (DeiT: 3)
 
     def __post_init__(self) -> None:
         check_fields(self)

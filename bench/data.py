@@ -58,22 +58,27 @@ class Split:
         return read_rows(self.images, index)
 
 
-def _mapped_file(images: np.ndarray) -> bool:
-    return isinstance(images, np.memmap) and bool(images.filename) and images.flags.c_contiguous
+def mapped_file(images: Any) -> bool:
+    """Whether ``images`` maps a whole file from its start (a cache's .npy as np.load maps it;
+    a slice of one keeps the parent's offset and so does not count)."""
+    import mmap
+    return (isinstance(images, np.memmap) and bool(images.filename) and images.flags.c_contiguous
+            and isinstance(images.base, mmap.mmap))
 
 
-def read_rows(images: np.ndarray, index: slice | torch.Tensor) -> torch.Tensor:
+def read_rows(images: np.ndarray, index: slice | torch.Tensor, fd: int | None = None) -> torch.Tensor:
     """Rows ``index`` of ``images`` (N, ...) as a new uint8 tensor; from a whole-file memory
-    map (a cache's .npy) by ``preadv``: a slice in one read per 256 MiB, an index array one
-    read per row in ascending offsets."""
-    if not _mapped_file(images):
+    map (a cache's .npy) by ``preadv`` — through ``fd`` when given (a loader keeps its file
+    open: the data stays readable even if the cache is removed meanwhile) — a slice in one
+    read per 256 MiB, an index array one read per row in ascending offsets."""
+    if not mapped_file(images):
         picked = images[index] if isinstance(index, slice) else images[index.numpy()]
         return torch.from_numpy(np.array(picked, order="C"))
     row = int(np.prod(images.shape[1:])) * images.itemsize
     if isinstance(index, slice):
         start, stop, step = index.indices(len(images))
         if step != 1:
-            return read_rows(images, torch.arange(start, stop, step))
+            return read_rows(images, torch.arange(start, stop, step), fd)
         out = torch.empty((max(0, stop - start), *images.shape[1:]), dtype=torch.uint8)
         flat = out.numpy().reshape(-1)
         reads = [(i, min(len(flat), i + 2**28)) for i in range(0, len(flat), 2**28)]
@@ -85,13 +90,31 @@ def read_rows(images: np.ndarray, index: slice | torch.Tensor) -> torch.Tensor:
         order = np.argsort(idx, kind="stable")  # ascending offsets: kinder to a disk
         reads = [(int(j) * row, (int(j) + 1) * row) for j in order]
         offsets = [images.offset + int(idx[j]) * row for j in order]
-    fd = os.open(images.filename, os.O_RDONLY)
+    own = fd is None
+    fd = os.open(images.filename, os.O_RDONLY) if fd is None else fd
     try:
         for (a, b), offset in zip(reads, offsets):
-            if os.preadv(fd, [memoryview(flat[a:b])], offset) != b - a:
-                raise BenchError(f"{images.filename}: short read at byte {offset} (a truncated cache?)")
+            while a < b:  # a network or FUSE file system may return less than asked: read on
+                got = os.preadv(fd, [memoryview(flat[a:b])], offset)
+                if got <= 0:
+                    raise BenchError(f"{images.filename}: ends at byte {offset} (a truncated cache? remove its "
+                                     "folder to rebuild it)")
+                a, offset = a + got, offset + got
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
+    return out
+
+
+def to_device(split: Split, device: torch.device) -> torch.Tensor:
+    """The split's images on ``device``; from a cache onto a GPU in 256 MiB pieces, so host
+    memory holds one piece, not the split."""
+    if isinstance(split.images, torch.Tensor) or device.type == "cpu":
+        return split.rows(slice(None)).to(device)
+    out = torch.empty(split.images.shape, dtype=torch.uint8, device=device)
+    step = max(1, 2**28 // max(1, int(np.prod(split.images.shape[1:]))))
+    for a in range(0, len(split), step):
+        out[a:a + step] = split.rows(slice(a, a + step)).to(device)
     return out
 
 
@@ -350,8 +373,12 @@ class Loader:
     the image rather than redrawn) or torchvision's CIFAR recipe as tensor ops on the whole batch: a random
     crop after zero padding by ``crop_padding`` pixels and a horizontal flip with
     probability ½. ``repeats`` > 1: repeated augmentation (DeiT) — each epoch draws 1/r of
-    the images and shows each r times, in the same batch, differently augmented.
+    the images and shows each r times in a row (in one batch when the batch size is a
+    multiple of r), differently augmented.
     """
+
+    _pool: Any = None  # host-transform workers, started on first use
+    _fd: int | None = None  # the cache file a streaming loader reads
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool,
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
@@ -360,13 +387,13 @@ class Loader:
         if residency not in ("device", "stream"):
             raise ValueError(f"residency={residency!r}: expected device or stream")
         self.split, self.stream = split, residency == "stream"
-        self.images = split.images if self.stream else split.rows(slice(None)).to(device)
+        self.images = split.images if self.stream else to_device(split, device)
         self.labels = split.labels if self.stream else split.labels.to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
         self.crop_padding, self.flip, self.repeats, self.resized_crop = crop_padding, flip, repeats, resized_crop
         self.prefetch, self.host_transform = max(1, prefetch), host_transform if train else None
         self.host_workers = host_workers if self.stream and self.host_transform is not None else 0
-        self._pool: Any = None
+        self._fd = os.open(split.images.filename, os.O_RDONLY) if self.stream and mapped_file(split.images) else None
         self.drop_last = train if drop_last is None else drop_last
         self.gen = torch.Generator(device=device).manual_seed(seed)  # augmentation, where it runs
         # batch order, on the host: on a CPU the same stream (as bench always drew it there)
@@ -400,10 +427,13 @@ class Loader:
         return perm
 
     def close(self) -> None:
-        """Stop the host-transform workers, if any."""
+        """Stop the host-transform workers, if any, and close the cache file."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self) -> None:
         self.close()
@@ -425,6 +455,8 @@ class Loader:
             yield x.float().sub_(self.mean).div_(self.std), y
 
     def _read(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._fd is not None:
+            return read_rows(self.split.images, idx, self._fd), self.labels[idx]
         return self.split.rows(idx), self.labels[idx]
 
     def _streamed(self, batches: list[torch.Tensor], base: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

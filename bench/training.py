@@ -172,7 +172,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                 result["stopped"] = True
                 break
     finally:
-        train_loader.close()  # its RandAugment workers, if any
+        train_loader.close()  # its RandAugment workers, if any, and cache files
+        test_loader.close()
     result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
                   epochs=len(result["top1_per_epoch"]), steps=step, train_time_s=time.perf_counter() - start)
     if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check

@@ -113,14 +113,16 @@ def test_bench_cache_lists_and_prunes_by_last_use(tmp_path, cache_dir, capsys):
     _mixed_folder(tmp_path / "d")
     old, new = cache.folder(tmp_path / "d", 8), cache.folder(tmp_path / "d", 6)
     os.utime(old.path / cache.USED, (1, 1))  # last used in 1970
+    crashed = old.path.with_name(old.path.name + ".partial-99-dead")  # a build killed mid-way
+    crashed.mkdir()
+    (crashed / "train.images.npy").write_bytes(b"\0" * 100)
     listed = cache.caches(cache_dir)
     assert [c["cache"] for c in listed] == [new.path.name, old.path.name]
     assert listed[1]["images"] == 12 + 6 and listed[1]["px"] == 8
     assert abs(listed[1]["gib"] * 2**30 - (18 * 3 * 8 * 8 + 18 * 8)) < 4096  # images + labels (+ headers, meta)
     assert main(["cache", "--prune", "30", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["cache"] for r in rows] == [new.path.name] and not old.path.exists()
-    assert not old.path.with_name(old.path.name + ".lock").exists()
+    assert [r["cache"] for r in rows] == [new.path.name] and not old.path.exists() and not crashed.exists()
     assert cache.folder(tmp_path / "d", 6).built_s is None  # the one in use stays
 
 
@@ -195,6 +197,18 @@ def test_balanced_counts_by_hand():
     assert list(keep) == sorted(keep)  # order kept
     assert np.bincount(shuffled[cache.balanced(shuffled, 7, 3)], minlength=3).tolist() == [3, 2, 2]
     assert len(cache.balanced(shuffled, None, 3)) == 22
+    one_small = np.array([0] + [1] * 9 + [2] * 9 + [3] * 9)
+    assert np.bincount(one_small[cache.balanced(one_small, 11, 4)]).tolist() == [1, 4, 3, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # as equal as the data allows: every class not exhausted within 1 of the fullest
+        k = int(rng.integers(1, 6))
+        lab = rng.integers(0, k, int(rng.integers(1, 40)))
+        n = int(rng.integers(1, len(lab) + 1))
+        got = np.bincount(lab[cache.balanced(lab, n, k)], minlength=k)
+        have = np.bincount(lab, minlength=k)
+        assert got.sum() == n and (got <= have).all()
+        open_ = got < have
+        assert not open_.any() or got.max() - got[open_].min() <= 1
 
 
 def test_class_subsets_and_balanced_sizes(tmp_path):
@@ -267,6 +281,26 @@ def test_resized_crop_is_a_rescaled_window_of_the_image():
     assert span.min() > math.sqrt(0.25 * 3 / 4) - 0.1 and span.max() <= 1.0 + 1e-6
     assert span.std() > 0.05                                       # a different crop per image
     assert torch.equal(out[:, 0], out[:, 2])                       # every channel cropped alike
+
+
+def test_a_streaming_loader_outlives_its_cache_being_removed(tmp_path):
+    ds = _cached_split(tmp_path)
+    loader = data.Loader(ds.train, batch_size=4, device=CPU, train=False, residency="stream")
+    first = [x for x, _ in loader]
+    import shutil
+    shutil.rmtree(ds.source)  # `bench cache --prune 0` while a run reads it
+    assert all(torch.equal(a, b) for a, b in zip(first, (x for x, _ in loader)))
+    loader.close()
+
+
+def test_read_rows_of_a_map_and_of_a_slice_of_one(tmp_path):
+    arr = np.arange(10 * 3 * 2 * 2, dtype=np.uint8).reshape(10, 3, 2, 2)
+    np.save(tmp_path / "a.npy", arr)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert data.mapped_file(mm) and not data.mapped_file(mm[3:])  # a slice keeps its parent's offset
+    assert torch.equal(data.read_rows(mm, torch.tensor([7, 2, 9])), torch.from_numpy(arr[[7, 2, 9]]))
+    assert torch.equal(data.read_rows(mm, slice(4, 8)), torch.from_numpy(arr[4:8]))
+    assert torch.equal(data.read_rows(mm[3:], slice(0, 2)), torch.from_numpy(arr[3:5]))
 
 
 def test_stream_stops_cleanly_when_abandoned(tmp_path):
