@@ -73,10 +73,6 @@ class RandAugment:
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def rand_augment(spec: str, img_size: int) -> RandAugment:
-    return RandAugment(spec, img_size)
-
-
 class Recipe:
     """The device-side half of a recipe (random erasing, Mixup/CutMix) and its loss; the host
     half (``host``: RandAugment, or None) goes to the loader."""
@@ -88,7 +84,7 @@ class Recipe:
         from timm.loss import SoftTargetCrossEntropy
 
         self.cfg, self.label_smoothing = cfg, label_smoothing
-        self.host = rand_augment(cfg.rand_augment, img_size) if cfg.rand_augment else None
+        self.host = RandAugment(cfg.rand_augment, img_size) if cfg.rand_augment else None
         self.erase = (RandomErasing(cfg.random_erasing, mode="pixel", max_count=1, device=str(device))
                       if cfg.random_erasing > 0 else None)
         self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,

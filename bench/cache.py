@@ -394,11 +394,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def cache_path(cache_dir: Path, name: str, size: int, key: str) -> Path:
+    return Path(cache_dir) / f"{name}-{size}px-{key}"
+
+
 def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str],
            sources: dict[str, Any], *, cache_dir: Path, workers: int | None = None, quiet: bool = False) -> Cached:
     """The cache ``<cache_dir>/<name>-<size>px-<key>``: opened if it is there, else built from
     ``splits`` ({"train"/"test": (paths or an (n, 3, h, w) uint8 array, labels)})."""
-    final = Path(cache_dir) / f"{name}-{size}px-{key}"
+    final = cache_path(cache_dir, name, size, key)
     if (final / "meta.json").is_file():
         return _open(final)
     try:
@@ -527,10 +531,10 @@ def cifar(name: str, root: Path, size: int, *, classes: int | Sequence[str] | No
         with open(base / meta_file, "rb") as f:
             all_classes = list(pickle.load(f, encoding="latin1").get(names_key) or all_classes)
     chosen = select_classes(all_classes, classes, base)
-    stats = [(str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    stats = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]
     key = fingerprint(stats, base, {"size": size, "classes": chosen, "train_size": train_size,
                                     "test_size": test_size})
-    path = Path(cache_dir or default_dir()) / f"{name}-{size}px-{key}"
+    path = cache_path(cache_dir or default_dir(), name, size, key)
     if (path / "meta.json").is_file():
         return _open(path)
 

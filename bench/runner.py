@@ -20,7 +20,7 @@ from bench.errors import BenchError
 from bench.files import check_writable
 from bench.ledger import DONE, Ledger
 from bench.config import resolve_dtype
-from bench.augment import rand_augment
+from bench.augment import RandAugment
 from bench.data import load as load_data, residency
 from bench.profiling import device_name, environment, resolve_device
 from bench.report import report_ledger
@@ -104,7 +104,7 @@ def preload(sweep: Sweep, dev: torch.device, quiet: bool = False) -> dict[int, A
     augment = sweep.data.augment
     for img in sorted({v.img_size for v in sweep.variants}):
         if augment.rand_augment:
-            rand_augment(augment.rand_augment, img)
+            RandAugment(augment.rand_augment, img)  # a string timm cannot read fails here
         datasets[img] = ds = load_data(sweep.data, img, quiet=quiet)
         if not quiet:
             where, why = residency(ds, dev, sweep.data.residency, sweep.data.memory_budget_gb,

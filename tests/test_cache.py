@@ -353,9 +353,9 @@ def test_deit_recipe_trains_a_tiny_model_one_step(tmp_path):
 
 def test_rand_augment_at_full_magnitude_runs_on_this_pillow():
     """At magnitude 10 the inc1 Posterize keeps 0 bits, which current Pillow refuses."""
-    from bench.augment import rand_augment
+    from bench.augment import RandAugment
     x = np.random.default_rng(0).integers(0, 256, (32, 3, 8, 8), dtype=np.uint8)
-    out = rand_augment("rand-m10-n4-inc1", 8)(x)
+    out = RandAugment("rand-m10-n4-inc1", 8)(x)
     assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
 
 
@@ -392,6 +392,6 @@ def test_augment_spec_errors():
         DataConfig(name="imagefolder", classes=["a", "a"])
     with pytest.raises(SpecError, match="residency"):
         DataConfig(residency="gpu")
-    from bench.augment import rand_augment
+    from bench.augment import RandAugment
     with pytest.raises(BenchError, match="rand_augment='rand-q9'"):
-        rand_augment("rand-q9", 32)
+        RandAugment("rand-q9", 32)
