@@ -120,6 +120,7 @@ def test_bench_cache_lists_and_prunes_by_last_use(tmp_path, cache_dir, capsys):
     assert [c["cache"] for c in listed] == [new.path.name, old.path.name]
     assert listed[1]["images"] == 12 + 6 and listed[1]["px"] == 8
     assert abs(listed[1]["gib"] * 2**30 - (18 * 3 * 8 * 8 + 18 * 8)) < 4096  # images + labels (+ headers, meta)
+    old.close()  # else this process holds it, and prune leaves a cache in use alone
     assert main(["cache", "--prune", "30", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["cache"] for r in rows] == [new.path.name] and not old.path.exists() and not crashed.exists()
