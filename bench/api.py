@@ -39,9 +39,10 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     variants = sweep.variants
     if sweep.search is not None:  # a study: its cheapest and dearest corners bound every trial
         variants = corners(sweep.search, sweep.variants[0])
+    witnesses = _witnesses(variants)  # label(v, variants) for each v would be quadratic: minutes at 10,000
     for v in variants:
         cf = closed_form(v)
-        rows.append({"variant": label(v, variants), "depth": v.depth, "embed_dim": v.embed_dim,
+        rows.append({"variant": label(v, witnesses), "depth": v.depth, "embed_dim": v.embed_dim,
                      "attention": v.attention, "param_count": cf["params"] / 1e6,
                      "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
     rate = _calibrate(min(variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
@@ -49,6 +50,20 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
         v = row.pop("_variant")
         row["est_trial_s"] = None if rate is None else estimated_macs(sweep, v, dev) / rate + 1.0  # + build, record
     return rows
+
+
+def _witnesses(variants: list[Variant]) -> list[Variant]:
+    """A few of ``variants`` that vary in exactly the fields all of them vary in (two per
+    such field): labels against them are the labels against all."""
+    found: list[Variant] = []
+    for field in FIELD_TYPES:
+        seen: dict[Any, Variant] = {}
+        for v in variants:
+            seen.setdefault(getattr(v, field), v)
+            if len(seen) > 1:
+                break
+        found += seen.values()
+    return list(dict.fromkeys(found))
 
 
 def estimated_macs(sweep: Sweep, v: Variant, device: Any) -> float:

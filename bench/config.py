@@ -105,7 +105,7 @@ class AugmentConfig:
             raise SpecError("augment", value, f"expected a preset ({', '.join(AUGMENT_PRESETS)}) or a mapping")
         values = dict(value)
         preset = values.pop("preset", "none")
-        if preset not in AUGMENT_PRESETS:
+        if not isinstance(preset, str) or preset not in AUGMENT_PRESETS:  # a list is no dict key: TypeError
             raise SpecError("augment", preset, f"unknown preset; expected one of {', '.join(AUGMENT_PRESETS)}")
         try:
             check_keys(values, [f.name for f in dataclasses.fields(cls)], "augment key")
@@ -352,6 +352,7 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 PRUNERS = ("median", "hyperband")
 DEFAULT_N_TRIALS = 20  # a study's budget when n_trials is unset (the grid sampler: its whole grid)
 RANGE_KEYS = ("low", "high", "step", "log")
+MAX_GRID_VALUES = 10_000  # one field's values under the grid sampler: more is a mistyped step (and a study of years)
 
 
 @dataclass(frozen=True)
@@ -366,6 +367,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         objectives = self.objectives if isinstance(self.objectives, list) else [self.objectives]
         object.__setattr__(self, "objectives", objectives)
+        for o in objectives:  # names before set() and OBJECTIVES look them up
+            check_type("objectives", o, str)
         if not 1 <= len(objectives) <= 2 or len(set(objectives)) != len(objectives):
             raise SpecError("objectives", self.objectives, "expected one or two different objectives, "
                             "e.g. [top1, gmacs]")
@@ -436,15 +439,25 @@ class Dim:
         if self.choices is not None:
             return list(self.choices)
         if self.is_int:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            low, high, step = int(self.low), int(self.high), int(self.step or 1)
+            self._check_grid_size((high - low) // step + 1)  # counted before a list of 10**11 fills memory
+            return list(range(low, high + 1, step))
         if self.step:
-            n = int(round((self.high - self.low) / self.step))
-            return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+            n = (self.high - self.low) / self.step
+            self._check_grid_size(n + 1)
+            return [round(self.low + i * self.step, 12) for i in range(int(round(n)) + 1)]
         raise SpecError(self.name, {"low": self.low, "high": self.high},
                         "the grid sampler needs a list of values or a range with a step")
 
     def ends(self) -> list[Any]:
         return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+    def _check_grid_size(self, n: float) -> None:
+        if not n <= MAX_GRID_VALUES:  # inf too (a step of 1e-300)
+            count = f"{n:,.0f}" if n < 1e15 else f"{n:.3g}"  # 1e300, not a number 300 digits long
+            raise SpecError(self.name, {"low": self.low, "high": self.high, "step": self.step},
+                            f"the grid sampler would try {count} values of it: more than {MAX_GRID_VALUES:,} "
+                            "(a larger step?)")
 
 
 def parse_space(raw: Any) -> dict[str, Dim]:

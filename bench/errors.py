@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import math
 import reprlib
+import sys
 import types
 import typing
 from typing import Any, Iterable, Mapping
@@ -49,7 +50,8 @@ class SpecError(BenchError, ValueError):
         prefix = f"{self.where}: " if self.where else ""
         if self.key is None:  # the file as a whole (unreadable, not YAML)
             return f"{prefix}{self.reason}"
-        return f"{prefix}{self.key}={quote(self.value)}: {self.reason}"
+        key = self.key if self.key.isprintable() and len(self.key) <= QUOTE else quote(self.key)  # one line
+        return f"{prefix}{key}={quote(self.value)}: {self.reason}"
 
     def within(self, where: str | None = None, prefix: str = "") -> SpecError:
         """The same error, placed in a file and under a key prefix (``model.`` say)."""
@@ -91,7 +93,9 @@ def check_type(name: str, value: Any, expected: Any) -> None:
         if t is None or isinstance(value, bool) != (t is bool):
             continue
         if isinstance(value, t) or (t is float and isinstance(value, int)):
-            if t is float and not math.isfinite(value):  # .nan and .inf only waste a run
+            # .nan and .inf only waste a run; an int past any float (2**1100) would be an OverflowError
+            if t is float and not (abs(value) <= sys.float_info.max if isinstance(value, int)
+                                   else math.isfinite(value)):
                 raise SpecError(name, value, "must be a finite number")
             return
     names = " or ".join("null" if t is None else t.__name__ for t in allowed)

@@ -25,9 +25,9 @@ from bench.config import NOISY, OBJECTIVES
 from bench.errors import BenchError, first_line
 from bench.files import atomic_write
 from bench.ledger import DETAILS, Ledger
-from bench.spec import BASELINE, variant_of
+from bench.spec import BASELINE, check_name, variant_of
 from bench.storage import default_url, safe_url
-from bench.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, VARIANT_FIELDS,
+from bench.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, MIN_RANKED, VARIANT_FIELDS,
                           comparison, fidelity, has_accuracy, is_missing, iso_costs, md_table, num, pareto_front,
                           ranking_by_epoch, show_value, signed, summarize, variant_label, varying_fields,
                           width_and_re_arms)
@@ -418,7 +418,7 @@ def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) 
     """Write the report of the study behind ``ledger`` to results_dir/name."""
     df = _records_frame(ledger)
     if df.empty:
-        raise BenchError(f"study {name!r} in {url} has no finished trials yet")
+        raise BenchError(f"study {name!r} in {safe_url(url)} has no finished trials yet")
     # per-block details live beside the records: load the heatmaps' only (records from before
     # that change still carry theirs inside)
     have = df["collapse"].map(lambda c: isinstance(c, dict)) if "collapse" in df else pd.Series(False, df.index)
@@ -444,11 +444,18 @@ def _ci(low: Any, high: Any) -> str:
     return "" if is_missing(low) or is_missing(high) else f" [{low:.2f}, {high:.2f}]"
 
 
+def no_ranking(shared: int) -> str:
+    """Why a fidelity comparison has no τ: too few variants both studies measured."""
+    return f"they need at least {MIN_RANKED} variants both studies measured, {shared} here"
+
+
 def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, reference_storage: str | None = None,
                     results_dir: str | Path = "results") -> tuple[dict[str, Any], Path]:
     """``bench fidelity``: how study ``proxy``'s ranking and decisions agree with study
     ``reference``'s (the same variants at a longer budget, or on other data). Writes
     results_dir/proxy/fidelity-<reference>.md; returns (the comparison, its path)."""
+    for name in (proxy, reference):  # the file goes into results_dir/proxy: no name may lead out of it
+        check_name(name)
     url_p = storage or default_url(results_dir, proxy)
     url_r = reference_storage or storage or default_url(results_dir, reference)
     lp, lr = Ledger.open(url_p, proxy), Ledger.open(url_r, reference)
@@ -461,12 +468,14 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
         raise BenchError(f"studies {proxy!r} and {reference!r} share no variant: a reference runs the proxy's "
                          f"variants (e.g. bench run SWEEP --name {reference} --set train.epochs=...)")
     a = result["agreement"]
+    ranks = (f"Kendall τ = {a.tau:.2f}{_ci(a.tau_low, a.tau_high)}, Spearman ρ = {a.rho:.2f}"
+             f"{_ci(a.rho_low, a.rho_high)} (95 % bootstrap intervals over variants)." if a is not None else
+             f"no Kendall τ or Spearman ρ: {no_ranking(result['variants'])}.")
     lines = [f"# Fidelity: {proxy} against {reference}", "",
              f"**Proxy:** data {_settings(spec_p.get('data'))}; train {_settings(spec_p.get('train'))}  ",
              f"**Reference:** data {_settings(spec_r.get('data'))}; train {_settings(spec_r.get('train'))}", "",
-             f"Over the {result['variants']} variants both studies measured (mean top-1 over seeds): "
-             f"Kendall τ = {a.tau:.2f}{_ci(a.tau_low, a.tau_high)}, Spearman ρ = {a.rho:.2f}"
-             f"{_ci(a.rho_low, a.rho_high)} (95 % bootstrap intervals over variants)."
+             f"Over the {result['variants']} variant{'s' * (result['variants'] != 1)} both studies measured "
+             f"(mean top-1 over seeds): {ranks}"
              + (f" {result['only_proxy']} variant(s) only in the proxy, {result['only_reference']} only in the "
                 "reference, left out." if result["only_proxy"] or result["only_reference"] else ""),
              "For scale: NAS-Bench-201 reports τ ≈ 0.9 between 12- and 200-epoch training on CIFAR; reduced-setting "

@@ -19,6 +19,7 @@ anywhere, and ``bench report`` never imports it.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -32,13 +33,14 @@ import yaml
 
 from bench.config import (DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
                           TrainConfig, parse_space)
-from bench.errors import SpecError, check_keys, check_seed, check_type
+from bench.errors import SpecError, check_keys, check_seed, check_type, quote
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 
 SECTIONS = ("name", "description", "data", "model", "train", "profile", "collapse", "grid", "seeds", "compare",
             "search", "study")
 BASELINE = "baseline"  # the comparison's reference arm: a reserved arm name
 MAX_CORNERS = 4096  # a study's space: validate every combination of choices and range ends up to this many
+MAX_VARIANTS = 10_000  # a grid's points: a sweep trains each once per seed (10,000 is weeks of GPU time already)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ def variant_of(key: str) -> str:
 
 # --- reading ----------------------------------------------------------------------------
 
+MAX_NODES = 100_000  # YAML values a spec may unfold to, aliases expanded: a real one has a few hundred
+MAX_NESTING = 64  # levels of YAML nesting: a real spec has four or five
+
+
 class _Loader(yaml.SafeLoader):
     """Safe YAML that refuses duplicate keys (plain YAML keeps the last one silently)."""
 
@@ -136,14 +142,89 @@ class _Loader(yaml.SafeLoader):
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: construct_mapping merges it, keys written win
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        try:
+            duplicate = key in seen
+        except TypeError:  # a list or mapping as a key
+            raise yaml.constructor.ConstructorError(None, None, f"a {type(key).__name__} cannot be a key",
+                                                    key_node.start_mark) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {quote(key)}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse a node graph whose aliases unfold past MAX_NODES values, or that refers to itself,
+    or nests deeper than MAX_NESTING: counted on the composed nodes (each alias's size once),
+    before any Python object exists, so a "billion laughs" file costs nothing."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # the nodes whose count is under way: an alias to one is a cycle
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(c)] for c in _children(node))
+            if size > MAX_NODES:
+                raise SpecError(None, None, f"its aliases unfold to more than {MAX_NODES:,} values "
+                                f"(from line {node.start_mark.line + 1}): refused")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_:
+            raise SpecError(None, None, f"line {node.start_mark.line + 1}: an alias refers to the value that "
+                            "contains it (a value cannot contain itself)")
+        if depth > MAX_NESTING:
+            raise SpecError(None, None, f"line {node.start_mark.line + 1}: nested more than {MAX_NESTING} levels "
+                            "deep")
+        open_.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in _children(node))
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The one way bench reads YAML (sweep files, ``--set`` values): safe tags only, duplicate
+    keys refused, and the node graph checked (_check_size) before any object is built.
+    Raises SpecError naming ``where``."""
+    loader = None
+    try:
+        loader = _Loader(text)  # reads the text: a control character is a YAMLError here
+        node = loader.get_single_node()
+        if node is None:  # empty text
+            return None
+        _check_size(node)
+        try:
+            return loader.construct_document(node)
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as err:
+            # PyYAML's own, on a tag its value does not fit: `!!int ''` (IndexError), `!!timestamp ''`
+            why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            raise SpecError(None, None, f"not valid YAML: a tagged value does not read as its tag ({why})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(None, None, f"not valid YAML: {at}{' '.join(problem.split())}", where) from None
+    except RecursionError:  # the composer recurses per level: MAX_NESTING is checked only after it
+        raise SpecError(None, None, f"not valid YAML: nested more than {MAX_NESTING} levels deep", where) from None
+    except SpecError as err:
+        raise err.within(where) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -154,13 +235,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SpecError(None, None, f"cannot read the sweep file: {err.strerror or err}", where) from None
     except UnicodeDecodeError:
         raise SpecError(None, None, "not a text file (a sweep file is YAML in UTF-8)", where) from None
-    try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(None, None, f"not valid YAML: {at}{problem}", where) from None
+    raw = load_yaml(text, where)
     if not isinstance(raw, dict):
         raise SpecError(None, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), "
                         f"got {type(raw).__name__}", where)
@@ -169,7 +244,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_sets(raw: dict[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
     """``{"train.epochs": 2}`` → ``raw["train"]["epochs"] = 2`` (a new dict; ``raw`` unchanged)."""
-    out = json.loads(json.dumps(raw, default=str))  # deep copy of plain YAML data
+    out = copy.deepcopy(raw)  # not through JSON: a date or number as a key is no TypeError
     for dotted, value in sets.items():
         parts = dotted.split(".")
         node = out
@@ -202,8 +277,8 @@ def check_name(name: Any) -> str:
     """A study name: it names results/<name>/, so a plain file name."""
     check_type("name", name, str)
     if not name or any(c in name for c in "/\\") or name.startswith(".") or not name.isprintable():
-        raise SpecError("name", name, "must be a plain file name without control characters "
-                        "(it names results/<name>/)")
+        raise SpecError("name", name, "must be a plain file name: no / or \\, no leading dot, no control "
+                        "characters (it names results/<name>/)")
     if len(name.encode()) > 200:
         raise SpecError("name", name, "is too long for a folder name (200 bytes at most)")
     return name
@@ -245,7 +320,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
         raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
     if data_raw is not None:
         kind = data_raw.get("name", DataConfig.name)
-        if kind in DATA_KEYS:  # keys that mean nothing for this dataset are mistakes
+        if isinstance(kind, str) and kind in DATA_KEYS:  # keys that mean nothing for this dataset are mistakes
             try:
                 check_keys(data_raw, DATA_KEYS[kind], f"key for data {kind!r}")
             except SpecError as err:
@@ -375,7 +450,11 @@ def _grid(raw: Any) -> list[dict[str, list[Any]]]:
 
 def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig | None,
               num_classes: int | None = None) -> list[Variant]:
-    variants: list[Variant] = []
+    points = sum(math.prod(len(values) for values in axes.values()) for axes in grid)
+    if points > MAX_VARIANTS:  # counted before building them: a long list per field multiplies fast
+        raise SpecError("grid", {k: f"{len(v)} values" for k, v in grid[0].items()}, f"has {points:,} points: more "
+                        f"than {MAX_VARIANTS:,} (each is trained once per seed)")
+    variants: dict[Variant, None] = {}  # in grid order, each once
     for i, axes in enumerate(grid):
         at = f"grid[{i}]" if len(grid) > 1 else "grid"
         for combo in itertools.product(*axes.values()):
@@ -383,9 +462,8 @@ def _variants(base: Variant, grid: list[dict[str, list[Any]]], data: DataConfig 
             v = point_variant(base, point, at)
             if data is not None:
                 _fits_data(v, data, at, point, num_classes)
-            if v not in variants:
-                variants.append(v)
-    return variants
+            variants.setdefault(v)
+    return list(variants)
 
 
 def point_variant(base: Variant, point: dict[str, Any], at: str, what: str = "grid point") -> Variant:
@@ -428,6 +506,7 @@ def _compare(raw: Any, variants: list[Variant]) -> dict[str, Any] | None:
     if not isinstance(by, list):
         raise SpecError("compare.by", by, "expected a variant field or a list of them")
     for field in by:
+        check_type("compare.by", field, str)  # a list is no key of {field: None}
         try:
             check_keys({field: None}, FIELD_TYPES, "variant field")
         except SpecError as err:

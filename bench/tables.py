@@ -307,16 +307,21 @@ def ranking_by_epoch(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"epoch": range(1, table.shape[1] + 1), "tau": taus, "variants": len(curves)})
 
 
+MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
+
+
 def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
              resamples: int = 1000) -> dict[str, Any]:
     """How a proxy study's answers agree with a reference study of the same variants (a longer
     budget, more data, another dataset): Kendall τ and Spearman ρ between their mean top-1
-    over the variants both measured, with bootstrap intervals; and, per group and arm of
+    over the variants both measured, with bootstrap intervals (``agreement`` None with fewer than
+    MIN_RANKED of them); and, per group and arm of
     ``compare``, whether the two agree on the sign of Δtop-1 and on the iso-cost verdict
     (does re-attention beat widening at equal GMACs: multiplier above its own cost)."""
     a, b = _variant_means(proxy), _variant_means(reference)
     both = a.merge(b, on="variant", suffixes=("_proxy", "_ref"))
-    agreement = rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples) if len(both) >= 2 else None
+    agreement = (rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples)
+                 if len(both) >= MIN_RANKED else None)  # None: too few shared variants to rank
     decisions = []
     if compare:
         by = list(compare.get("by") or [])

@@ -12,6 +12,7 @@ from bench.errors import SpecError, check_keys, check_type
 
 RE_NORMS = ("batch", "layer", "none")  # how re-attention normalises the mixed maps over heads
 ATTENTION_TYPES = ("self", "re")
+MAX_SIZE = 2**31 - 1  # any size field, and the MLP's width: past it no model builds, and MAC counts overflow floats
 
 
 def is_re_option(field: str) -> bool:
@@ -51,8 +52,13 @@ class Variant:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be at least 1")
+            if getattr(self, name) > MAX_SIZE:
+                raise SpecError(name, getattr(self, name), f"must be at most {MAX_SIZE:,}")
         if self.mlp_ratio <= 0:
             raise SpecError("mlp_ratio", self.mlp_ratio, "must be positive")
+        if self.embed_dim * self.mlp_ratio > MAX_SIZE:
+            raise SpecError("mlp_ratio", self.mlp_ratio, f"gives an MLP wider than {MAX_SIZE:,} at "
+                            f"embed_dim={self.embed_dim}")
         if int(self.embed_dim * self.mlp_ratio) < 1:
             raise SpecError("mlp_ratio", self.mlp_ratio, f"gives an empty MLP at embed_dim={self.embed_dim}")
         if not 0 <= self.drop_path_rate < 1:
