@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from bench import __version__, console, spec
-from bench.config import DTYPES
+from bench.config import DTYPES, ProfileConfig
 from bench.errors import BenchError, SpecError, Terminated, first_line
 from bench.files import atomic_write, check_writable
 from bench.variant import FIELD_TYPES, Variant
@@ -31,11 +29,20 @@ def parse_sets(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise SpecError(item, item, "expected key=value", where=flag)
-        try:
-            values[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise SpecError(key, text, "is not a valid YAML value", where=flag) from None
+        try:  # the spec file's YAML rules: an alias bomb in a value is refused the same way
+            values[key] = spec.load_yaml(text, flag) if text.strip() else None
+        except SpecError as err:
+            raise SpecError(key, text, f"is not a valid YAML value ({err.reason})", where=flag) from None
     return values
+
+
+def study_name(name: str, flag: str = "NAME") -> str:
+    """The one rule for a study name, in every command that takes one (a spec's name and
+    --name too): it names RESULTS/<name>/, so a plain file name, never a path out of it."""
+    try:
+        return spec.check_name(name)
+    except SpecError as err:
+        raise err.within(flag) from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -92,9 +99,9 @@ def _load_sweep(args: argparse.Namespace) -> spec.Sweep:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
     from bench.runner import run_sweep
 
-    sweep = _load_sweep(args)
     if args.workers < 1:
         raise SpecError("workers", args.workers, "must be at least 1", where="--workers")
     summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
@@ -116,8 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "report" in summary:
         paths = summary["report"]
         console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
-    failed = sum(r["status"] == "failed" for r in records)
-    return 1 if failed and failed == len(records) else 0
+    if summary.get("failure"):  # any trial of this run failed (not diverged): never a silent rc 0
+        console.error(summary["failure"])
+        return 1
+    return 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -129,20 +138,24 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    study_name(args.name)  # the one name rule: RESULTS/NAME/ stays inside RESULTS
     from bench.ledger import Ledger
     from bench.profiling import resolve_device
     from bench.report import report_ledger
-    from bench.runner import work
+    from bench.runner import watch_parent, work
     from bench.search import run_search
-    from bench.storage import default_url
+    from bench.storage import STORAGE_ENV, default_url, safe_url
 
-    url = args.storage or default_url(args.results, args.name)
+    watch_parent()  # a local worker of `bench run --workers N` stops with its parent
+
+    # `bench run --workers N` passes its storage in the environment: a URL in argv is public (ps)
+    url = args.storage or os.environ.get(STORAGE_ENV) or default_url(args.results, args.name)
     ledger = Ledger.open(url, args.name)
     sweep = ledger.stored_sweep()
     dev = resolve_device(args.device)
     check_writable(Path(args.results) / args.name / ("weights" if args.save_weights else ""))
     if not args.quiet:
-        console.info(f"worker on {args.name} | {url} | {dev}")
+        console.info(f"worker on {args.name} | {safe_url(url)} | {dev}")
     if sweep.search is not None:
         offset = int(args.tag[1:]) if args.tag[1:].isdigit() else os.getpid()
         records = run_search(sweep, ledger, dev, results_dir=args.results, quiet=args.quiet,
@@ -165,9 +178,9 @@ def _variant(record: dict[str, Any]) -> Variant:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
     from bench.api import plan_rows
 
-    sweep = _load_sweep(args)
     with console.status("calibrating: timing a few train steps", quiet=args.json):
         rows = plan_rows(sweep, device=args.device, calibrate=not args.no_estimate)
     if args.json:
@@ -198,7 +211,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     name = args.name
     if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
-        name = spec.check_name(spec.read_yaml(name).get("name", Path(name).stem))
+        name = study_name(spec.read_yaml(name).get("name", Path(name).stem), flag=name)
+    else:
+        name = study_name(name)
     paths = report_study(name, storage=args.storage, results_dir=args.results)
     for path in paths.values():
         console.out.print(str(path), highlight=False, markup=False)
@@ -206,15 +221,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    import math
+
     from bench.cache import caches, default_dir, prune
 
     where = Path(args.dir).expanduser() if args.dir else default_dir()
     if args.prune is not None:
-        if args.prune < 0:
-            raise BenchError(f"--prune {args.prune}: expected a number of days, at least 0")
-        gone = prune(args.prune, where)
-        console.info(f"{where}: removed {len(gone)} cache(s) unused for {args.prune:g} days, "
-                     f"{sum(c['gib'] for c in gone):.2f} GiB freed")
+        if not (math.isfinite(args.prune) and args.prune >= 0):  # nan compares false: it would remove everything
+            raise SpecError(None, args.prune, f"{args.prune:g} is not a number of days: expected a finite number, "
+                            "at least 0", where="--prune")
+        gone, kept = prune(args.prune, where)
+        for k in kept:  # never removed: not bench's own, or in use
+            console.info(f"{k['path']}: {k['why']}; left alone")
+        n = {kind: sum(c["kind"] == kind for c in gone) for kind in ("cache", "partial", "lock")}
+        console.info(f"{where}: removed {n['cache']} cache(s) unused for {args.prune:g} days, {n['partial']} crashed "
+                     f"build(s) and {n['lock']} lock file(s), {sum(c['gib'] for c in gone):.2f} GiB freed")
     rows = caches(where)
     if args.json:
         console.print_json(rows)
@@ -228,13 +249,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from bench.report import fidelity_report
+    from bench.report import fidelity_report, no_ranking
 
+    study_name(args.name)  # fidelity-REF.md goes into RESULTS/NAME: neither name may lead out of it
+    study_name(args.reference, "--reference")
     result, path = fidelity_report(args.name, args.reference, storage=args.storage,
                                    reference_storage=args.reference_storage, results_dir=args.results)
     a = result["agreement"]
-    console.out.print(f"{args.name} against {args.reference}: {result['variants']} variants, Kendall τ "
-                      f"{a.tau:.2f}, Spearman ρ {a.rho:.2f}", highlight=False)
+    ranks = f"Kendall τ {a.tau:.2f}, Spearman ρ {a.rho:.2f}" if a is not None else \
+        f"no Kendall τ or Spearman ρ ({no_ranking(result['variants'])})"
+    console.out.print(f"{args.name} against {args.reference}: {result['variants']} "
+                      f"variant{'s' * (result['variants'] != 1)}, {ranks}", highlight=False)
     d = result["decisions"]
     if len(d):
         console.out.print(f"sign of Δtop-1 agrees for {int(d['sign_agrees'].sum())} of {len(d)} arm(s)", highlight=False)
@@ -249,13 +274,20 @@ def cmd_time(args: argparse.Namespace) -> int:
     from bench.runner import time_side_by_side
     from bench.storage import default_url
 
+    name = study_name(args.name)
     if args.rounds is not None and args.rounds < 1:
         raise SpecError("rounds", args.rounds, "must be at least 1", where="--rounds")
-    url = args.storage or default_url(args.results, args.name)
-    ledger = Ledger.open(url, args.name)
+    url = args.storage or default_url(args.results, name)
+    ledger = Ledger.open(url, name)
     sweep = ledger.stored_sweep()
-    result = time_side_by_side(ledger, sweep, resolve_device(args.device), rounds=args.rounds, again=True,
-                               quiet=args.quiet)
+    # exactly the variants the study measured (a stored sweep's own variant is its base model alone)
+    finished = [r for r in ledger.records() if r.get("status") in ("complete", "diverged") and "depth" in r]
+    if not finished:
+        raise BenchError(f"study {name!r} has no finished trials yet: nothing to time (`bench run` it first)")
+    variants = list(dict.fromkeys(_variant(r) for r in finished))
+    rounds = args.rounds or sweep.profile.rounds or ProfileConfig.rounds  # the spec's 0 (off during runs): default
+    result = time_side_by_side(ledger, sweep, resolve_device(args.device), rounds=rounds, again=True,
+                               quiet=args.quiet, variants=variants)
     if not args.quiet:
         rows = [{"variant": key, **{k: v for k, v in figures.items() if k.startswith("train_")}}
                 for key, figures in result["variants"].items()]
@@ -270,6 +302,8 @@ def cmd_collapse(args: argparse.Namespace) -> int:
 
     common = dict(images=args.images, which=args.which, threshold=args.threshold,
                   head_threshold=args.head_threshold, device=args.device)
+    if args.trial is not None:
+        study_name(args.name)
     with console.status("analysing attention maps", quiet=args.json):
         if args.trial is not None:
             if args.set or args.weights:
@@ -391,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="join a study's workers: run its queued trials until none is left",
                        description="Run trials queued in study NAME (by `bench run` or `bench study`) until "
                                    "none is left and no other worker runs one; a trial whose worker dies is "
-                                   "taken over. Start any number, on any machines, with the same --storage.")
+                                   "taken over. Start any number, on any machines, with the same --storage "
+                                   "(or $BENCH_STORAGE: a password there stays out of the process list).")
     p.add_argument("name", metavar="NAME", help="the study (sweep) name")
     storage_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -426,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the study (sweep) name")
     storage_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the spec's profile.rounds)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the spec's profile.rounds, "
+                   f"or {ProfileConfig.rounds} where it is 0)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     p.set_defaults(func=cmd_time)
 
@@ -455,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "a changed folder leaves its old cache behind. This lists them, newest use first.")
     p.add_argument("--dir", default=None, help="the cache folder (default: $BENCH_CACHE_DIR, else ~/.cache/bench)")
     p.add_argument("--prune", type=float, default=None, metavar="DAYS",
-                   help="first remove the caches no run has used for DAYS days")
+                   help="first remove the caches no run has used for DAYS days (only bench's own, never one "
+                   "a run holds)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.set_defaults(func=cmd_cache)
 

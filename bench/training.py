@@ -5,25 +5,57 @@ settings and their defaults are ``bench.config.TrainConfig``.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import timm
 import torch
 from torch import nn
 
+from bench import __version__, console
 from bench.cache import cores
 from bench.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.config import DataConfig, TrainConfig
 from bench.data import Dataset, Loader, residency
+from bench.errors import first_line
 from bench.files import atomic_write
 from bench.profiling import autocast
 
 
-def _save(path: Path, epochs: int, step: int, model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
-          result: dict[str, Any]) -> None:
-    state = {"epochs": epochs, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
+             extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Everything a run's numbers depend on, flat (``train.lr`` → its JSON): every train
+    setting (``epochs`` too: it shapes the schedule), the data's, the seed, the training
+    dtype, the versions that change numerics, and ``extra`` (the caller's: the variant).
+    A checkpoint carries it; one that does not match is never resumed."""
+    sections = {"train": dataclasses.asdict(cfg), "data": recipe.settings(), "seed": seed, "dtype": dtype,
+                "version": {"torch": torch.__version__, "timm": timm.__version__, "bench": __version__},
+                **(extra or {})}
+    flat = {}
+    for section, value in sections.items():
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        flat.update({section if k is None else f"{section}.{k}": json.dumps(v, sort_keys=True, default=str)
+                     for k, v in items})
+    return flat
+
+
+def _digest(fields: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(fields), sort_keys=True).encode()).hexdigest()
+
+
+CHECKPOINT_KEYS = ("identity", "epochs", "step", "model", "optimizer", "schedule", "loader", "torch", "cuda", "result")
+
+
+def _save(path: Path, ident: dict[str, str], epochs: int, step: int, model: nn.Module, optimizer: Any, schedule: Any,
+          loader: Loader, result: dict[str, Any]) -> None:
+    state = {"identity": {"hash": _digest(ident), "fields": ident},
+             "epochs": epochs, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "loader": loader.state(), "streams": streams_state(),
              "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -32,10 +64,58 @@ def _save(path: Path, epochs: int, step: int, model: nn.Module, optimizer: Any, 
     atomic_write(Path(path), lambda f: torch.save(state, f), binary=True)
 
 
-def _resume(path: Path, model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
+def _load(path: Path, ident: dict[str, str], model: nn.Module) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it resumes this very run, else None (start from scratch),
+    before anything is touched. One that cannot be read whole (truncated, not a checkpoint)
+    is set aside beside it, never deleted; one made with other settings (``identity``) or
+    by another version is discarded. Each says so in one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+    except (FileNotFoundError, PermissionError):
+        raise  # not damage: the file's folder or rights; the trial fails and says which
+    except Exception as err:  # truncated, random bytes, a pickle of something else
+        return _damaged(path, err)
+    stored = state.get("identity")
+    fields = stored.get("fields") if isinstance(stored, dict) else None
+    if not isinstance(fields, dict) or stored.get("hash") != _digest(ident):
+        differ = [k for k in dict.fromkeys([*ident, *fields]) if ident.get(k) != fields.get(k)] \
+            if isinstance(fields, dict) else []
+        what = ("made with other settings (" + ", ".join(differ[:6])
+                + (f" and {len(differ) - 6} more" if len(differ) > 6 else "") + ")" if differ
+                else "made by a bench that did not record its settings" if not isinstance(fields, dict)
+                else "its settings' hash does not match them")
+        path.unlink(missing_ok=True)  # never resumed; this run's own takes its place after an epoch
+        console.info(f"checkpoint {path}: {what}; discarded, the trial starts from scratch")
+        return None
+    try:  # the identity matches: what it holds must fit this model, or it is damaged
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        ours, theirs = model.state_dict(), state["model"]
+        if set(theirs) != set(ours) or any(tuple(theirs[k].shape) != tuple(v.shape) for k, v in ours.items()):
+            raise ValueError("its weights do not fit the model")
+    except Exception as err:
+        return _damaged(path, err)
+    return state
+
+
+def _damaged(path: Path, err: BaseException) -> None:
+    """Set the damaged checkpoint ``path`` aside as PATH.damaged-<time> (kept: never deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    side, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+    while side.exists():
+        side, n = path.with_name(f"{path.name}.damaged-{stamp}-{n}"), n + 1
+    os.replace(path, side)
+    console.info(f"checkpoint {path} is damaged ({type(err).__name__}: {first_line(err)[:200]}); set aside as "
+                 f"{side.name}, the trial starts from scratch")
+    return None
+
+
+def _resume(state: dict[str, Any], model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
             result: dict[str, Any]) -> tuple[int, int]:
-    """Load a checkpoint written by ``_save``: (epochs done, steps done)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    """Continue from a checkpoint written by ``_save`` (``_load``): (epochs done, steps done)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -88,7 +168,7 @@ Progress = Callable[[int, int, float | None], None]  # (step, total steps, mean 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
           recipe: DataConfig | None = None, on_step: Progress | None = None,
           on_epoch: Callable[[int, float, float], bool | None] | None = None,
-          checkpoint: Path | None = None) -> dict[str, Any]:
+          checkpoint: Path | None = None, identity_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
     ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.augment) and
@@ -97,13 +177,19 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
     the whole state (model, optimizer, schedule, the result so far, every random stream
     including the loader's) is written there atomically, and a run that finds one resumes
-    from it: on the CPU, to the same final top-1 as a run never interrupted.
+    from it: on the CPU, to the same final top-1 as a run never interrupted. A checkpoint
+    carries the run's ``identity`` (with ``identity_extra``: what else the numbers depend on,
+    e.g. the variant): one made with other settings is discarded, a damaged one set aside,
+    and the run starts from scratch (``resumed`` False).
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
-    diverged, stopped, epochs, steps, train_time_s, train_dtype, data_residency.
+    diverged, stopped, resumed, epochs, steps, train_time_s, train_dtype, data_residency.
     """
     model.to(device)
     dtype = cfg.resolved_dtype(device)
     recipe = recipe or DataConfig(crop_padding=0, flip=False)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    ident = identity(cfg, recipe, seed, dtype, identity_extra)
+    state = _load(checkpoint, ident, model) if checkpoint is not None and checkpoint.is_file() else None
     aug = Recipe(recipe.augment, num_classes=data.num_classes, img_size=data.img_size,
                  label_smoothing=cfg.label_smoothing, device=device)
     where, _ = residency(data, device, recipe.residency, recipe.memory_budget_gb, host_transform=aug.host is not None)
@@ -132,13 +218,15 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     params = [p for p in model.parameters() if p.requires_grad]
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
-                              "train_loss_per_epoch": [], "diverged": False, "stopped": False, "epochs": 0, "steps": 0,
+                              "train_loss_per_epoch": [], "diverged": False, "stopped": False,
+                              "resumed": state is not None, "epochs": 0, "steps": 0,
                               "train_dtype": dtype, "data_residency": where}
     start = time.perf_counter()
     step, first = 0, 0
     try:
-        if checkpoint is not None and Path(checkpoint).is_file():
-            first, step = _resume(checkpoint, model, optimizer, schedule, train_loader, result)
+        if state is not None:
+            first, step = _resume(state, model, optimizer, schedule, train_loader, result)
+            del state  # its tensors: not held through the run
         for epoch in range(first, cfg.epochs):
             model.train()
             loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
@@ -167,7 +255,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
             result["top1_per_epoch"].append(top1)
             result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
             if checkpoint is not None and epoch + 1 < cfg.epochs:
-                _save(checkpoint, epoch + 1, step, model, optimizer, schedule, train_loader, result)
+                _save(checkpoint, ident, epoch + 1, step, model, optimizer, schedule, train_loader, result)
             if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
                 result["stopped"] = True
                 break

@@ -65,7 +65,9 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             checkpoint: Path | None = None) -> dict[str, Any]:
     """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
     ``recipe``: the data section (augmentation, residency; bench.training.train).
-    ``checkpoint``: training resumes from it if it exists, and writes it every epoch.
+    ``checkpoint``: training resumes from it if it exists and was made by this very trial
+    (variant, seed, data, train settings, versions: bench.training.identity), and writes it
+    every epoch; ``resumed`` says whether it did.
 
     With ``collapse``, the trained model's attention collapse on the first test images (and,
     ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
@@ -93,10 +95,9 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             _add_collapse(record, model.to(device), images, collapse, prefix="init_")
         say("training")
         t0 = time.perf_counter()
-        resumed = checkpoint is not None and checkpoint.is_file()
         result = train(model, data, train_cfg, device=device, seed=seed, recipe=recipe, on_step=on_step,
-                       on_epoch=on_epoch, checkpoint=checkpoint)
-        record["resumed"] = resumed
+                       on_epoch=on_epoch, checkpoint=checkpoint, identity_extra={"variant": variant.to_dict()})
+        record["resumed"] = result.pop("resumed", False)
         record["time_train_s"] = time.perf_counter() - t0
         if result.pop("diverged"):
             record["status"] = "diverged"
@@ -163,7 +164,8 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
     trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
     ``loaded``: datasets by image size, loaded once per worker. ``save``: keep the weights.
     Training checkpoints every epoch (``checkpoint_path``); an interrupted trial leaves its
-    checkpoint for whichever worker redoes it, a finished one removes it unless ``keep_checkpoints``."""
+    checkpoint for whichever worker redoes it, a finished one removes it unless ``keep_checkpoints``
+    (a failed one keeps it: ``--retry-failed`` resumes it)."""
     checkpoint = checkpoint_path(results_dir, sweep.name, trial.key) if sweep.train is not None else None
     objectives = sweep.objective_columns()
     t0 = time.perf_counter()
@@ -202,8 +204,8 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
     ledger.finish(handle, _jsonable(record), objectives)
-    if checkpoint is not None and not keep_checkpoints:  # recorded: the checkpoint's work is done
-        checkpoint.unlink(missing_ok=True)
+    if checkpoint is not None and not keep_checkpoints and record["status"] != "failed":
+        checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
     return record
 
 

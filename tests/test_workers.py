@@ -180,3 +180,32 @@ def test_sigterm_stops_every_local_worker(tmp_path):
     lg = Ledger.open(default_url(results, name), name)
     plan = lg.plan(spec.load(path).trials())
     assert plan.running_elsewhere == 0 and plan.interrupted >= 1  # their trials: interrupted, to redo
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    """kill -9 of `bench run --workers 2` cannot tell its workers: they notice by themselves
+    (the kernel's parent-death signal, or their poll of the parent), record their trials as
+    interrupted, and exit; none goes on taking trials."""
+    path, name = write_sweep(tmp_path, train_size=4000, epochs=50)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(bench_cmd("run", path, "--workers", "2", "--results", results, "--device", "cpu",
+                                      "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    journal = results / name / "study.journal"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b'"worker"') >= 2):
+        time.sleep(0.3)
+    children = children_of(proc.pid)
+    assert len(children) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 60
+    alive = children
+    while alive and time.time() < deadline:
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and
+                 "Z" not in open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived their parent"
+    lg = Ledger.open(default_url(results, name), name)
+    plan = lg.plan(spec.load(path).trials())
+    assert plan.running_elsewhere == 0 and plan.interrupted >= 2  # both trials recorded, to redo
