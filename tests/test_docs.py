@@ -22,7 +22,7 @@ SECTIONS = {"model": variant.Variant, "data": config.DataConfig, "train": config
             "profile": config.ProfileConfig, "collapse": config.CollapseConfig, "study": config.StudyConfig}
 TOP_LEVEL = "top level"  # keys: spec.SECTIONS; defaults are prose (the file's name, none, ...)
 # links to pages written in the same change as this test
-NOT_YET_WRITTEN = {"docs/reliability.md", "docs/architecture.md"}  # written in the same change
+NOT_YET_WRITTEN = {"docs/architecture.md"}  # written with the sub-packages (issue 18)
 MACHINE_PATHS = re.compile(r"(?<![\w.~])/(tmp|work|root|home)/")
 
 
