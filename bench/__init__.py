@@ -5,21 +5,22 @@ loads on first use: touching ``bench.Variant``, ``bench.build_model``, ``bench.V
 (or importing ``bench.models``) registers the paper's models with timm, so
 ``timm.create_model("deepvit_16b")`` works from then on.
 
-The package is layered; a module imports only from the layers above it in this list
-(``tests/test_layers.py`` holds it to that):
+The package is layered; a module imports only from the layers before it in this list, and
+each sub-package's modules stand together (``tests/test_layers.py`` holds it to that;
+``docs/architecture.md`` draws it):
 
-1. ``errors``, ``console``, ``files``, ``cache`` — one-line errors, all terminal output, atomic
-   writes; decoded datasets cached on disk (numpy and PIL, no torch)
-2. ``variant``, ``config``, ``spec``, ``stats`` — torch-free: an architecture, the spec's
-   sections with their defaults and rules, the sweep file; intervals and iso-cost readings
-3. ``reattention``, ``models`` — DeepViT's re-attention; building and registering timm models
-4. ``data``, ``augment``, ``profiling``, ``timing``, ``training``, ``collapse`` — datasets and
-   their loader, timm's augmentation recipes, cost, costs timed side by side, the proxy,
+1. base: ``errors``, ``console``, ``files``, ``schema`` — one-line errors, all terminal output,
+   atomic writes, the record's vocabulary
+2. config: ``variant``, ``config``, ``stats`` — torch-free: an architecture, the spec's sections
+   with their defaults and rules; intervals and iso-cost readings
+3. ``bench.data`` — datasets, the decoded cache, the loader, augmentation
+4. ``spec`` — the sweep file, validated (torch-free)
+5. the measuring core: ``reattention``, ``models``, ``profiling``, ``timing``, ``training``,
+   ``collapse`` — DeepViT's re-attention, timm models, cost, side-by-side timing, the proxy,
    collapse metrics
-5. ``storage``, ``ledger`` — opening the Optuna storage; the study ledger
-6. ``tables``, ``plots``, ``report`` — torch-free tables, figures and report files
-7. ``trials``, ``search``, ``runner`` — one trial; a study's search; a sweep and its workers
-8. ``api``, ``cli`` — plans and collapse entry points; the ``bench`` command
+6. ``bench.report`` — tables, plots and report files from records (torch-free)
+7. ``bench.study`` — storage, the ledger, trials, sweeps and their workers, searches
+8. front: ``api``, ``cli`` — the Python entry points and the ``bench`` command
 """
 from bench.errors import BenchError, SpecError
 

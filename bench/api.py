@@ -1,6 +1,6 @@
 """What the ``bench`` command calls beyond running sweeps: a sweep's plan (params, GMACs,
 estimated time), and attention collapse of a named model or of a sweep's trained trial.
-Sweeps and studies run through bench.runner, reports through bench.report.
+Sweeps and studies run through bench.study.runner, reports through bench.report.markdown.
 """
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from torch import nn
 
 from bench.collapse import analyse
 from bench.config import CollapseConfig, DataConfig, Dim, resolve_dtype
-from bench.data import Dataset, load as load_data, make_shapes
+from bench.data.loader import Dataset, load as load_data, make_shapes
 from bench.errors import BenchError, SpecError
-from bench.ledger import Ledger
+from bench.study.ledger import Ledger
 from bench.models import build_model, load_weights
 from bench.profiling import closed_form, create, input_size_of, measure_speed, resolve_device
 from bench.reattention import ReAttention
 from bench.spec import MAX_CORNERS, Sweep
-from bench.storage import default_url
-from bench.trials import eval_images, label, weights_path
+from bench.study.storage import default_url
+from bench.study.trials import eval_images, label, weights_path
 from bench.variant import FIELD_TYPES, Variant
 
 

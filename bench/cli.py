@@ -100,7 +100,7 @@ def _load_sweep(args: argparse.Namespace) -> spec.Sweep:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
-    from bench.runner import run_sweep
+    from bench.study.runner import run_sweep
 
     if args.workers < 1:
         raise SpecError("workers", args.workers, "must be at least 1", where="--workers")
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         workers=args.workers)
     records = summary["records"]
     if records and not args.quiet:
-        from bench.trials import label
+        from bench.study.trials import label
         variants = list(dict.fromkeys([*sweep.variants, *(_variant(r) for r in records if "depth" in r)]))
         rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"),
                  "status": r["status"], "top1": r.get("top1"), "param_count": r.get("param_count"),
@@ -139,12 +139,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     study_name(args.name)  # the one name rule: RESULTS/NAME/ stays inside RESULTS
-    from bench.ledger import Ledger
+    from bench.study.ledger import Ledger
     from bench.profiling import resolve_device
-    from bench.report import report_ledger
-    from bench.runner import watch_parent, work
-    from bench.search import run_search
-    from bench.storage import STORAGE_ENV, default_url, safe_url
+    from bench.report.markdown import report_ledger
+    from bench.study.runner import watch_parent, work
+    from bench.study.search import run_search
+    from bench.study.storage import STORAGE_ENV, default_url, safe_url
 
     watch_parent()  # a local worker of `bench run --workers N` stops with its parent
 
@@ -207,7 +207,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import report_study
+    from bench.report.markdown import report_study
 
     name = args.name
     if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
@@ -223,7 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import math
 
-    from bench.cache import caches, default_dir, prune
+    from bench.data.cache import caches, default_dir, prune
 
     where = Path(args.dir).expanduser() if args.dir else default_dir()
     if args.prune is not None:
@@ -249,7 +249,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from bench.report import fidelity_report, no_ranking
+    from bench.report.markdown import fidelity_report, no_ranking
 
     study_name(args.name)  # fidelity-REF.md goes into RESULTS/NAME: neither name may lead out of it
     study_name(args.reference, "--reference")
@@ -268,11 +268,11 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def cmd_time(args: argparse.Namespace) -> int:
-    from bench.ledger import Ledger
+    from bench.study.ledger import Ledger
     from bench.profiling import resolve_device
-    from bench.report import report_ledger
-    from bench.runner import time_side_by_side
-    from bench.storage import default_url
+    from bench.report.markdown import report_ledger
+    from bench.study.runner import time_side_by_side
+    from bench.study.storage import default_url
 
     name = study_name(args.name)
     if args.rounds is not None and args.rounds < 1:
@@ -298,7 +298,8 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
-    from bench import api, collapse, plots
+    from bench import api, collapse
+    from bench.report import plots
 
     common = dict(images=args.images, which=args.which, threshold=args.threshold,
                   head_threshold=args.head_threshold, device=args.device)
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_collapse)
 
     p = sub.add_parser("cache", help="list the decoded-data caches, or remove those not used lately",
-                       description="Real datasets are decoded once per resolution into caches (bench.cache); "
+                       description="Real datasets are decoded once per resolution into caches (bench.data.cache); "
                        "a changed folder leaves its old cache behind. This lists them, newest use first.")
     p.add_argument("--dir", default=None, help="the cache folder (default: $BENCH_CACHE_DIR, else ~/.cache/bench)")
     p.add_argument("--prune", type=float, default=None, metavar="DAYS",
@@ -534,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("BENCH_DEBUG"):
             raise
         from bench.profiling import is_oom
-        from bench.storage import explain
+        from bench.study.storage import explain
         if is_oom(e):
             console.error(f"out of memory: {first_line(e)}")
         elif explain(e):  # SQLite's own reason, which Optuna hides

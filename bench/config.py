@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cache import CIFAR_FOLDERS, class_folders, list_split, select_classes
+from bench.data.cache import CIFAR_FOLDERS, class_folders, list_split, select_classes
 from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type, missing_data
 from bench.variant import FIELD_TYPES, is_re_option
 
@@ -311,10 +311,6 @@ NOISY = 1.2  # a side-by-side figure whose p90/p10 over rounds exceeds this is m
 
 
 # --- attention collapse --------------------------------------------------------------------
-
-COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean",  # the maps
-                    "cka_adjacent_mean", "token_uniformity_last", "rank_residual_last")  # the tokens: runs.csv
-
 
 @dataclass(frozen=True)
 class CollapseConfig:

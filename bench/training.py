@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from bench import __version__, console
-from bench.cache import cores
-from bench.augment import Recipe, seed_streams, set_streams_state, streams_state
+from bench.data.cache import cores
+from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.config import DataConfig, TrainConfig
-from bench.data import Dataset, Loader, residency
+from bench.data.loader import Dataset, Loader, residency
 from bench.errors import first_line
 from bench.files import atomic_write
 from bench.profiling import autocast
@@ -171,8 +171,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
           checkpoint: Path | None = None, identity_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
-    ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.augment) and
-    residency (bench.data.residency); None: no augmentation, data on the device.
+    ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.data.augment) and
+    residency (bench.data.loader.residency); None: no augmentation, data on the device.
     ``on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
     then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
     the whole state (model, optimizer, schedule, the result so far, every random stream

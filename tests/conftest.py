@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-from bench import runner, spec
-from bench.ledger import Ledger
-from bench.storage import default_url
+from bench import spec
+from bench.study import runner
+from bench.study.ledger import Ledger
+from bench.study.storage import default_url
 
 # 16² images, 16-dim models, 48 training images: 4 trials in a few seconds on a CPU
 TINY = """

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import cache, data, spec
-from bench.augment import Recipe
+from bench import spec
+from bench.data import cache
+from bench.data import loader as data
+from bench.data.augment import Recipe
 from bench.config import AugmentConfig, DataConfig, TrainConfig
 from bench.errors import BenchError, SpecError
 from bench.models import build_model
@@ -354,7 +356,7 @@ def test_deit_recipe_trains_a_tiny_model_one_step(tmp_path):
 
 def test_rand_augment_at_full_magnitude_runs_on_this_pillow():
     """At magnitude 10 the inc1 Posterize keeps 0 bits, which current Pillow refuses."""
-    from bench.augment import RandAugment
+    from bench.data.augment import RandAugment
     x = np.random.default_rng(0).integers(0, 256, (32, 3, 8, 8), dtype=np.uint8)
     out = RandAugment("rand-m10-n4-inc1", 8)(x)
     assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
@@ -363,7 +365,7 @@ def test_rand_augment_at_full_magnitude_runs_on_this_pillow():
 def test_rand_augment_in_worker_processes_matches_the_training_thread(tmp_path):
     """Each batch's RandAugment is seeded on its own: workers ahead of time, or this thread,
     streamed or resident, the batches are the same."""
-    from bench.augment import RandAugment
+    from bench.data.augment import RandAugment
     ds = _cached_split(tmp_path, n_per_class=6)
     make = lambda where, workers: data.Loader(  # noqa: E731
         ds.train, batch_size=4, device=CPU, train=True, crop_padding=1, flip=True, seed=3, residency=where,
@@ -393,6 +395,6 @@ def test_augment_spec_errors():
         DataConfig(name="imagefolder", classes=["a", "a"])
     with pytest.raises(SpecError, match="residency"):
         DataConfig(residency="gpu")
-    from bench.augment import RandAugment
+    from bench.data.augment import RandAugment
     with pytest.raises(BenchError, match="rand_augment='rand-q9'"):
         RandAugment("rand-q9", 32)

@@ -8,7 +8,7 @@ from bench.cli import build_parser
 from bench.errors import SpecError, first_line
 from bench.models import build_model
 from bench.profiling import autocast, closed_form, profile_model
-from bench.trials import label
+from bench.study.trials import label
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 
 

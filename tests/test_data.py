@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import cache, data
+from bench.data import cache
+from bench.data import loader as data
 from bench.errors import BenchError
 
 

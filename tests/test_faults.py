@@ -5,10 +5,11 @@ import sqlite3
 
 import pytest
 
-from bench import spec, trials
+from bench import spec
+from bench.study import trials
 from bench.cli import main
 from bench.errors import SpecError
-from bench.storage import explain, safe_url
+from bench.study.storage import explain, safe_url
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from bench.ledger import Ledger
-from bench.storage import default_url
+from bench.study.ledger import Ledger
+from bench.study.storage import default_url
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 from optuna.trial import TrialState
 
 from bench import spec
-from bench.ledger import DONE, Ledger
-from bench.storage import default_url
+from bench.study.ledger import DONE, Ledger
+from bench.study.storage import default_url
 
 
 def fresh(tmp_path, sweep_file, url=None, heartbeat=(30, 120), name="tiny"):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from bench.files import atomic_write
-from bench.report import markdown, write_report
-from bench.tables import VARIANT_FIELDS, comparison, fidelity, pareto_front, ranking_by_epoch, summarize, variant_label
+from bench.report.markdown import markdown, write_report
+from bench.report.tables import VARIANT_FIELDS, comparison, fidelity, pareto_front, ranking_by_epoch, summarize, variant_label
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench import cache, data
+from bench.data import cache
+from bench.data import loader as data
 from bench.cli import main
 from bench.errors import BenchError
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from bench import runner, spec
+from bench import spec
+from bench.study import runner
 from bench.cli import main, parse_sets
 from bench.errors import SpecError
 
@@ -209,8 +210,8 @@ def test_report_names_the_file_whose_name_is_bad(tmp_path, capsys):
 def test_time_times_exactly_the_studys_variants(studies, tmp_path, capsys):
     """The stored spec's base model (depth 12 here: TINY's model sets none) was timed too; and the
     spec's profile.rounds: 0 (no pass during runs) made `bench time` an internal StatisticsError."""
-    from bench.ledger import Ledger
-    from bench.storage import default_url
+    from bench.study.ledger import Ledger
+    from bench.study.storage import default_url
     results = copy_results(studies, tmp_path)
     code, out, err = cli(capsys, "time", "tiny", "--results", results, "--device", "cpu", "--quiet")
     assert code == 0, err
@@ -223,8 +224,8 @@ def test_time_times_exactly_the_studys_variants(studies, tmp_path, capsys):
 
 
 def test_time_on_a_study_with_no_finished_trials_is_one_line(tmp_path, capsys):
-    from bench.ledger import Ledger
-    from bench.storage import default_url
+    from bench.study.ledger import Ledger
+    from bench.study.storage import default_url
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     sweep = spec.load(path)
@@ -268,7 +269,7 @@ def test_fidelity_with_two_shared_variants_still_compares_the_arm(studies, tmp_p
 
 def test_fidelity_table_has_no_agreement_below_three_shared_variants():
     import pandas as pd
-    from bench.tables import fidelity
+    from bench.report.tables import fidelity
     rows = lambda top1: pd.DataFrame([  # noqa: E731
         {"status": "complete", "top1": t, "seed": 0, "depth": d, "embed_dim": 16, "attention": "self",
          "key": f"v{d}-s0", "infer_gmacs": 0.1 * d, "param_count": 0.1 * d} for d, t in top1])

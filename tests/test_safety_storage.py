@@ -14,12 +14,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from bench import runner, spec
+from bench import spec
+from bench.study import runner
 from bench.cli import main
 from bench.errors import BenchError
-from bench.ledger import Ledger
-from bench.report import report_ledger
-from bench.storage import open_study, safe_url
+from bench.study.ledger import Ledger
+from bench.report.markdown import report_ledger
+from bench.study.storage import open_study, safe_url
 
 from conftest import TINY
 

@@ -8,7 +8,9 @@ import random
 
 import pytest
 
-from bench import runner, spec, training, trials
+from bench import spec, training
+from bench.study import runner
+from bench.study import trials
 from bench.cli import main
 from bench.config import DataConfig, TrainConfig
 from bench.errors import BenchError

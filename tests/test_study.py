@@ -6,13 +6,14 @@ import optuna
 import pandas as pd
 import pytest
 
-from bench import search, spec
+from bench import spec
+from bench.study import search
 from bench.cli import main
 from bench.errors import SpecError
 from bench.profiling import closed_form
 from bench.variant import Variant
-from bench.ledger import Ledger
-from bench.storage import default_url
+from bench.study.ledger import Ledger
+from bench.study.storage import default_url
 
 STUDY = """
 name: st

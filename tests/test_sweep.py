@@ -13,9 +13,12 @@ import pytest
 
 from conftest import TINY
 
-from bench import report, runner, spec, trials
+from bench import spec
+from bench.report import markdown as report
+from bench.study import runner
+from bench.study import trials
 from bench.cli import main
-from bench.config import COLLAPSE_SUMMARY
+from bench.schema import COLLAPSE_SUMMARY
 from bench.errors import BenchError, SpecError
 from bench.profiling import closed_form
 
@@ -258,8 +261,8 @@ def test_sigterm_records_the_trial_as_interrupted_and_a_rerun_redoes_exactly_it(
 
 def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file, tmp_path, ledger):
     """A second Ctrl-C used to split the record from its flag: the state now comes from the record."""
-    from bench.ledger import Ledger
-    from bench.storage import default_url
+    from bench.study.ledger import Ledger
+    from bench.study.storage import default_url
     sweep = spec.load(sweep_file)
     (tmp_path / "results" / "tiny").mkdir(parents=True)
     lg = Ledger.for_sweep(sweep, default_url(tmp_path / "results", "tiny"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import data
+from bench.data import loader as data
 from bench.errors import SpecError
 from bench.models import build_model, resolve
 from bench.config import DataConfig, TrainConfig

@@ -14,10 +14,11 @@ import uuid
 
 import pytest
 
-from bench import runner, spec
+from bench import spec
+from bench.study import runner
 from bench.cli import main
-from bench.ledger import Ledger
-from bench.storage import default_url
+from bench.study.ledger import Ledger
+from bench.study.storage import default_url
 
 SWEEP = """
 name: {name}

@@ -1,6 +1,6 @@
 """Report plots: top-1 against GMACs with the Pareto front, top-1 and throughput against
 depth per attention type, collapse heatmaps, a study's Pareto front (matplotlib ``Figure``
-objects: no pyplot state, no GUI backend). Drawn from bench.tables' summaries."""
+objects: no pyplot state, no GUI backend). Drawn from bench.report.tables' summaries."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.config import OBJECTIVES
 from bench.files import atomic_write
-from bench.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
+from bench.report.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
                           varying_fields, width_and_re_arms)
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}

@@ -10,7 +10,7 @@
 - ``imagefolder``: ``root/train/<class>/…`` and ``root/val/<class>/…`` (ImageNet's layout
   too), at the model's image size.
 
-Real data goes through ``bench.cache`` (decoded once, in parallel, into a memory-mappable
+Real data goes through ``bench.data.cache`` (decoded once, in parallel, into a memory-mappable
 uint8 cache keyed by the files and the resolution); ``data.classes`` and the sizes select a
 class subset and a class-balanced sample of it. ``Loader`` then feeds batches in one of two
 residencies: ``device`` (the whole split in device memory, augmented there: no input
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import cache, console
+from bench import console
+from bench.data import cache
 from bench.config import DataConfig
 from bench.errors import BenchError, missing_data
 

@@ -9,7 +9,7 @@ Where each transform runs, in order, on one training batch:
    thread does (on the CPU, where the model's step needs the cores anyway).
 2. Random-resized crop (``resized_crop``) or a random crop after zero padding
    (``data.crop_padding``), then a horizontal flip (``data.flip``) — on the device, as
-   batched tensor ops (bench.data.Loader).
+   batched tensor ops (bench.data.loader.Loader).
 3. Normalisation to [-1, 1], then random erasing (``random_erasing``: timm's RandomErasing,
    per-pixel noise) — on the device.
 4. Mixup / CutMix (``mixup``, ``cutmix``: ``timm.data.Mixup``, batch mode) — on the device;
@@ -17,7 +17,7 @@ Where each transform runs, in order, on one training batch:
    ``SoftTargetCrossEntropy``.
 
 timm draws random erasing from Python's ``random`` and Mixup from numpy's global generator
-(RandAugment too, but each batch under its own seed: bench.data.seeded); ``seed_streams``
+(RandAugment too, but each batch under its own seed: bench.data.loader.seeded); ``seed_streams``
 seeds both and ``streams_state`` / ``set_streams_state`` carry them through a checkpoint,
 so a seeded run repeats and a resumed one matches.
 """
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import AugmentConfig
-from bench.data import MEAN
+from bench.data.loader import MEAN
 from bench.errors import BenchError
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from bench.config import COLLAPSE_SUMMARY
+from bench.schema import ACCURACY_COLS, COLLAPSE_COLS, COST_COLS, ENV_COLS, IDENTITY_COLS  # noqa: F401 (re-exported)
 from bench.console import fmt
 from bench.errors import did_you_mean
 from bench.spec import BASELINE, variant_of
@@ -22,13 +22,6 @@ from bench.stats import Delta, delta, holm, iso_cost, mean_interval, rank_agreem
 from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
-IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
-COST_COLS = ["param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
-             "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
-             "train_batch_size"]
-COLLAPSE_COLS = list(COLLAPSE_SUMMARY)
-ACCURACY_COLS = ["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"]
-ENV_COLS = ["device", "device_name", "dtype", "torch_version", "timm_version", "bench_version"]
 MINUS = "−"  # every signed figure in report.md uses this sign, never ASCII '-'
 _FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
 _FIELD_ORDER += [f for f in VARIANT_FIELDS if f not in _FIELD_ORDER]

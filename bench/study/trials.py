@@ -1,5 +1,5 @@
 """One trial: measure a variant (profile, then proxy-train, then attention collapse) and
-record the result in the ledger. Grid sweeps (bench.runner) and studies (bench.search)
+record the result in the ledger. Grid sweeps (bench.study.runner) and studies (bench.study.search)
 both run their trials through ``run_trial``.
 """
 from __future__ import annotations
@@ -19,14 +19,15 @@ import torch
 
 from bench import console
 from bench.collapse import analyse
-from bench.config import COLLAPSE_SUMMARY, CollapseConfig, DataConfig, ProfileConfig, TrainConfig, resolve_dtype
-from bench.data import Dataset, Loader, Split, load as load_data
+from bench.config import CollapseConfig, DataConfig, ProfileConfig, TrainConfig, resolve_dtype
+from bench.data.loader import Dataset, Loader, Split, load as load_data
 from bench.errors import BenchError, first_line
-from bench.ledger import Ledger
+from bench.schema import COLLAPSE_SUMMARY
+from bench.study.ledger import Ledger
 from bench.models import build_model, save_weights
 from bench.profiling import environment, is_oom, profile_model
 from bench.spec import Sweep, Trial
-from bench.tables import variant_label
+from bench.report.tables import variant_label
 from bench.training import train
 from bench.variant import Variant
 

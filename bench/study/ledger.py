@@ -38,12 +38,12 @@ from sqlalchemy import bindparam, text
 
 from bench import spec
 from bench.errors import BenchError, SpecError
+from bench.schema import DETAILS
 from bench.variant import Variant
-from bench.storage import HEARTBEAT, open_study
+from bench.study.storage import HEARTBEAT, open_study
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED: diverged, a finished result
-DETAILS = ("collapse", "init_collapse")  # per-block arrays: stored beside the record, not in it
 RANK = {TrialState.COMPLETE: 3, TrialState.PRUNED: 3, TrialState.RUNNING: 2, TrialState.WAITING: 1}
 
 

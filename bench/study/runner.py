@@ -1,6 +1,6 @@
 """Running sweeps: queue every variant × seed the ledger lacks, run the queue here or in
 local worker processes (or let ``bench worker`` elsewhere take from it), and write the
-report at the end. Each trial runs through bench.trials; studies through bench.search.
+report at the end. Each trial runs through bench.study.trials; studies through bench.study.search.
 """
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ import torch
 from bench import console
 from bench.errors import BenchError, first_line
 from bench.files import check_writable
-from bench.ledger import DONE, Ledger
+from bench.study.ledger import DONE, Ledger
 from bench.config import resolve_dtype
-from bench.augment import RandAugment
-from bench.data import load as load_data, residency
+from bench.data.augment import RandAugment
+from bench.data.loader import load as load_data, residency
 from bench.profiling import device_name, environment, resolve_device
-from bench.report import report_ledger
-from bench.search import budget_used, run_search
+from bench.report.markdown import report_ledger
+from bench.study.search import budget_used, run_search
 from bench.spec import Sweep, variant_key
-from bench.storage import STORAGE_ENV, check_workers, default_url, safe_url
+from bench.study.storage import STORAGE_ENV, check_workers, default_url, safe_url
 from bench.timing import side_by_side
-from bench.trials import label, result_line, run_trial
+from bench.study.trials import label, result_line, run_trial
 from bench.variant import Variant
 
 POLL_S = 5.0  # how often an idle worker looks for dead workers' trials to take over
@@ -159,7 +159,7 @@ def preload(sweep: Sweep, dev: torch.device, quiet: bool = False) -> dict[int, A
     """The sweep's data at each image size its variants use, loaded (a real dataset: its
     cache built) before any work: a missing or unreadable file, or a RandAugment string timm
     cannot read, stops the run here with one message rather than failing every trial in
-    turn. Says where the data will live while training (bench.data.residency)."""
+    turn. Says where the data will live while training (bench.data.loader.residency)."""
     datasets = {}
     augment = sweep.data.augment
     for img in sorted({v.img_size for v in sweep.variants}):

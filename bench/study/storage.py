@@ -1,4 +1,4 @@
-"""Study storage: opening the Optuna storage a sweep's ledger lives in (``bench.ledger``).
+"""Study storage: opening the Optuna storage a sweep's ledger lives in (``bench.study.ledger``).
 
 SQLite under ``results/<name>/study.db`` by default; a journal file for several local
 workers; any Optuna storage URL (PostgreSQL when several machines share a sweep). A dead

@@ -2,8 +2,8 @@
 
 The question (DeepViT, Zhou et al. 2021, arXiv 2103.11886): as a ViT gets deeper, does
 re-attention buy more top-1 per unit of cost than making it wider? The records of a
-study's ledger become one DataFrame row per trial; the tables (bench.tables) and plots
-(bench.plots) are derived from it alone. Profile-only sweeps (no ``top1``) get cost
+study's ledger become one DataFrame row per trial; the tables (bench.report.tables) and plots
+(bench.report.plots) are derived from it alone. Profile-only sweeps (no ``top1``) get cost
 reports; studies (a ``search``) get their Pareto front, best trials and importances.
 No torch: ``bench report`` runs without it.
 """
@@ -20,14 +20,15 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from bench import plots
+from bench.report import plots
 from bench.config import NOISY, OBJECTIVES
 from bench.errors import BenchError, first_line
 from bench.files import atomic_write
-from bench.ledger import DETAILS, Ledger
+from bench.schema import DETAILS
+from bench.study.ledger import Ledger
 from bench.spec import BASELINE, check_name, variant_of
-from bench.storage import default_url, safe_url
-from bench.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, MIN_RANKED, VARIANT_FIELDS,
+from bench.study.storage import default_url, safe_url
+from bench.report.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, MIN_RANKED, VARIANT_FIELDS,
                           comparison, fidelity, has_accuracy, is_missing, iso_costs, md_table, num, pareto_front,
                           ranking_by_epoch, show_value, signed, summarize, variant_label, varying_fields,
                           width_and_re_arms)

@@ -1,0 +1,38 @@
+"""The record's vocabulary: trial statuses, the columns of a record and of runs.csv, and the
+collapse summary. Every module that writes or reads a record imports its names from here, so a
+column is renamed in one place (names follow timm's benchmark.py where one exists)."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    """How a trial ended, as its record's ``status`` says. A ``str`` enum: records are JSON, and
+    ``Status.COMPLETE == "complete"``."""
+
+    COMPLETE = "complete"        # trained (or profiled) to the end
+    DIVERGED = "diverged"        # the loss went non-finite: a result (stored as a pruned Optuna trial)
+    PRUNED = "pruned"            # stopped early by the study's pruner
+    FAILED = "failed"            # an exception: out of memory, a vanished dataset
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, a dead worker: to redo
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = (Status.COMPLETE, Status.DIVERGED, Status.PRUNED)  # results: a rerun does not redo them
+
+# per-block arrays of the collapse analysis: stored beside the record (not in it) and not in runs.csv
+DETAILS = ("collapse", "init_collapse")
+# the collapse analysis' scalar summary, a runs.csv column each: the maps' (DeepViT's) and the tokens'
+COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_similarity_mean",
+                    "cka_adjacent_mean", "token_uniformity_last", "rank_residual_last")
+
+# runs.csv's column groups, in its order (the variant's fields stand between identity and cost)
+IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
+COST_COLS = ["param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
+             "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
+             "train_batch_size"]
+COLLAPSE_COLS = list(COLLAPSE_SUMMARY)
+ACCURACY_COLS = ["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"]
+ENV_COLS = ["device", "device_name", "dtype", "torch_version", "timm_version", "bench_version"]
