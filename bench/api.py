@@ -1,10 +1,16 @@
-"""What the ``bench`` command calls beyond running sweeps: a sweep's plan (params, GMACs,
+"""The Python entry points, what the ``bench`` command calls: run a sweep or a study (and
+join one as a worker), time a study's variants side by side, a sweep's plan (params, GMACs,
 estimated time), and attention collapse of a named model or of a sweep's trained trial.
-Sweeps and studies run through bench.study.runner, reports through bench.report.markdown.
+
+The run's pieces live in bench.study: runner (start a sweep, work its queue), workers (local
+worker processes), reports (the report from the ledger); this module puts them together, the
+only one above all three.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +19,96 @@ from timm.layers import Attention
 from torch import nn
 
 from bench.collapse import analyse
-from bench.config import CollapseConfig, DataConfig, Dim, resolve_dtype
-from bench.data.loader import Dataset, load as load_data, make_shapes
+from bench.config import CollapseConfig, DataConfig, Dim, ProfileConfig, resolve_dtype
+from bench.data.folders import split_sizes
+from bench.data.sources import Dataset, load as load_data, make_shapes
 from bench.errors import BenchError, SpecError
-from bench.study.ledger import Ledger
+from bench.files import atomic_write
 from bench.models import build_model, load_weights
 from bench.profiling import closed_form, create, input_size_of, measure_speed, resolve_device
 from bench.reattention import ReAttention
+from bench.report import plots
+from bench.schema import Status
 from bench.spec import MAX_CORNERS, Sweep
-from bench.study.storage import default_url
-from bench.study.trials import eval_images, label, weights_path
+from bench.study import runner, workers
+from bench.study.context import RunContext
+from bench.study.ledger import Ledger
+from bench.study.reports import report_ledger
+from bench.study.trials import eval_images, label
 from bench.variant import FIELD_TYPES, Variant
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+def run_context(study: str, context: RunContext | None = None, **options: Any) -> RunContext:
+    """The run context of study ``study``: ``context`` (or a new one) with ``options`` (its
+    fields by keyword: results_dir=, device=, quiet=, …) and the device resolved (a name, or
+    None for CUDA when available)."""
+    ctx = (context or RunContext()).replace(study=study, **options)
+    return ctx if isinstance(ctx.device, torch.device) else ctx.replace(device=resolve_device(ctx.device))
+
+
+def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -> dict[str, Any]:
+    """Queue every trial of ``sweep`` that the study lacks, run the queue, write the report:
+    what ``bench run`` and ``bench study`` do. ``options``: RunContext's fields by keyword
+    (``storage``, ``results_dir``, ``device``, ``retry_failed``, ``quiet``, ``report``,
+    ``save_weights``, ``keep_checkpoints``, ``workers``, ``poll``).
+
+    ``workers`` > 1 starts that many local worker processes (one per GPU where there are
+    several) instead of working here. Other workers (``bench worker``, or ``bench run``
+    elsewhere with the same ``storage``) take from the same queue. ``save_weights``: keep
+    each trained model as results_dir/name/weights/KEY.safetensors. Each trial checkpoints its
+    training after every epoch in results_dir/name/checkpoints/ (a reclaimed trial resumes
+    from there); ``keep_checkpoints`` keeps them once the trial is done.
+
+    A run stopped before its first trial (data that cannot load, weights that cannot be
+    written) removes what it made (the study's file, empty folders), never what was there.
+    ``summary["failure"]``: one line when trials of this run failed (not diverged or pruned:
+    a failure is the machine's or bench's, not the model's), None when none did."""
+    run = runner.start(sweep, run_context(sweep.name, context, **options))
+    finished = workers.spawn_workers(run.ctx) if run.ctx.workers > 1 else runner.work_here(sweep, run)
+    summary = runner.summary(sweep, run, finished)
+    if run.ctx.report:
+        summary["report"] = report_ledger(run.ledger, sweep.name, run.ctx.storage, run.ctx.results_dir)
+    return summary
+
+
+def run_worker(context: RunContext) -> dict[str, Any]:
+    """``bench worker``: join study ``context.study`` and run its queued trials until none is
+    left (bench.study.workers.join), then write the report unless ``context.report`` is off.
+    Returns the records run here, how many failed, and the report's paths."""
+    ledger, records = workers.join(context)
+    summary = {"ran": len(records), "records": records,
+               "failed": sum(r["status"] == Status.FAILED for r in records)}
+    if context.report:
+        summary["report"] = report_ledger(ledger, context.study, ledger.url, context.results_dir)
+    return summary
+
+
+def time_study(context: RunContext, rounds: int | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """``bench time``: time every variant study ``context.study`` finished side by side on
+    ``context.device``, store the pass and rewrite the report. ``rounds``: interleaved rounds
+    (default: the spec's profile.rounds, or ProfileConfig's where the spec's is 0: off during
+    runs). Returns (the pass, the report's paths)."""
+    if rounds is not None and rounds < 1:
+        raise SpecError("rounds", rounds, "must be at least 1", where="--rounds")
+    ledger = Ledger.locate(context.study, context.storage, context.results_dir)
+    sweep = ledger.stored_sweep()
+    # exactly the variants the study measured (a stored sweep's own variant is its base model alone)
+    finished = [r for r in ledger.records() if r.get("status") in (Status.COMPLETE, Status.DIVERGED)
+                and "depth" in r]
+    if not finished:
+        raise BenchError(f"study {context.study!r} has no finished trials yet: nothing to time (`bench run` it first)")
+    variants = list(dict.fromkeys(record_variant(r) for r in finished))
+    rounds = rounds or sweep.profile.rounds or ProfileConfig.rounds
+    result = runner.time_side_by_side(ledger, sweep, context.device, rounds=rounds, again=True,
+                                      quiet=context.quiet, variants=variants)
+    return result, report_ledger(ledger, context.study, ledger.url, context.results_dir)
+
+
+def record_variant(record: dict[str, Any]) -> Variant:
+    """The variant a record measured (its variant fields)."""
+    return Variant(**{k: record[k] for k in FIELD_TYPES})
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -72,7 +157,7 @@ def estimated_macs(sweep: Sweep, v: Variant, device: Any) -> float:
     train_macs = 3 * closed_form(v)["macs"]
     work = 0.0
     if sweep.train is not None:
-        n_train, n_test = sweep.data.split_sizes()
+        n_train, n_test = split_sizes(sweep.data)
         work += sweep.train.epochs * (n_train * train_macs + n_test * train_macs / 3)
     if sweep.profile.speed:
         work += sum(sweep.profile.steps(device)) * sweep.profile.batch_size * (train_macs + train_macs / 3)
@@ -83,9 +168,9 @@ def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
     """Train-step MACs per second of ``v`` on ``dev`` (a few timed steps)."""
     batch = sweep.train.batch_size if sweep.train else sweep.profile.batch_size
     model = build_model(v).to(dev)
-    r = measure_speed(model, (v.in_chans, v.img_size, v.img_size), mode="train", device=dev,
-                      dtype=resolve_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
-                      batch_size=batch, warmup=1, iters=3)
+    r = measure_speed(model, (v.in_chans, v.img_size, v.img_size),
+                      ProfileConfig(dtype=resolve_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
+                                    batch_size=batch, warmup=1, iters=3), mode="train", device=dev)
     return 3 * closed_form(v)["macs"] * r["train_samples_per_sec"]
 
 
@@ -105,43 +190,49 @@ def corners(dims: dict[str, Dim], base: Variant) -> list[Variant]:
 
 # --- attention collapse of one model ---------------------------------------------------------
 
-def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights: str | None = None,
-                  images: int = 64, which: str = "v", threshold: float = 0.8, head_threshold: float = 0.5,
-                  device: str | None = None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A registered (or timm) model, untrained or with ``weights``, on the built-in shapes
-    test images at its input size. Returns (metrics, context)."""
-    try:  # the checks a sweep's collapse section gets
-        CollapseConfig(images=images, which=which, threshold=threshold, head_threshold=head_threshold)
+def collapse_config(base: CollapseConfig | None = None, settings: dict[str, Any] | None = None) -> CollapseConfig:
+    """``base`` (default: CollapseConfig's defaults) with ``settings`` (the flags given: images,
+    which, threshold, head_threshold), checked as a sweep's collapse section is."""
+    try:
+        return dataclasses.replace(base or CollapseConfig(), **(settings or {}))
     except SpecError as err:
         raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
+
+
+def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights: str | None = None,
+                  settings: dict[str, Any] | None = None, device: str | None = None, seed: int = 0
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A registered (or timm) model, untrained or with ``weights``, on the built-in shapes
+    test images at its input size. ``settings``: CollapseConfig fields to change. Returns
+    (metrics, context)."""
+    cfg = collapse_config(None, settings)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model, variant = create(name, overrides)
     size = input_size_of(model, variant)
     if weights:
         load_weights(model, weights)
-    test = make_shapes(images, img_size=size[-1], seed=1_000_003)  # fixed images, apart from any training set
-    batch = eval_images(Dataset("shapes", test, test, []), images, dev)
-    result = analyse(model.to(dev), batch, which=which, threshold=threshold, head_threshold=head_threshold)
+    test = make_shapes(cfg.images, img_size=size[-1], seed=1_000_003)  # fixed images, apart from any training set
+    batch = eval_images(Dataset("shapes", test, test, []), cfg.images, dev)
+    result = analyse(model.to(dev), batch, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
     return result, {"model": name, "weights": weights or "initialisation", "images": len(batch),
                     "data": "shapes (built-in) test images", "attention": _attention_types(model)}
 
 
-def analyse_trial(study: str, trial: str, *, storage: str | None = None, results_dir: str = "results",
-                  images: int | None = None, which: str | None = None, threshold: float | None = None,
-                  head_threshold: float | None = None, device: str | None = None
+def analyse_trial(study: str, trial: str, *, storage: str | None = None, results_dir: str | Path = "results",
+                  settings: dict[str, Any] | None = None, device: str | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A trained trial of a sweep, from its saved weights, on the sweep's evaluation batch
-    (the first test images of its dataset); settings default to the sweep's."""
-    url = storage or default_url(results_dir, study)
-    records = Ledger.open(url, study).records()
+    (the first test images of its dataset); ``settings`` change the sweep's collapse section."""
+    where = RunContext(study=study, results_dir=results_dir, storage=storage)
+    records = Ledger.locate(study, storage, results_dir).records()
     found = [r for r in records if str(r["trial"]) == str(trial) or r["key"] == str(trial)]
     if not found:
         raise BenchError(f"no finished trial {trial!r} in study {study!r} (trials: "
                          f"{', '.join(str(r['trial']) for r in records[:20]) or 'none'})")
     record = found[0]
     path = record.get("weights")
-    beside = weights_path(results_dir, study, record["key"])
+    beside = where.weights_path(record["key"])
     if (not path or not Path(path).is_file()) and beside.is_file():  # results moved or copied elsewhere
         path = str(beside)
     if not path or not Path(path).is_file():
@@ -151,15 +242,9 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
     config = record.get("config") or {}
     if not config.get("data"):
         raise BenchError(f"trial {record['trial']} of {study!r} records no dataset to evaluate on")
-    cfg = CollapseConfig(**(config.get("collapse") or {}))
-    try:
-        cfg = CollapseConfig(images=cfg.images if images is None else images, which=which or cfg.which,
-                             threshold=cfg.threshold if threshold is None else threshold,
-                             head_threshold=cfg.head_threshold if head_threshold is None else head_threshold)
-    except SpecError as err:
-        raise BenchError(f"--{err.key.replace('_', '-')} {err.value}: {err.reason}") from None
+    cfg = collapse_config(CollapseConfig(**(config.get("collapse") or {})), settings)
     dev = resolve_device(device)
-    variant = Variant(**{k: record[k] for k in FIELD_TYPES})
+    variant = record_variant(record)
     model = load_weights(build_model(variant), path).to(dev)
     data = load_data(DataConfig(**config["data"]), variant.img_size)
     batch = eval_images(data, cfg.images, dev)
@@ -167,6 +252,14 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
     return result, {"model": f"{study} trial {record['trial']} ({record['key']})", "weights": path,
                     "images": len(batch), "data": f"{data.name} test images", "top1": record.get("top1"),
                     "attention": _attention_types(model)}
+
+
+def save_collapse(result: dict[str, Any], context: dict[str, Any], out: Path) -> list[Path]:
+    """The heatmaps (bench.report.plots) and collapse.json of one analysis, written into
+    ``out``; returns every path written."""
+    paths = plots.collapse_figures(result, out, context["model"])
+    atomic_write(out / "collapse.json", lambda f: json.dump({**context, **result}, f, indent=1, default=str))
+    return [*paths, out / "collapse.json"]
 
 
 def _attention_types(model: nn.Module) -> list[str]:

@@ -1,4 +1,6 @@
-"""The ``bench`` command: parse, call the API, map errors to one line and an exit code.
+"""The ``bench`` command: parse, call the API (bench.api), render; errors become one line and an
+exit code. Options shared by several commands are defined once (``_parent``), and their defaults
+come from the config dataclasses or the API, never restated here.
 
 Each command imports what it runs inside its function: ``bench --version`` and ``bench
 report`` then load no torch (the only reason for those local imports).
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -15,10 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import __version__, console, spec
-from bench.config import DTYPES, ProfileConfig
+from bench.config import DTYPES, CollapseConfig, ProfileConfig
 from bench.errors import BenchError, SpecError, Terminated, first_line
-from bench.files import atomic_write, check_writable
-from bench.variant import FIELD_TYPES, Variant
 
 
 def parse_sets(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
@@ -67,14 +66,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from bench.profiling import profile
+    from bench.profiling import Request, profile
 
     overrides = parse_sets(args.set)
     with console.status(f"profiling {args.name}", quiet=args.json) as update:
         try:
-            record = profile(args.name, overrides, device=args.device, dtype=args.dtype,
-                             batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
-                             speed=not args.no_speed, on_progress=update)
+            record = profile(args.name, overrides, Request(speed=not args.no_speed,
+                                                           **given(args, "dtype", "batch_size", "warmup", "iters")),
+                             device=args.device, on_progress=update)
         except SpecError as e:
             raise e.within("--set") from None
     if args.json:
@@ -82,6 +81,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         console.record_table(record, title=f"{args.name} on {record['device_name']}")
     return 0
+
+
+def said_report(paths: dict[str, Path], quiet: bool = False) -> None:
+    if not quiet:
+        console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
+
+
+def print_paths(paths: Sequence[Path]) -> None:
+    """The files a command wrote, one a line (plain: for scripts)."""
+    for path in paths:
+        console.out.print(str(path), highlight=False, markup=False)
+
+
+def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options among ``names`` given on the command line: those left out (None) take the
+    API's or the config dataclass's default, so no default is restated here."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _load_sweep(args: argparse.Namespace) -> spec.Sweep:
@@ -100,19 +116,16 @@ def _load_sweep(args: argparse.Namespace) -> spec.Sweep:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
-    from bench.study.runner import run_sweep
+    from bench import api
+    from bench.study.trials import label
 
-    if args.workers < 1:
-        raise SpecError("workers", args.workers, "must be at least 1", where="--workers")
-    summary = run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
-                        retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
-                        keep_checkpoints=args.keep_checkpoints,
-                        workers=args.workers)
+    summary = api.run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
+                            retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
+                            keep_checkpoints=args.keep_checkpoints, workers=args.workers)
     records = summary["records"]
     if records and not args.quiet:
-        from bench.study.trials import label
-        variants = list(dict.fromkeys([*sweep.variants, *(_variant(r) for r in records if "depth" in r)]))
-        rows = [{"trial": label(_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"),
+        variants = list(dict.fromkeys([*sweep.variants, *(api.record_variant(r) for r in records if "depth" in r)]))
+        rows = [{"trial": label(api.record_variant(r), variants, r["seed"]) if "depth" in r else r.get("error", "?"),
                  "status": r["status"], "top1": r.get("top1"), "param_count": r.get("param_count"),
                  "infer_gmacs": r.get("infer_gmacs"), "train_samples_per_sec": r.get("train_samples_per_sec"),
                  "time_trial_s": r.get("time_trial_s")}
@@ -120,13 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: trials run now",
                            headers={"top1": "top-1 %", "param_count": "M params", "infer_gmacs": "GMACs",
                                     "train_samples_per_sec": "train samples/s", "time_trial_s": "s"})
-    if "report" in summary:
-        paths = summary["report"]
-        console.info(f"report: {paths['report.md']} (runs.csv and plots beside it)")
-    if summary.get("failure"):  # any trial of this run failed (not diverged): never a silent rc 0
-        console.error(summary["failure"])
-        return 1
-    return 0
+    return finish(summary)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -139,42 +146,30 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     study_name(args.name)  # the one name rule: RESULTS/NAME/ stays inside RESULTS
-    from bench.study.ledger import Ledger
-    from bench.profiling import resolve_device
-    from bench.report.markdown import report_ledger
-    from bench.study.runner import watch_parent, work
-    from bench.study.search import run_search
-    from bench.study.storage import STORAGE_ENV, default_url, safe_url
+    from bench import api
+    from bench.study.storage import STORAGE_ENV
+    from bench.study.workers import watch_parent
 
     watch_parent()  # a local worker of `bench run --workers N` stops with its parent
-
     # `bench run --workers N` passes its storage in the environment: a URL in argv is public (ps)
-    url = args.storage or os.environ.get(STORAGE_ENV) or default_url(args.results, args.name)
-    ledger = Ledger.open(url, args.name)
-    sweep = ledger.stored_sweep()
-    dev = resolve_device(args.device)
-    check_writable(Path(args.results) / args.name / ("weights" if args.save_weights else ""))
-    if not args.quiet:
-        console.info(f"worker on {args.name} | {safe_url(url)} | {dev}")
-    if sweep.search is not None:
-        offset = int(args.tag[1:]) if args.tag[1:].isdigit() else os.getpid()
-        records = run_search(sweep, ledger, dev, results_dir=args.results, quiet=args.quiet,
-                             save_weights=args.save_weights, keep_checkpoints=args.keep_checkpoints,
-                             seed=sweep.study.seed + 1 + offset, tag=args.tag)
-    else:
-        records = work(ledger, sweep, dev, results_dir=args.results, quiet=args.quiet,
-                       save_weights=args.save_weights, keep_checkpoints=args.keep_checkpoints, tag=args.tag,
-                       own=False)
-    if not args.no_report:
-        paths = report_ledger(ledger, args.name, url, args.results)
-        if not args.quiet:
-            console.info(f"report: {paths['report.md']}")
-    failed = sum(r["status"] == "failed" for r in records)
-    return 1 if failed and failed == len(records) else 0
+    ctx = api.run_context(args.name, storage=args.storage or os.environ.get(STORAGE_ENV), results_dir=args.results,
+                          device=args.device, quiet=args.quiet, save_weights=args.save_weights,
+                          keep_checkpoints=args.keep_checkpoints, tag=args.tag, report=not args.no_report)
+    return finish(api.run_worker(ctx), worker=True, quiet=args.quiet)
 
 
-def _variant(record: dict[str, Any]) -> Variant:
-    return Variant(**{k: record[k] for k in FIELD_TYPES})
+def finish(summary: dict[str, Any], *, worker: bool = False, quiet: bool = False) -> int:
+    """Say where the report went and map the run's outcome to the exit code: 1 when a trial of
+    this run failed (never a silent 0), but for a worker only when all of its trials did (its
+    parent, `bench run --workers N`, then reports which trials failed, not a failed worker)."""
+    if "report" in summary:
+        said_report(summary["report"], quiet)
+    if worker:
+        return 1 if summary["failed"] and summary["failed"] == summary["ran"] else 0
+    if summary.get("failure"):
+        console.error(summary["failure"])
+        return 1
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -207,16 +202,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report.markdown import report_study
+    from bench.study.reports import report_study
 
     name = args.name
     if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
         name = study_name(spec.read_yaml(name).get("name", Path(name).stem), flag=name)
     else:
         name = study_name(name)
-    paths = report_study(name, storage=args.storage, results_dir=args.results)
-    for path in paths.values():
-        console.out.print(str(path), highlight=False, markup=False)
+    print_paths(list(report_study(name, storage=args.storage, results_dir=args.results).values()))
     return 0
 
 
@@ -249,7 +242,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from bench.report.markdown import fidelity_report, no_ranking
+    from bench.report.fidelity import no_ranking
+    from bench.study.reports import fidelity_report
 
     study_name(args.name)  # fidelity-REF.md goes into RESULTS/NAME: neither name may lead out of it
     study_name(args.reference, "--reference")
@@ -263,46 +257,28 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     d = result["decisions"]
     if len(d):
         console.out.print(f"sign of Δtop-1 agrees for {int(d['sign_agrees'].sum())} of {len(d)} arm(s)", highlight=False)
-    console.out.print(str(path), highlight=False, markup=False)
+    print_paths([path])
     return 0
 
 
 def cmd_time(args: argparse.Namespace) -> int:
-    from bench.study.ledger import Ledger
-    from bench.profiling import resolve_device
-    from bench.report.markdown import report_ledger
-    from bench.study.runner import time_side_by_side
-    from bench.study.storage import default_url
-
     name = study_name(args.name)
-    if args.rounds is not None and args.rounds < 1:
-        raise SpecError("rounds", args.rounds, "must be at least 1", where="--rounds")
-    url = args.storage or default_url(args.results, name)
-    ledger = Ledger.open(url, name)
-    sweep = ledger.stored_sweep()
-    # exactly the variants the study measured (a stored sweep's own variant is its base model alone)
-    finished = [r for r in ledger.records() if r.get("status") in ("complete", "diverged") and "depth" in r]
-    if not finished:
-        raise BenchError(f"study {name!r} has no finished trials yet: nothing to time (`bench run` it first)")
-    variants = list(dict.fromkeys(_variant(r) for r in finished))
-    rounds = args.rounds or sweep.profile.rounds or ProfileConfig.rounds  # the spec's 0 (off during runs): default
-    result = time_side_by_side(ledger, sweep, resolve_device(args.device), rounds=rounds, again=True,
-                               quiet=args.quiet, variants=variants)
+    from bench import api
+
+    ctx = api.run_context(name, storage=args.storage, results_dir=args.results, device=args.device, quiet=args.quiet)
+    result, paths = api.time_study(ctx, args.rounds)
     if not args.quiet:
         rows = [{"variant": key, **{k: v for k, v in figures.items() if k.startswith("train_")}}
                 for key, figures in result["variants"].items()]
         console.rows_table(rows, list(rows[0]), title=f"{args.name}: side by side on {result['device_name']}")
-    paths = report_ledger(ledger, args.name, url, args.results)
-    console.info(f"report: {paths['report.md']}")
+    said_report(paths)
     return 0
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
     from bench import api, collapse
-    from bench.report import plots
 
-    common = dict(images=args.images, which=args.which, threshold=args.threshold,
-                  head_threshold=args.head_threshold, device=args.device)
+    settings = given(args, "images", "which", "threshold", "head_threshold")  # the rest: CollapseConfig's
     if args.trial is not None:
         study_name(args.name)
     with console.status("analysing attention maps", quiet=args.json):
@@ -310,18 +286,15 @@ def cmd_collapse(args: argparse.Namespace) -> int:
             if args.set or args.weights:
                 raise BenchError("--trial analyses a sweep's trial as trained: --set and --weights do not apply")
             result, context = api.analyse_trial(args.name, args.trial, storage=args.storage,
-                                                     results_dir=args.results, **common)
+                                                results_dir=args.results, settings=settings, device=args.device)
         else:
-            defaults = {"images": 64, "which": "v", "threshold": 0.8, "head_threshold": 0.5}
             try:
-                result, context = api.analyse_model(
-                    args.name, parse_sets(args.set), weights=args.weights,
-                    **{k: defaults[k] if v is None and k in defaults else v for k, v in common.items()})
+                result, context = api.analyse_model(args.name, parse_sets(args.set), weights=args.weights,
+                                                    settings=settings, device=args.device)
             except SpecError as e:
                 raise e.within("--set") from None
-    out = Path(args.out or Path(args.results) / "collapse" / _slug(context["model"]))
-    paths = plots.collapse_figures(result, out, context["model"])
-    atomic_write(out / "collapse.json", lambda f: json.dump({**context, **result}, f, indent=1, default=str))
+    paths = api.save_collapse(result, context, Path(args.out or Path(args.results) / "collapse" /
+                                                    _slug(context["model"])))
     if args.json:
         console.print_json({**context, **result, "files": [str(p) for p in paths]})
         return 0
@@ -340,13 +313,20 @@ def cmd_collapse(args: argparse.Namespace) -> int:
                       f"{console.fmt(result['cka_adjacent_mean'])} · last block's token uniformity "
                       f"{console.fmt(result['token_uniformity_last'])} and distance from rank 1 "
                       f"{console.fmt(result['rank_residual_last'])}", highlight=False)
-    for path in [*paths, out / "collapse.json"]:
-        console.out.print(str(path), highlight=False, markup=False)
+    print_paths(paths)
     return 0
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _parent(*options: tuple[tuple[str, ...], dict[str, Any]]) -> argparse.ArgumentParser:
+    """A group of options shared by several commands (argparse's ``parents=``): each is defined once."""
+    group = argparse.ArgumentParser(add_help=False)
+    for flags, kwargs in options:
+        group.add_argument(*flags, **kwargs)
+    return group
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,152 +335,135 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list bench's registered variants",
+    device = _parent((("--device",), dict(default=None, help="cpu or cuda (default: cuda when available)")))
+    as_json = _parent((("--json",), dict(action="store_true", help="print JSON instead of a table")))
+    quiet = _parent((("--quiet",), dict(action="store_true",
+                                        help="no progress bars or tables: one line per trial (for logs)")))
+    model_set = _parent((("--set",), dict(action="append", default=[], metavar="KEY=VALUE",
+                                          help="change a model field, e.g. --set depth=6 --set attention=re "
+                                               "(repeatable)")))
+    sweep = _parent((("sweep",), dict(metavar="SWEEP", help="a sweep file, e.g. sweeps/quickstart.yaml")),
+                    (("--set",), dict(action="append", default=[], metavar="KEY=VALUE",
+                                      help="override a spec value by its dotted name, e.g. --set train.epochs=2 "
+                                           "(repeatable)")),
+                    (("--name",), dict(default=None, help="study name (default: the sweep's name)")))
+    storage = _parent((("--storage",), dict(default=None, metavar="URL",
+                                            help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")),
+                      (("--results",), dict(default="results", metavar="DIR",
+                                            help="where reports go (default: results)")))
+    keep = _parent((("--save-weights",), dict(action="store_true", help="keep each trained model "
+                                              "(RESULTS/NAME/weights/KEY.safetensors) for later analysis")),
+                   (("--keep-checkpoints",), dict(action="store_true", help="keep each trial's last epoch checkpoint "
+                                                  "(RESULTS/NAME/checkpoints/KEY.pt) once it is done; an interrupted "
+                                                  "trial's is always kept, and its rerun resumes from it")))
+    running = _parent((("--workers",), dict(type=int, default=1, metavar="N",
+                                            help="start N local worker processes, one per GPU where there are "
+                                                 "several (default 1); they share the study, so give a --storage "
+                                                 "that serves several (default: a journal file)")),
+                      (("--retry-failed",), dict(action="store_true", help="rerun trials that failed before")))
+
+    p = sub.add_parser("models", parents=[as_json], help="list bench's registered variants",
                        description="List bench's registered variants with closed-form params and GMACs.")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("profile", help="measure the cost of one model",
+    p = sub.add_parser("profile", parents=[model_set, device, as_json], help="measure the cost of one model",
                        description="Parameters, MACs (fvcore, attention included), activations, "
                                    "inference and train-step speed, and peak CUDA memory of one model.")
     p.add_argument("name", metavar="NAME", help="a bench variant (`bench models`) or any timm model name")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a variant field, e.g. --set depth=6 --set attention=re (repeatable)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="bf16 = autocast")
-    p.add_argument("--batch-size", type=int, default=32, help="halved on out-of-memory (default 32)")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="bf16 = autocast (default fp32)")
+    p.add_argument("--batch-size", type=int, default=None, help="halved on out-of-memory (default 32)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 CPU, 10 CUDA)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default: 5 CPU, 50 CUDA)")
     p.add_argument("--no-speed", action="store_true", help="count only: skip timing")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_profile)
 
-    def sweep_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("sweep", metavar="SWEEP", help="a sweep file, e.g. sweeps/quickstart.yaml")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec value by its dotted name, e.g. --set train.epochs=2 (repeatable)")
-        p.add_argument("--name", default=None, help="study name (default: the sweep's name)")
-        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-    def worker_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--save-weights", action="store_true",
-                       help="keep each trained model (RESULTS/NAME/weights/KEY.safetensors) for later analysis")
-        p.add_argument("--keep-checkpoints", action="store_true",
-                       help="keep each trial's last epoch checkpoint (RESULTS/NAME/checkpoints/KEY.pt) once it is done; "
-                            "an interrupted trial's is always kept, and its rerun resumes from it")
-        p.add_argument("--quiet", action="store_true", help="no progress bars: one line per trial (for logs)")
-
-    def storage_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", default=None, metavar="URL",
-                       help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")
-        p.add_argument("--results", default="results", metavar="DIR", help="where reports go (default: results)")
-
-    p = sub.add_parser("run", help="run a sweep: profile and proxy-train every variant × seed",
+    p = sub.add_parser("run", parents=[sweep, device, storage, running, keep, quiet],
+                       help="run a sweep: profile and proxy-train every variant × seed",
                        description="Run a sweep. Trials already in the study are skipped, so rerunning "
                                    "the same command resumes an interrupted sweep.")
-    sweep_args(p)
-    storage_args(p)
-    p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="start N local worker processes, one per GPU where there are several (default 1); "
-                        "they share the study, so give a --storage that serves several (default: a journal file)")
-    worker_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("study", help="an Optuna study: search variants for top-1 against a cost",
+    p = sub.add_parser("study", parents=[sweep, device, storage, running, keep, quiet],
+                       help="an Optuna study: search variants for top-1 against a cost",
                        description="Search a space of variants (the spec's search section) with an Optuna "
                                    "sampler, for one or two objectives; resumable like a sweep, and shared "
                                    "by any number of workers through --storage.")
-    sweep_args(p)
-    storage_args(p)
     p.add_argument("--n-trials", type=int, default=None, metavar="N",
                    help="trials in the study, all workers together (default: the spec's study.n_trials)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds: no new trial starts after this (per worker)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="start N local worker processes, one per GPU where there are several")
-    p.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
-    worker_args(p)
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("worker", help="join a study's workers: run its queued trials until none is left",
+    p = sub.add_parser("worker", parents=[storage, device, keep, quiet],
+                       help="join a study's workers: run its queued trials until none is left",
                        description="Run trials queued in study NAME (by `bench run` or `bench study`) until "
                                    "none is left and no other worker runs one; a trial whose worker dies is "
                                    "taken over. Start any number, on any machines, with the same --storage "
                                    "(or $BENCH_STORAGE: a password there stays out of the process list).")
     p.add_argument("name", metavar="NAME", help="the study (sweep) name")
-    storage_args(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-report", action="store_true", help="do not write the report when done")
-    worker_args(p)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)  # prefixes this worker's lines
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("plan", help="list a sweep's variants with params, GMACs and estimated time",
+    p = sub.add_parser("plan", parents=[sweep, device, as_json],
+                       help="list a sweep's variants with params, GMACs and estimated time",
                        description="Validate a sweep and list its variants; trains nothing.")
-    sweep_args(p)
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("fidelity", help="does a proxy study rank and decide like a reference study?",
+    p = sub.add_parser("fidelity", parents=[storage], help="does a proxy study rank and decide like a reference study?",
                        description="Compare study NAME (a short proxy) with study REF: the same variants at a "
                                    "longer budget, or on other data. Kendall τ and Spearman ρ between their top-1 "
                                    "over variants, and whether each comparison arm's decision agrees. Writes "
                                    "RESULTS/NAME/fidelity-REF.md.")
     p.add_argument("name", metavar="NAME", help="the proxy study")
     p.add_argument("--reference", required=True, metavar="REF", help="the reference study")
-    storage_args(p)
     p.add_argument("--reference-storage", default=None, metavar="URL", help="REF's storage (default: --storage, "
                    "else sqlite:///RESULTS/REF/study.db)")
     p.set_defaults(func=cmd_fidelity)
 
-    p = sub.add_parser("time", help="time every variant of a study side by side, then rewrite its report",
+    p = sub.add_parser("time", parents=[storage, device, quiet],
+                       help="time every variant of a study side by side, then rewrite its report",
                        description="Time inference and train steps of every variant of study NAME in interleaved "
                                    "rounds on this device (drift hits every variant alike), store the figures in "
                                    "the study and rewrite the report, whose comparison then uses them.")
     p.add_argument("name", metavar="NAME", help="the study (sweep) name")
-    storage_args(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: the spec's profile.rounds, "
                    f"or {ProfileConfig.rounds} where it is 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress or table")
     p.set_defaults(func=cmd_time)
 
-    p = sub.add_parser("collapse", help="attention-collapse metrics and heatmaps of one model or trial",
+    p = sub.add_parser("collapse", parents=[model_set, device, storage, as_json],
+                       help="attention-collapse metrics and heatmaps of one model or trial",
                        description="Cross-layer and cross-head similarity of attention maps (DeepViT's "
                                    "analysis) on a fixed batch: a registered or timm model (untrained, or "
                                    "--weights), or with --trial a trained trial of a sweep (its saved weights).")
     p.add_argument("name", metavar="NAME", help="a model name, or with --trial a sweep's name")
     p.add_argument("--trial", default=None, metavar="N|KEY", help="a trial of sweep NAME (number or key)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a model field")
     p.add_argument("--weights", default=None, metavar="FILE", help="safetensors weights to load")
-    p.add_argument("--images", type=int, default=None, help="evaluation images (default 64, or the sweep's)")
+    p.add_argument("--images", type=int, default=None,
+                   help=f"evaluation images (default {CollapseConfig.images}, or the sweep's)")
     p.add_argument("--which", choices=["v", "raw"], default=None,
-                   help="v: the map that multiplies V (default); raw: the softmax maps")
-    p.add_argument("--threshold", type=float, default=None, help="cross-layer threshold (default 0.8)")
-    p.add_argument("--head-threshold", type=float, default=None, help="cross-head threshold (default 0.5)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+                   help="v: the map that multiplies V (the default); raw: the softmax maps")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"cross-layer threshold (default {CollapseConfig.threshold})")
+    p.add_argument("--head-threshold", type=float, default=None,
+                   help=f"cross-head threshold (default {CollapseConfig.head_threshold})")
     p.add_argument("--out", default=None, metavar="DIR", help="where the PNGs and collapse.json go "
                    "(default: RESULTS/collapse/<model>)")
-    storage_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_collapse)
 
-    p = sub.add_parser("cache", help="list the decoded-data caches, or remove those not used lately",
+    p = sub.add_parser("cache", parents=[as_json], help="list the decoded-data caches, or remove those not used lately",
                        description="Real datasets are decoded once per resolution into caches (bench.data.cache); "
                        "a changed folder leaves its old cache behind. This lists them, newest use first.")
     p.add_argument("--dir", default=None, help="the cache folder (default: $BENCH_CACHE_DIR, else ~/.cache/bench)")
     p.add_argument("--prune", type=float, default=None, metavar="DAYS",
                    help="first remove the caches no run has used for DAYS days (only bench's own, never one "
                    "a run holds)")
-    p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("report", help="write runs.csv, report.md and plots from a sweep's study",
+    p = sub.add_parser("report", parents=[storage], help="write runs.csv, report.md and plots from a sweep's study",
                        description="Rebuild a sweep's report from its study storage alone.")
     p.add_argument("name", metavar="NAME", help="the sweep's name (or its YAML file)")
-    storage_args(p)
     p.set_defaults(func=cmd_report)
     return parser
 

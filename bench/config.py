@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data.cache import CIFAR_FOLDERS, class_folders, list_split, select_classes
-from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type, missing_data
+from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type
 from bench.variant import FIELD_TYPES, is_re_option
 
 # --- numerics and timing ----------------------------------------------------------------
@@ -195,42 +194,6 @@ class DataConfig:
     def shapes_sizes(self) -> tuple[int, int]:
         """Train and test images of the built-in dataset."""
         return self.train_size or SHAPES_SIZES[0], self.test_size or SHAPES_SIZES[1]
-
-    def check_available(self) -> int:
-        """Fail now, not at the first trial, when the data is missing; the number of classes."""
-        if self.name in CIFAR_FOLDERS:
-            folder = self.root_path / CIFAR_FOLDERS[self.name]
-            if not folder.is_dir() and not self.download:
-                raise missing_data(self.name, folder, "Set data.download: true on a machine with internet, or "
-                                   f"unpack {CIFAR_FOLDERS[self.name]} under data.root={self.root!r}.")
-            return self.num_classes(NUM_CLASSES[self.name])
-        if self.name == "imagefolder":
-            found = []
-            for split in (self.train_dir, self.test_dir):
-                folder = self.root_path / split
-                if not folder.is_dir():
-                    raise missing_data(f"imagefolder split {split!r}", folder, "Expected data.root/"
-                                       f"{self.train_dir}/<class>/*.png and data.root/{self.test_dir}/<class>/*.png.")
-                found.append(class_folders(folder))
-            if not found[0]:
-                raise missing_data("imagefolder class folders", self.root_path / self.train_dir,
-                                   "Each class needs its own folder of images.")
-            return len(select_classes(found[0], self.classes, self.root_path / self.train_dir))
-        return NUM_CLASSES[self.name]
-
-    def split_sizes(self) -> tuple[int, int]:
-        """Train and test images per epoch, without loading the data (a folder is listed)."""
-        if self.name == "shapes":
-            return self.shapes_sizes()
-        if self.name in CIFAR_FOLDERS:
-            per_class = [n // NUM_CLASSES[self.name] for n in CIFAR_SIZES]
-            full = tuple(n * self.num_classes(NUM_CLASSES[self.name]) for n in per_class)
-        else:
-            chosen = select_classes(class_folders(self.root_path / self.train_dir), self.classes,
-                                    self.root_path / self.train_dir)
-            full = tuple(len(list_split(self.root_path / split, chosen)[0])
-                         for split in (self.train_dir, self.test_dir))
-        return min(full[0], self.train_size or full[0]), min(full[1], self.test_size or full[1])
 
 
 # --- training ------------------------------------------------------------------------------

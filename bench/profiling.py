@@ -14,6 +14,7 @@ Timing: warm-up, then one measurement per iteration (CUDA events on GPU,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import math
 import platform
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import __version__
-from bench.config import DTYPES, timing_steps
+from bench.config import DTYPES, ProfileConfig, resolve_dtype
 from bench.errors import BenchError, did_you_mean
 from bench.models import VARIANTS, Variant, build_model, resolve
 
@@ -227,14 +228,16 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_speed(model: nn.Module, input_size: tuple[int, ...], *, mode: str, device: torch.device,
-                  dtype: str, batch_size: int, warmup: int, iters: int,
-                  on_retry: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Time inference or a train step; on out-of-memory retry at half the batch.
+def measure_speed(model: nn.Module, input_size: tuple[int, ...], cfg: ProfileConfig, *, mode: str,
+                  device: torch.device, on_retry: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time inference or a train step as ``cfg`` says (its dtype, batch size, warm-up and timed
+    steps; ``auto`` and unset ones resolved for ``device``); on out-of-memory retry at half the batch.
 
     Returns timm benchmark.py's columns prefixed ``infer_`` or ``train_``, plus
     p10/p90 of the step time and the peak CUDA memory (None on CPU).
     """
+    dtype, batch_size = resolve_dtype(cfg.dtype, device), cfg.batch_size
+    warmup, iters = cfg.steps(device)
     while True:
         try:
             return _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, iters)
@@ -331,32 +334,44 @@ def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, 
     return tuple(resolve_model_data_config(model)["input_size"])
 
 
-def profile(name: str, overrides: dict[str, Any] | None = None, *, device: str | None = None,
-            dtype: str = "fp32", batch_size: int = 32, warmup: int | None = None,
-            iters: int | None = None, speed: bool = True,
-            on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Request:
+    """What ``bench profile`` asks for, as given: ProfileConfig's settings less ``rounds``, with
+    the command's defaults. Not a ProfileConfig because ``profile`` checks it and names a bad
+    value by its command-line flag (a one-line BenchError, exit code 1)."""
+    dtype: str = "fp32"
+    batch_size: int = 32
+    warmup: int | None = None  # None: config.TIMING_STEPS for the device
+    iters: int | None = None
+    speed: bool = True  # False: count only
+
+
+def profile(name: str, overrides: dict[str, Any] | None = None, request: Request | None = None, *,
+            device: str | None = None, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every cost figure of one model (a bench variant or a timm name), as one flat record."""
-    if dtype not in DTYPES:
-        raise BenchError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise BenchError(f"--batch-size {batch_size}: must be at least 1")
-    if (iters is not None and iters < 1) or (warmup is not None and warmup < 0):
+    r = request or Request()
+    if r.dtype not in DTYPES:
+        raise BenchError(f"--dtype {r.dtype}: expected one of {', '.join(DTYPES)}")
+    if r.batch_size < 1:
+        raise BenchError(f"--batch-size {r.batch_size}: must be at least 1")
+    if (r.iters is not None and r.iters < 1) or (r.warmup is not None and r.warmup < 0):
         raise BenchError("--iters must be at least 1 and --warmup at least 0")
     dev = resolve_device(device)
     model, variant = create(name, overrides)
-    return {"model": name, **profile_model(model, variant, device=dev, dtype=dtype, batch_size=batch_size,
-                                           warmup=warmup, iters=iters, speed=speed, on_progress=on_progress)}
+    cfg = ProfileConfig(**dataclasses.asdict(r))
+    return {"model": name, **profile_model(model, variant, cfg, device=dev, on_progress=on_progress)}
 
 
-def profile_model(model: nn.Module, variant: Variant | None, *, device: torch.device, dtype: str,
-                  batch_size: int, warmup: int | None = None, iters: int | None = None, speed: bool = True,
+def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig, *, device: torch.device,
                   on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Params, MACs, activations, and (``speed``) inference and train-step timing of ``model``.
+    """Params, MACs, activations, and (``cfg.speed``) inference and train-step timing of ``model``,
+    as ``cfg`` says (its dtype, batch size, warm-up and timed steps, resolved for ``device``).
 
     The model's weights, gradients and norm statistics are left as they were.
     """
     cuda = device.type == "cuda"
-    warmup, iters = timing_steps(warmup, iters, device)
+    dtype, batch_size, speed = resolve_dtype(cfg.dtype, device), cfg.batch_size, cfg.speed
+    warmup, iters = cfg.steps(device)
     say = on_progress or (lambda _msg: None)
     size = input_size_of(model, variant)
     record: dict[str, Any] = {**(variant.to_dict() if variant else {}),
@@ -370,12 +385,11 @@ def profile_model(model: nn.Module, variant: Variant | None, *, device: torch.de
         if cuda:
             torch.backends.cudnn.benchmark = True
         model.to(device)
-        common = dict(device=device, dtype=dtype, batch_size=batch_size, warmup=warmup, iters=iters,
-                      on_retry=say)
+        timed = dataclasses.replace(cfg, dtype=dtype, warmup=warmup, iters=iters)  # resolved once, for both
         say(f"timing inference (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
-        record.update(measure_speed(model, size, mode="infer", **common))
+        record.update(measure_speed(model, size, timed, mode="infer", device=device, on_retry=say))
         say(f"timing train step (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
-        record.update(measure_speed(model, size, mode="train", **common))
+        record.update(measure_speed(model, size, timed, mode="train", device=device, on_retry=say))
         record.update(warmup=warmup, iters=iters)
     record.update(environment(device, dtype))
     return record

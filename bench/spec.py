@@ -33,6 +33,7 @@ import yaml
 
 from bench.config import (DATA_KEYS, CollapseConfig, DataConfig, Dim, ProfileConfig, StudyConfig,
                           TrainConfig, parse_space)
+from bench.data.folders import check_available
 from bench.errors import SpecError, check_keys, check_seed, check_type, quote
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 
@@ -341,7 +342,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
         base = Variant.from_dict(model)
     except SpecError as err:
         raise err.within(prefix="model.") from None
-    num_classes = data.check_available() if data is not None else None
+    num_classes = check_available(data) if data is not None else None
     if num_classes is not None:
         if "num_classes" in model and model["num_classes"] != num_classes:
             raise SpecError("model.num_classes", model["num_classes"],

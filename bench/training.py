@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,10 +20,10 @@ import torch
 from torch import nn
 
 from bench import __version__, console
-from bench.data.cache import cores
-from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.config import DataConfig, TrainConfig
-from bench.data.loader import Dataset, Loader, residency
+from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
+from bench.data.loader import Loader, residency
+from bench.data.sources import Dataset
 from bench.errors import first_line
 from bench.files import atomic_write
 from bench.profiling import autocast
@@ -52,8 +53,35 @@ def _digest(fields: Mapping[str, str]) -> str:
 CHECKPOINT_KEYS = ("identity", "epochs", "step", "model", "optimizer", "schedule", "loader", "torch", "cuda", "result")
 
 
-def _save(path: Path, ident: dict[str, str], epochs: int, step: int, model: nn.Module, optimizer: Any, schedule: Any,
-          loader: Loader, result: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a run writes its checkpoint after every epoch, and what else (beyond the train and
+    data settings, the seed, the dtype and the versions) its numbers depend on: the variant,
+    say. Both go into the checkpoint's ``identity``."""
+    path: Path
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller hears of a run: ``on_step(step, total steps, mean loss so far)`` every
+    ``check_every`` steps; ``on_epoch(epoch, top1, loss)`` after each epoch, where True stops
+    the run there (pruning)."""
+    on_step: Callable[[int, int, float | None], None] | None = None
+    on_epoch: Callable[[int, float, float], bool | None] | None = None
+
+
+@dataclass
+class Parts:
+    """The stateful parts of a run a checkpoint saves and restores."""
+    model: nn.Module
+    optimizer: Any
+    schedule: Any
+    loader: Loader
+
+
+def _save(path: Path, ident: dict[str, str], epochs: int, step: int, parts: Parts, result: dict[str, Any]) -> None:
+    model, optimizer, schedule, loader = parts.model, parts.optimizer, parts.schedule, parts.loader
     state = {"identity": {"hash": _digest(ident), "fields": ident},
              "epochs": epochs, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "loader": loader.state(), "streams": streams_state(),
@@ -113,9 +141,9 @@ def _damaged(path: Path, err: BaseException) -> None:
     return None
 
 
-def _resume(state: dict[str, Any], model: nn.Module, optimizer: Any, schedule: Any, loader: Loader,
-            result: dict[str, Any]) -> tuple[int, int]:
+def _resume(state: dict[str, Any], parts: Parts, result: dict[str, Any]) -> tuple[int, int]:
     """Continue from a checkpoint written by ``_save`` (``_load``): (epochs done, steps done)."""
+    model, optimizer, schedule, loader = parts.model, parts.optimizer, parts.schedule, parts.loader
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -162,34 +190,31 @@ def evaluate(model: nn.Module, loader: Loader, dtype: str) -> float:
     return 100.0 * correct.item() / max(1, total)
 
 
-Progress = Callable[[int, int, float | None], None]  # (step, total steps, mean loss so far)
-
-
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
-          recipe: DataConfig | None = None, on_step: Progress | None = None,
-          on_epoch: Callable[[int, float, float], bool | None] | None = None,
-          checkpoint: Path | None = None, identity_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          recipe: DataConfig | None = None, hooks: Hooks | None = None,
+          checkpoint: Checkpoint | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train`` for ``cfg.epochs``; top-1 on ``data.test`` after each epoch.
 
     ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.data.augment) and
     residency (bench.data.loader.residency); None: no augmentation, data on the device.
-    ``on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
+    ``hooks.on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
     then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
     the whole state (model, optimizer, schedule, the result so far, every random stream
-    including the loader's) is written there atomically, and a run that finds one resumes
-    from it: on the CPU, to the same final top-1 as a run never interrupted. A checkpoint
-    carries the run's ``identity`` (with ``identity_extra``: what else the numbers depend on,
-    e.g. the variant): one made with other settings is discarded, a damaged one set aside,
-    and the run starts from scratch (``resumed`` False).
+    including the loader's) is written to ``checkpoint.path`` atomically, and a run that finds
+    one there resumes from it: on the CPU, to the same final top-1 as a run never interrupted.
+    A checkpoint carries the run's ``identity`` (with ``checkpoint.extra``: what else the
+    numbers depend on, e.g. the variant): one made with other settings is discarded, a
+    damaged one set aside, and the run starts from scratch (``resumed`` False).
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
     diverged, stopped, resumed, epochs, steps, train_time_s, train_dtype, data_residency.
     """
     model.to(device)
     dtype = cfg.resolved_dtype(device)
     recipe = recipe or DataConfig(crop_padding=0, flip=False)
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    ident = identity(cfg, recipe, seed, dtype, identity_extra)
-    state = _load(checkpoint, ident, model) if checkpoint is not None and checkpoint.is_file() else None
+    hooks = hooks or Hooks()
+    path = Path(checkpoint.path) if checkpoint is not None else None
+    ident = identity(cfg, recipe, seed, dtype, checkpoint.extra if checkpoint is not None else None)
+    state = _load(path, ident, model) if path is not None and path.is_file() else None
     aug = Recipe(recipe.augment, num_classes=data.num_classes, img_size=data.img_size,
                  label_smoothing=cfg.label_smoothing, device=device)
     where, _ = residency(data, device, recipe.residency, recipe.memory_budget_gb, host_transform=aug.host is not None)
@@ -197,15 +222,10 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     if aug.mixup is not None:
         batch -= batch % 2  # Mixup/CutMix pair images within a batch
     seed_streams(seed)
-    workers = recipe.host_workers
-    if workers is None:  # a GPU waits on the host's RandAugment unless every spare core does it
-        workers = max(1, min(16, cores() - 1)) if device.type == "cuda" else 0
-    train_loader = Loader(data.train, batch_size=batch, device=device, train=True, crop_padding=recipe.crop_padding,
-                          flip=recipe.flip, seed=seed, residency=where, prefetch=recipe.prefetch,
-                          host_transform=aug.host, host_workers=workers, repeats=recipe.augment.repeats,
-                          resized_crop=recipe.augment.resized_crop)
-    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, residency=where,
-                         prefetch=recipe.prefetch)
+    train_loader = Loader(data.train, batch_size=batch, device=device, train=True, seed=seed, recipe=recipe,
+                          residency=where, host_transform=aug.host)
+    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, recipe=recipe,
+                         residency=where)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -216,6 +236,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, total=total, warmup=warmup, floor=floor))
     params = [p for p in model.parameters() if p.requires_grad]
+    parts = Parts(model, optimizer, schedule, train_loader)
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False,
@@ -225,7 +246,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     step, first = 0, 0
     try:
         if state is not None:
-            first, step = _resume(state, model, optimizer, schedule, train_loader, result)
+            first, step = _resume(state, parts, result)
             del state  # its tensors: not held through the run
         for epoch in range(first, cfg.epochs):
             model.train()
@@ -249,14 +270,14 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                         result.update(diverged=True, train_loss=mean, steps=step, epochs=epoch + 1,
                                       train_time_s=time.perf_counter() - start)
                         return result
-                    if on_step:
-                        on_step(step, total, mean)
+                    if hooks.on_step:
+                        hooks.on_step(step, total, mean)
             top1 = evaluate(model, test_loader, dtype)
             result["top1_per_epoch"].append(top1)
             result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
-            if checkpoint is not None and epoch + 1 < cfg.epochs:
-                _save(checkpoint, ident, epoch + 1, step, model, optimizer, schedule, train_loader, result)
-            if on_epoch and on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
+            if path is not None and epoch + 1 < cfg.epochs:
+                _save(path, ident, epoch + 1, step, parts, result)
+            if hooks.on_epoch and hooks.on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
                 result["stopped"] = True
                 break
     finally:

@@ -5,7 +5,7 @@
 Two caches, built once in a temporary folder: an image folder (``--images`` random PNGs,
 cached at ``--px``) and a CIFAR-10 laid out as torchvision stores it (``--cifar`` training
 images, 10,000 test, 32 px, random). Each cache is opened exactly as a run does
-(``bench.cache.folder`` / ``bench.cache.cifar``: list or stat the sources, fingerprint, open,
+(``bench.data.cache.folder`` / ``bench.data.cache.cifar``: list or stat the sources, fingerprint, open,
 check) in three ways:
 
 - ``no check``: verification switched off (what a reuse cost before checksums);
@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from bench import cache
+from bench.config import DataConfig
+from bench.data import cache, folders
 
 
 def make_folder(root: Path, n: int) -> None:
@@ -56,7 +57,7 @@ def make_cifar(root: Path, n_train: int) -> None:
         (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     batch = {"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, 10000))}
     (base / "test_batch").write_bytes(pickle.dumps(batch))
-    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": list(cache.CIFAR10_CLASSES)}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": list(folders.CIFAR10_CLASSES)}))
 
 
 def main() -> None:
@@ -71,9 +72,11 @@ def main() -> None:
         make_folder(tmp / "folder", args.images)
         make_cifar(tmp / "cifar", args.cifar)
         cases = {f"imagefolder {args.images}+{max(10, args.images // 5)} at {args.px}px":
-                 lambda: cache.folder(tmp / "folder", args.px, cache_dir=tmp / "caches", quiet=True),
+                 lambda: cache.folder(DataConfig(name="imagefolder", root=str(tmp / "folder"),
+                                                 cache_dir=str(tmp / "caches")), args.px, quiet=True),
                  f"cifar10 {args.cifar}+10000 at 32px":
-                 lambda: cache.cifar("cifar10", tmp / "cifar", 32, cache_dir=tmp / "caches", quiet=True)}
+                 lambda: cache.cifar(DataConfig(name="cifar10", root=str(tmp / "cifar"), cache_dir=str(tmp / "caches")),
+                                     32, quiet=True)}
         for label, open_ in cases.items():
             c = open_()
             path, mib = c.path, c.nbytes / 2**20

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench import data
+from bench.data.loader import Loader
+from bench.data.sources import Split
 from bench.config import TrainConfig
 from bench.models import VARIANTS, build_model
-from bench.training import _save  # noqa: PLC2701 (the benchmark times the trainer's own writer)
+from bench.training import Parts, _save  # noqa: PLC2701 (the benchmark times the trainer's own writer)
 from bench.variant import Variant
 
 QUICKSTART = Variant(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10,
@@ -42,15 +43,15 @@ def main() -> None:
         x = torch.randn(2, 3, v.img_size, v.img_size)
         F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
         opt.step()
-        split = data.Split(torch.zeros(4, 3, v.img_size, v.img_size, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
-        loader = data.Loader(split, batch_size=2, device=torch.device("cpu"), train=True)
+        split = Split(torch.zeros(4, 3, v.img_size, v.img_size, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+        loader = Loader(split, batch_size=2, device=torch.device("cpu"), train=True)
         result = {"top1_per_epoch": [1.0], "train_loss_per_epoch": [2.0]}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trial.pt"
             times = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                _save(path, 1, 10, model, opt, sched, loader, result)
+                _save(path, {}, 1, 10, Parts(model, opt, sched, loader), result)
                 times.append(time.perf_counter() - t0)
             size = path.stat().st_size / 2**20
         params = sum(p.numel() for p in model.parameters()) / 1e6

@@ -18,10 +18,11 @@ import torch
 
 from bench import spec
 from bench.collapse import analyse
-from bench.data import Dataset, make_shapes
+from bench.config import ProfileConfig
+from bench.data.sources import Dataset, make_shapes
 from bench.models import build_model
 from bench.profiling import device_name, measure_speed, resolve_device
-from bench.trials import eval_images
+from bench.study.trials import eval_images
 
 
 def peak_rss_mb() -> float:
@@ -60,9 +61,9 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else peak_rss_mb()) - base
     steps = sweep.data.train_size // sweep.train.batch_size
-    speed = measure_speed(model, (3, v.img_size, v.img_size), mode="train", device=dev,
-                          dtype=sweep.train.resolved_dtype(dev), batch_size=sweep.train.batch_size,
-                          warmup=1, iters=args.steps)
+    speed = measure_speed(model, (3, v.img_size, v.img_size),
+                          ProfileConfig(dtype=sweep.train.resolved_dtype(dev), batch_size=sweep.train.batch_size,
+                                        warmup=1, iters=args.steps), mode="train", device=dev)
     epoch = speed["train_step_time"] / 1e3 * steps
     print(f"analysis: {seconds:.2f} s (similar blocks {result['similar_blocks']}) | peak memory growth "
           f"{peak:.0f} MB; all maps at once would be {maps_mb:.0f} MB (budget {args.budget_mb:.0f} MB)")

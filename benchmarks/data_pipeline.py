@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cache import cores  # noqa: E402
+from bench.data.cache import cores  # noqa: E402
 
 QUICKSTART = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, mlp_ratio=2.0, depth=4, num_classes=10)
 
@@ -58,17 +58,20 @@ def write_folder(root: Path, n: int, size: tuple[int, int], fmt: str, classes: i
 
 
 def build(root: Path, size: int, cache_dir: Path, workers: int) -> tuple[float, int]:
-    from bench import cache
+    from bench.config import DataConfig
+    from bench.data import cache
     shutil.rmtree(cache_dir, ignore_errors=True)  # a build, not a reuse
     cache.POOL_ABOVE_S = 0.0 if workers > 1 else float("inf")  # this arm's processes, whatever the size
     t0 = time.perf_counter()
-    c = cache.folder(root, size, cache_dir=cache_dir, workers=workers, quiet=True)
+    c = cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(cache_dir), cache_workers=workers),
+                     size, quiet=True)
     assert c.built_s is not None
     return time.perf_counter() - t0, len(c.train_labels) + len(c.test_labels)
 
 
 def part_cache(work: Path, small: int, large: int) -> None:
-    from bench import cache
+    from bench.config import DataConfig
+    from bench.data import cache
     print(f"\n1. cache build and reuse ({cache.cores()} cores)", flush=True)
     for label, folder, size in (("32² from 32×32 PNG", write_folder(work / "png32", small, (32, 32), "png"), 32),
                                 ("224² from 500×375 JPEG", write_folder(work / "jpg500", large, (500, 375), "jpg"),
@@ -84,7 +87,8 @@ def part_cache(work: Path, small: int, large: int) -> None:
         loads = []
         for _ in range(5):
             t0 = time.perf_counter()
-            c = cache.folder(folder, size, cache_dir=work / f"cache-{size}-{cache.cores()}", quiet=True)
+            c = cache.folder(DataConfig(name="imagefolder", root=str(folder),
+                                        cache_dir=str(work / f"cache-{size}-{cache.cores()}")), size, quiet=True)
             loads.append(time.perf_counter() - t0)
             assert c.built_s is None
         load = statistics.median(loads)
@@ -96,14 +100,15 @@ def part_cache(work: Path, small: int, large: int) -> None:
 def part_stream(work: Path, rounds: int, device: str) -> None:
     import torch
 
-    from bench import data
+    from bench.data import sources as data
     from bench.config import DataConfig, TrainConfig
     from bench.models import Variant, build_model
     from bench.training import train
 
     dev = torch.device(device)
     print(f"\n2. streaming vs device-resident training (quickstart model, {dev})", flush=True)
-    ds = data.imagefolder(work / "png32", img_size=32, cache_dir=work / f"cache-32-{cores()}")
+    ds = data.imagefolder(DataConfig(name="imagefolder", root=str(work / "png32"),
+                                     cache_dir=str(work / f"cache-32-{cores()}")), 32)
     cfg = TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.1, eval_batch_size=500)
     variant = Variant(**QUICKSTART)
     samples: dict[str, list[float]] = {"device": [], "stream": []}
@@ -123,7 +128,7 @@ def part_stream(work: Path, rounds: int, device: str) -> None:
 RSS_CHILD = """
 import json, sys, time, torch
 from pathlib import Path
-from bench import data
+from bench.data import loader, sources
 from bench.config import DataConfig, TrainConfig
 from bench.models import Variant, build_model
 from bench.training import train
@@ -134,17 +139,17 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 root, cache_dir, mode, budget_gb = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-ds = data.imagefolder(Path(root), img_size=224, cache_dir=cache_dir)
+ds = sources.imagefolder(DataConfig(name="imagefolder", root=root, cache_dir=cache_dir), 224)
 v = Variant(img_size=224, patch_size=32, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2, num_classes=10)
 torch.manual_seed(0)
 model = build_model(v)
 model(torch.zeros(2, 3, 224, 224)).sum().backward()  # the model's own memory, before the baseline
 recipe = DataConfig(name="imagefolder", residency=mode, memory_budget_gb=budget_gb)
-where, _ = data.residency(ds, torch.device("cpu"), mode, budget_gb)
+where, _ = loader.residency(ds, torch.device("cpu"), mode, budget_gb)
 base = status("VmRSS")
 t0 = time.perf_counter()
-n = sum(len(y) for _, y in data.Loader(ds.train, batch_size=32, device=torch.device("cpu"), train=True,
-                                       crop_padding=2, flip=True, residency=where))  # the data path alone
+n = sum(len(y) for _, y in loader.Loader(ds.train, batch_size=32, device=torch.device("cpu"), train=True,  # the data
+                                         recipe=DataConfig(crop_padding=2, flip=True), residency=where))  # path alone
 loader_peak, loader_s = status("VmHWM"), time.perf_counter() - t0
 r = train(model, ds, TrainConfig(epochs=1, batch_size=32, eval_batch_size=64), device=torch.device("cpu"), seed=0,
           recipe=recipe)
@@ -159,8 +164,9 @@ def part_rss(work: Path, budget_mb: float) -> None:
     n = int(4.05 * budget_mb * 2**20 / (3 * 224 * 224) / 1.1) + 1  # train + a tenth more for val: 4x the budget
     folder = write_folder(work / f"jpg96-{n}", n, (96, 96), "jpg")
     cache_dir = work / "cache-rss"
-    from bench import cache
-    c = cache.folder(folder, 224, cache_dir=cache_dir, quiet=True)
+    from bench.config import DataConfig
+    from bench.data import cache
+    c = cache.folder(DataConfig(name="imagefolder", root=str(folder), cache_dir=str(cache_dir)), 224, quiet=True)
     print(f"  dataset: {len(c.train_labels)} + {len(c.test_labels)} images at 224² = {c.nbytes / 2**20:.0f} MiB "
           f"({c.nbytes / 2**20 / budget_mb:.1f}x the budget)", flush=True)
     for mode in ("auto", "device"):
@@ -178,15 +184,16 @@ def part_rss(work: Path, budget_mb: float) -> None:
 def part_deit(work: Path, rounds: int, device: str) -> None:
     import torch
 
-    from bench import data
-    from bench.augment import Recipe
+    from bench.data import sources as data
+    from bench.data.augment import Recipe
     from bench.config import AugmentConfig, DataConfig, TrainConfig
     from bench.models import Variant, build_model
     from bench.training import train
 
     dev = torch.device(device)
     print(f"\n4. the DeiT preset's cost per step (quickstart model, batch 32, {dev})", flush=True)
-    ds = data.imagefolder(work / "png32", img_size=32, cache_dir=work / f"cache-32-{cores()}")
+    ds = data.imagefolder(DataConfig(name="imagefolder", root=str(work / "png32"),
+                                     cache_dir=str(work / f"cache-32-{cores()}")), 32)
     cfg = TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.1)
     variant = Variant(**QUICKSTART)
     arms = {"crop + flip": DataConfig(name="imagefolder"), "deit": DataConfig(name="imagefolder", augment="deit")}
@@ -210,7 +217,8 @@ def part_deit(work: Path, rounds: int, device: str) -> None:
     parts = {"RandAugment (host, per image)": lambda: recipe.host(x8),
              "random erasing (device)": lambda: recipe.erase(x.clone()),
              "Mixup/CutMix (device)": lambda: recipe.mixup(x.clone(), y)}
-    big = data.imagefolder(work / "jpg500", img_size=224, cache_dir=work / f"cache-224-{cores()}")
+    big = data.imagefolder(DataConfig(name="imagefolder", root=str(work / "jpg500"),
+                                      cache_dir=str(work / f"cache-224-{cores()}")), 224)
     host224 = Recipe(AugmentConfig.parse("deit"), num_classes=10, img_size=224, label_smoothing=0.1,
                      device=torch.device("cpu")).host
     x224 = np.array(big.train.images[:32])

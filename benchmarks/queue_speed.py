@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 
 from bench import spec
-from bench.ledger import Ledger
-from bench.storage import default_url, safe_url
+from bench.study.ledger import GenericQueries, Ledger
+from bench.study.storage import default_url, safe_url
 
 SWEEP = """
 name: {name}
@@ -35,9 +35,9 @@ def claims(ledger, n: int) -> list[float]:
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        handle, attrs = ledger.claim()
+        handle, trial = ledger.claim()
         times.append(time.perf_counter() - t0)
-        ledger.finish(handle, {"status": "complete", "top1": 1.0, "seed": attrs["seed"]}, "top1")
+        ledger.finish(handle, {"status": "complete", "top1": 1.0, "seed": trial.seed}, "top1")
     return times
 
 
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"storage: {safe_url(url)} | planned and queued {len(plan.todo)} points in {queued:.2f} s "
               f"({queued / len(plan.todo) * 1e3:.1f} ms per point, once per sweep)")
         fast = claims(ledger, args.claims)
-        ledger.sql = None  # the API path, for comparison
+        ledger.queries = GenericQueries(ledger.study)  # the API path, for comparison
         slow = claims(ledger, args.claims)
         print(f"claim with {len(plan.todo)} queued: SQL path median {statistics.median(fast) * 1e3:.1f} ms, "
               f"API path median {statistics.median(slow) * 1e3:.1f} ms "

@@ -25,10 +25,10 @@ from optuna.trial import TrialState, create_trial
 
 import numpy as np
 
-from bench.report import report_study
-from bench.tables import pareto_front
+from bench.report.tables import pareto_front
 from bench.spec import trial_key
-from bench.storage import default_url, open_study
+from bench.study.reports import report_study
+from bench.study.storage import default_url, open_study
 from bench.variant import Variant
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from bench import spec
 from bench.cli import parse_sets
-from bench.data import load as load_data
+from bench.data.sources import load as load_data
 from bench.models import build_model
 from bench.profiling import resolve_device
 from bench.training import train

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from bench import spec
-from bench.runner import run_sweep
-from bench.storage import safe_url
+from bench.api import run_sweep
+from bench.study.storage import safe_url
 
 SWEEP = """
 name: overhead

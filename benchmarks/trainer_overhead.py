@@ -19,11 +19,12 @@ from torch import nn
 
 from benchmarks.common import header, parser, run_rounds
 from bench.cli import parse_sets
-from bench.data import MEAN, STD, Dataset, Split, make_shapes
+from bench.data.loader import MEAN, STD
+from bench.data.sources import Dataset, Split, make_shapes
 from bench.models import Variant, build_model
 from bench.profiling import autocast
 from bench.config import DataConfig, TrainConfig
-from bench.training import param_groups, train
+from bench.training import Hooks, param_groups, train
 
 QUICKSTART = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, mlp_ratio=2.0, depth=4, num_classes=10)
 
@@ -75,7 +76,7 @@ def main() -> None:
         sync(dev)
         t0 = time.perf_counter()
         result = train(model, data, cfg, device=dev, seed=0, recipe=DataConfig(crop_padding=2, flip=True),
-                       on_step=lambda *_: None)
+                       hooks=Hooks(on_step=lambda *_: None))
         sync(dev)
         return (time.perf_counter() - t0) * 1e3 / result["steps"]
 

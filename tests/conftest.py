@@ -1,13 +1,14 @@
-"""Shared specs and helpers: a tiny sweep that trains in seconds, running it, reading its
-ledger, and the PostgreSQL server of the multi-worker tests."""
+"""Shared specs and helpers: a tiny sweep that trains in seconds (and ``make_spec`` for its
+variations), running it, reading its ledger, and the PostgreSQL server of the multi-worker tests."""
 import os
+import re
 
 import pytest
+import yaml
 
 from bench import spec
-from bench.study import runner
+from bench import api
 from bench.study.ledger import Ledger
-from bench.study.storage import default_url
 
 # 16² images, 16-dim models, 48 training images: 4 trials in a few seconds on a CPU
 TINY = """
@@ -30,6 +31,26 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def make_spec(tmp_path):
+    """make_spec(name="tiny", **sections): a sweep file based on TINY, in tmp_path; its path.
+    A section given as a mapping updates TINY's (``train={"epochs": 2}`` keeps the rest of
+    train); any other value replaces it, None as the file's ``null`` (``collapse=None``: no
+    analysis; ``grid=None, compare=None, search={...}``: a study)."""
+    def make(name="tiny", **sections):
+        raw = yaml.safe_load(TINY)
+        raw["name"] = name
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        path = tmp_path / (re.sub(r"[^\w.-]", "_", name) + ".yaml")  # a name that leads elsewhere stays here
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+    return make
+
+
+@pytest.fixture
 def sweep_file(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
@@ -39,17 +60,17 @@ def sweep_file(tmp_path):
 @pytest.fixture
 def run(tmp_path):
     """run(path, sets=None, **run_sweep kwargs): the sweep (or study) at ``path``, on the CPU,
-    into tmp_path/results."""
+    into tmp_path/results (bench.api.run_sweep: the kwargs are RunContext's fields)."""
     def run(path, sets=None, **kwargs):
-        return runner.run_sweep(spec.load(path, sets), results_dir=tmp_path / "results", device="cpu", quiet=True,
-                                **kwargs)
+        return api.run_sweep(spec.load(path, sets), results_dir=tmp_path / "results", device="cpu", quiet=True,
+                             **kwargs)
     return run
 
 
 @pytest.fixture
 def ledger(tmp_path):
     """ledger(name="tiny"): the ledger of a study run into tmp_path/results."""
-    return lambda name="tiny": Ledger.open(default_url(tmp_path / "results", name), name)
+    return lambda name="tiny": Ledger.locate(name, None, tmp_path / "results")
 
 
 @pytest.fixture

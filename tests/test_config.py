@@ -20,8 +20,8 @@ def test_zero_warm_up_means_zero_in_profiling_and_in_the_plan(sweep_file):
     train_macs = 3 * closed_form(v)["macs"]
     by_hand = 1 * (48 * train_macs + 24 * train_macs / 3) + (0 + 1) * 4 * (train_macs + train_macs / 3)
     assert api.estimated_macs(sweep, v, "cpu") == pytest.approx(by_hand)  # the old estimate took 2 warm-ups
-    record = profile_model(build_model(v), v, device=torch.device("cpu"), dtype="fp32", batch_size=2,
-                           warmup=sweep.profile.steps("cpu")[0], iters=sweep.profile.steps("cpu")[1])
+    record = profile_model(build_model(v), v, config.ProfileConfig(dtype="fp32", batch_size=2, warmup=0, iters=1),
+                           device=torch.device("cpu"))
     assert (record["warmup"], record["iters"]) == (0, 1)
 
 

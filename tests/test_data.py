@@ -1,4 +1,5 @@
-"""Datasets: the built-in shapes, CIFAR's on-disk format, ImageFolder, the device loader."""
+"""Datasets: the built-in shapes, CIFAR's on-disk format, ImageFolder. (The loader's tests are
+test_loader.py.)"""
 import pickle
 
 import numpy as np
@@ -6,9 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import cache
-from bench.data import loader as data
+from bench.config import DataConfig
+from bench.data import folders
+from bench.data import sources as data
 from bench.errors import BenchError
+
+
+def folder_cfg(root, **kw) -> DataConfig:
+    """The data section of the image folder at ``root``."""
+    return DataConfig(name="imagefolder", root=str(root), **kw)
 
 
 def test_shapes_are_deterministic_in_the_seed():
@@ -50,8 +57,8 @@ def test_difficulty_out_of_range():
 
 
 def _write_cifar(root, name="cifar10", n=4):
-    label_key, train_files, test_file, _, _ = cache.CIFAR[name]
-    base = root / cache.CIFAR_FOLDERS[name]
+    label_key, train_files, test_file, _, _ = folders.CIFAR[name]
+    base = root / folders.CIFAR_FOLDERS[name]
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     written = {}
@@ -71,8 +78,8 @@ def _write_cifar(root, name="cifar10", n=4):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_on_disk_format(tmp_path, name):
     written = _write_cifar(tmp_path, name)
-    ds = data.cifar(name, tmp_path)
-    _, train_files, test_file, _, _ = cache.CIFAR[name]
+    ds = data.cifar(DataConfig(name=name, root=str(tmp_path)))
+    _, train_files, test_file, _, _ = folders.CIFAR[name]
     assert len(ds.train) == 4 * len(train_files) and len(ds.test) == 4
     arr, labels = written[train_files[0]]
     # rows are 1024 red, 1024 green, 1024 blue values, each row-major 32×32
@@ -85,7 +92,7 @@ def test_cifar_on_disk_format(tmp_path, name):
 
 def test_cifar_missing_says_where_and_how(tmp_path):
     with pytest.raises(BenchError) as err:
-        data.cifar("cifar10", tmp_path)
+        data.cifar(DataConfig(name="cifar10", root=str(tmp_path)))
     text = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in text and "download" in text
 
@@ -101,18 +108,18 @@ def _write_folder(root, colours, n_train=2):
 def test_imagefolder_reads_and_resizes(tmp_path):
     _write_folder(tmp_path, {"red": (255, 0, 0), "blue": (0, 0, 255)})
     (tmp_path / "train" / "red" / "notes.txt").write_text("not an image")
-    ds = data.imagefolder(tmp_path, img_size=8)
+    ds = data.imagefolder(folder_cfg(tmp_path), 8)
     assert ds.classes == ["blue", "red"]  # sorted, as torchvision's ImageFolder
     assert ds.train.images.shape == (4, 3, 8, 8) and ds.test.images.shape == (2, 3, 8, 8)
     assert sorted(ds.train.labels.tolist()) == [0, 0, 1, 1]
-    assert torch.equal(data.imagefolder(tmp_path, img_size=8).train.labels, ds.train.labels)  # a fixed order
+    assert torch.equal(data.imagefolder(folder_cfg(tmp_path), 8).train.labels, ds.train.labels)  # a fixed order
     red = ds.train.rows(slice(None))[ds.train.labels == 1][0]
     assert red[0].min().item() == 255 and red[1:].max().item() == 0
 
 
 def test_imagefolder_subsets_hold_every_class(tmp_path):
     _write_folder(tmp_path, {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}, n_train=10)
-    ds = data.imagefolder(tmp_path, img_size=4, train_size=6)  # read class by class, shuffled once
+    ds = data.imagefolder(folder_cfg(tmp_path, train_size=6), 4)  # read class by class, shuffled once
     assert torch.bincount(ds.train.labels).tolist() == [2, 2, 2]
     assert ds.train.labels[:3].tolist() != [0, 0, 0] or ds.train.labels[3:].tolist() != [1, 1, 2]  # mixed
 
@@ -121,45 +128,6 @@ def test_imagefolder_missing_split(tmp_path):
     _write_folder(tmp_path, {"a": (1, 2, 3)})
     (tmp_path / "val" / "a" / "0.png").unlink()
     with pytest.raises(BenchError, match=f"class folder {tmp_path / 'val' / 'a'} holds no images"):
-        data.imagefolder(tmp_path, img_size=8)
+        data.imagefolder(folder_cfg(tmp_path), 8)
     with pytest.raises(BenchError, match=str(tmp_path / "nowhere" / "train")):
-        data.imagefolder(tmp_path / "nowhere", img_size=8)
-
-
-def _split(n=6, size=5):
-    images = torch.arange(n * 3 * size * size, dtype=torch.int64).remainder(251).to(torch.uint8)
-    return data.Split(images.view(n, 3, size, size), torch.arange(n))
-
-
-def test_loader_eval_keeps_order_and_scales_to_unit_range():
-    split = _split()
-    split.images[0] = 255
-    split.images[1] = 0
-    batches = list(data.Loader(split, batch_size=4, device=torch.device("cpu"), train=False))
-    assert [len(y) for _, y in batches] == [4, 2]  # eval keeps the last partial batch
-    x, y = batches[0]
-    assert y.tolist() == [0, 1, 2, 3]
-    assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0)
-
-
-def test_loader_crop_is_a_shifted_window_and_flip_mirrors():
-    split = _split()
-    loader = data.Loader(split, batch_size=6, device=torch.device("cpu"), train=True, crop_padding=2,
-                         flip=True, seed=0)
-    x = split.images.long()
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    out = loader.augment(split.images).long()
-    for i in range(6):
-        windows = [padded[i, :, oy:oy + 5, ox:ox + 5] for oy in range(5) for ox in range(5)]
-        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
-    first, again = (data.Loader(split, batch_size=6, device=torch.device("cpu"), train=True, crop_padding=2,
-                                flip=True, seed=0) for _ in range(2))
-    assert torch.equal(next(iter(first))[0], next(iter(again))[0])  # seeded
-
-
-def test_loader_train_shuffles_and_drops_the_last_partial_batch():
-    split = _split(n=10)
-    loader = data.Loader(split, batch_size=4, device=torch.device("cpu"), train=True, seed=1)
-    labels = torch.cat([y for _, y in loader])
-    assert len(loader) == 2 and len(labels) == 8 and len(set(labels.tolist())) == 8
-    assert labels.tolist() != sorted(labels.tolist())
+        data.imagefolder(folder_cfg(tmp_path / "nowhere"), 8)

@@ -1,12 +1,13 @@
 """The ledger's contract, through its public API: what a plan counts, which record speaks for
 a key, queue claims, heartbeats, and the SQL fast paths held equal to Optuna's API."""
 import time
+from datetime import timedelta
 
 import pytest
 from optuna.trial import TrialState
 
 from bench import spec
-from bench.study.ledger import DONE, Ledger
+from bench.study.ledger import DONE, GenericQueries, Ledger, Queries
 from bench.study.storage import default_url
 
 
@@ -23,6 +24,13 @@ def fresh(tmp_path, sweep_file, url=None, heartbeat=(30, 120), name="tiny"):
     return lg, sweep
 
 
+def start(lg, trial):
+    """A running trial of ``trial`` in this worker, as a search makes one: asked, then signed."""
+    handle = lg.ask()
+    lg.adopt(handle, trial)
+    return handle
+
+
 def finish_complete(lg, handle, top1=50.0):
     lg.finish(handle, {"status": "complete", "top1": top1, "seed": 0}, "top1")
 
@@ -30,8 +38,8 @@ def finish_complete(lg, handle, top1=50.0):
 def test_a_later_failure_never_hides_a_result(sweep_file, tmp_path):
     lg, sweep = fresh(tmp_path, sweep_file)
     trial = sweep.trials()[0]
-    finish_complete(lg, lg.start(trial))
-    handle = lg.start(trial)  # say, a second worker's duplicate that ran out of memory
+    finish_complete(lg, start(lg, trial))
+    handle = start(lg, trial)  # say, a second worker's duplicate that ran out of memory
     lg.finish(handle, {"status": "failed", "error": "out of memory", "seed": 0}, "top1")
     assert lg.plan([trial]).done == 1
     assert [r["status"] for r in lg.records() if r["key"] == trial.key] == ["complete"]
@@ -40,9 +48,9 @@ def test_a_later_failure_never_hides_a_result(sweep_file, tmp_path):
 def test_plan_counts_each_state_once(sweep_file, tmp_path):
     lg, sweep = fresh(tmp_path, sweep_file)
     done, failed, interrupted, queued = sweep.trials()
-    finish_complete(lg, lg.start(done))
-    lg.finish(lg.start(failed), {"status": "failed", "error": "boom", "seed": 0}, "top1")
-    lg.finish(lg.start(interrupted), {"status": "interrupted", "error": "interrupted", "seed": 0}, "top1")
+    finish_complete(lg, start(lg, done))
+    lg.finish(start(lg, failed), {"status": "failed", "error": "boom", "seed": 0}, "top1")
+    lg.finish(start(lg, interrupted), {"status": "interrupted", "error": "interrupted", "seed": 0}, "top1")
     lg.enqueue([queued])
     plan = lg.plan(sweep.trials())
     assert (plan.done, plan.failed_skipped, plan.interrupted, plan.queued) == (1, 1, 1, 1)
@@ -55,15 +63,15 @@ def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path):
     lg, sweep = fresh(tmp_path, sweep_file)
     for i, trial in enumerate(sweep.trials()):
         if i % 2:  # failed first, then redone: two trials for this key, the newest wins
-            lg.finish(lg.start(trial), {"status": "failed", "error": "boom", "seed": 0}, "top1")
-        h = lg.start(trial)
+            lg.finish(start(lg, trial), {"status": "failed", "error": "boom", "seed": 0}, "top1")
+        h = start(lg, trial)
         h.set_user_attr("collapse", {"similarity": [[float(i)]]})
         finish_complete(lg, h, top1=float(i))
-    assert lg.sql is not None and lg.sql.attrs(("key",)) is not None
+    assert type(lg.queries).__name__ == "RdbQueries" and lg.queries.attrs(("key",))
     fast = lg.records()
     fast_details = lg.details([r["trial"] for r in fast])
     assert len(lg.study.get_trials()) == 6 and len(fast) == 4 and len(fast_details) == 4
-    lg.sql = None  # the API path
+    lg.queries = GenericQueries(lg.study)  # the API path
     assert fast == lg.records() and {r["status"] for r in fast} == {"complete"}
     assert fast_details == lg.details([r["trial"] for r in fast])
     assert [fast_details[r["trial"]]["similarity"][0][0] for r in fast] == [r["top1"] for r in fast]
@@ -73,14 +81,17 @@ def test_fast_record_query_matches_optuna_api(sweep_file, tmp_path):
 def test_a_dead_worker_elsewhere_is_reclaimed_when_its_heartbeat_stops(where, sweep_file, tmp_path, request):
     url = request.getfixturevalue("pg") if where == "postgres" else None
     name = f"hb{time.time_ns()}" if url else "tiny"  # its own study on a shared server
-    lg, sweep = fresh(tmp_path, sweep_file, url=url, heartbeat=(1, 4), name=name)  # a grace loads don't outlast
+    lg, sweep = fresh(tmp_path, sweep_file, url=url, name=name)  # beats every 30 s, stale after 120 s
     trial = sweep.trials()[0]
-    handle = lg.start(trial)
+    handle = start(lg, trial)
     handle.set_user_attr("worker", "another-machine:123")  # not ours: only its heartbeat tells
     assert lg.plan([trial]).running_elsewhere == 1  # alive while it beats
-    lg.heartbeats.stop_all()  # the worker dies (kill -9): no more beats
-    time.sleep(5.5)
-    again = Ledger.open(url or default_url(tmp_path / "results", name), name, create=True, heartbeat=(1, 4))
+    lg.heartbeats.stop(Queries.id_of(handle))  # the worker dies (kill -9): no more beats
+    again = Ledger.open(url or default_url(tmp_path / "results", name), name, create=True)
+    real = again.queries.now
+    again.queries.now = lambda: real() + timedelta(seconds=119)  # the database's clock, moved on
+    assert again.plan([trial]).running_elsewhere == 1  # silent, but within the grace period
+    again.queries.now = lambda: real() + timedelta(seconds=122)
     plan = again.plan([trial])
     assert plan.interrupted == 1 and plan.todo == [trial]
 
@@ -89,13 +100,16 @@ def test_the_claim_check_reads_the_same_holders_in_sql_as_through_the_api(sweep_
     lg, sweep = fresh(tmp_path, sweep_file)
     a, b = sweep.trials()[:2]
     lg.enqueue([a, a, b])
+    generic = GenericQueries(lg.study)
+    assert lg.queries.waiting() == generic.waiting() and len(generic.waiting()) == 3
     assert lg.claim()[1] == a
     assert lg.claim()[1] == b  # the second entry of a was dropped on the way: a is running
     assert lg.claim() is None
-    numbers = {t._trial_id: t.number for t in lg.study.get_trials()}
+    numbers = {Queries.id_of(t): t.number for t in lg.study.get_trials()}
     for key, expected in ((a.key, [0]), (b.key, [2])):
         api = [t.number for t in lg.trials((TrialState.RUNNING, *DONE)) if t.user_attrs.get("key") == key]
-        assert sorted(numbers[i] for i in lg.sql.holders(key)) == api == expected
+        assert sorted(numbers[i] for i in lg.queries.holders(key)) == api == expected
+        assert sorted(numbers[i] for i in generic.holders(key)) == api
     states = [(t.state.name, t.user_attrs.get("dropped")) for t in lg.study.get_trials()]
     assert states == [("RUNNING", None), ("FAIL", "duplicate"), ("RUNNING", None)]
 
@@ -119,7 +133,7 @@ def test_a_torn_journal_tail_is_set_aside_and_the_study_stays_usable(sweep_file,
     (tmp_path / "j").mkdir()
     lg, sweep = fresh(tmp_path, sweep_file, url=url)
     first, second = sweep.trials()[:2]
-    finish_complete(lg, lg.start(first))
+    finish_complete(lg, start(lg, first))
     path = tmp_path / "j" / "study.journal"
     whole = path.read_bytes()
     path.write_bytes(whole + whole[-200:-20])  # a write cut off by a full disk: no newline, not JSON
@@ -127,5 +141,5 @@ def test_a_torn_journal_tail_is_set_aside_and_the_study_stays_usable(sweep_file,
     assert "torn" in capsys.readouterr().err and path.read_bytes() == whole
     (side,) = (tmp_path / "j").glob("study.journal.torn-*")
     assert side.read_bytes() == whole[-200:-20]  # kept, never deleted
-    finish_complete(again, again.start(second))
+    finish_complete(again, start(again, second))
     assert len(Ledger.open(url, "tiny").records()) == 2

@@ -4,9 +4,10 @@ import timm
 import torch
 from torch import nn
 
+from bench.config import ProfileConfig
 from bench.errors import BenchError
 from bench.models import VARIANTS, build_model
-from bench.profiling import (Timing, closed_form, count_macs, count_train_macs, flop_counter,
+from bench.profiling import (Request, Timing, closed_form, count_macs, count_train_macs, flop_counter,
                              measure_speed, profile, time_steps)
 
 MICRO = VARIANTS["vit_micro"]
@@ -123,20 +124,20 @@ class OOMAbove(nn.Module):
 def test_out_of_memory_retries_at_half_batch():
     retries = []
     for mode in ("infer", "train"):
-        r = measure_speed(OOMAbove(5), (4,), mode=mode, device=torch.device("cpu"), dtype="fp32",
-                          batch_size=32, warmup=1, iters=2, on_retry=retries.append)
+        r = measure_speed(OOMAbove(5), (4,), ProfileConfig(dtype="fp32", batch_size=32, warmup=1, iters=2), mode=mode,
+                          device=torch.device("cpu"), on_retry=retries.append)
         assert r[f"{mode}_batch_size"] == 4
     assert len(retries) == 6 and "retrying at batch size 4" in retries[-1]
 
 
 def test_out_of_memory_at_batch_one_is_a_clear_error():
     with pytest.raises(BenchError, match="out of memory .* at batch size 1"):
-        measure_speed(OOMAbove(0), (4,), mode="infer", device=torch.device("cpu"), dtype="fp32",
-                      batch_size=2, warmup=0, iters=1)
+        measure_speed(OOMAbove(0), (4,), ProfileConfig(dtype="fp32", batch_size=2, warmup=0, iters=1), mode="infer",
+                      device=torch.device("cpu"))
 
 
 def test_profile_record():
-    r = profile("deepvit_micro", {"depth": 2}, device="cpu", batch_size=4, warmup=1, iters=3)
+    r = profile("deepvit_micro", {"depth": 2}, Request(batch_size=4, warmup=1, iters=3), device="cpu")
     v = VARIANTS["deepvit_micro"].replace(depth=2)
     assert r["depth"] == 2 and r["attention"] == "re"
     assert r["infer_gmacs"] * 1e9 == pytest.approx(closed_form(v)["macs"])
@@ -149,7 +150,7 @@ def test_profile_record():
 
 
 def test_profile_bf16_and_timm_names():
-    r = profile("test_vit", device="cpu", dtype="bf16", batch_size=2, warmup=0, iters=1)
+    r = profile("test_vit", None, Request(dtype="bf16", batch_size=2, warmup=0, iters=1), device="cpu")
     assert r["dtype"] == "bf16" and r["infer_gmacs"] > 0 and "depth" not in r
 
 
@@ -157,7 +158,7 @@ def test_profile_rejects_bad_requests():
     with pytest.raises(BenchError, match="unknown model 'vit_mikro'.*did you mean 'vit_micro'"):
         profile("vit_mikro")
     with pytest.raises(BenchError, match="--dtype fp16"):
-        profile("vit_micro", dtype="fp16")
+        profile("vit_micro", None, Request(dtype="fp16"))
     if not torch.cuda.is_available():
         with pytest.raises(BenchError, match="CUDA is not available"):
             profile("vit_micro", device="cuda")

@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 
 from bench.files import atomic_write
-from bench.report.markdown import markdown, write_report
-from bench.report.tables import VARIANT_FIELDS, comparison, fidelity, pareto_front, ranking_by_epoch, summarize, variant_label
+from bench.report import plots
+from bench.report.fidelity import fidelity, fidelity_markdown
+from bench.report.markdown import markdown, study_section, write_report
+from bench.report.tables import VARIANT_FIELDS, comparison, pareto_front, ranking_by_epoch, summarize, variant_label
+from bench.study.reports import report_study, shown_storage
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
@@ -20,7 +23,7 @@ COMPARE = {"by": ["depth"], "baseline": {"attention": "self", "embed_dim": 64},
                     "re-attention": {"attention": "re", "embed_dim": 64}}}
 SPEC = {"name": "handmade", "data": {"dataset": "cifar10", "subset": 512}, "model": {},
         "train": {"epochs": 2, "lr": 0.001}, "profile": {}, "grid": [], "seeds": [0, 1], "compare": COMPARE}
-INFO = {"generated": "2026-11-27 21:00 UTC", "storage": "sqlite:///study.db"}
+INFO = {"generated": "2026-11-27 21:00 UTC", "storage": "study.db (in the results folder)"}
 
 
 def records(rows):
@@ -150,7 +153,7 @@ def test_pareto_front_matches_brute_force():
 def test_markdown_cells(sweep):
     text = markdown(sweep, SPEC, INFO)
     assert text.startswith("# handmade")
-    assert "generated: 2026-11-27 21:00 UTC · storage: sqlite:///study.db" in text
+    assert "generated: 2026-11-27 21:00 UTC · storage: study.db (in the results folder)" in text
     assert "9 trials (7 complete, " in text and "1 failed" in text and "1 diverged" in text
     assert "4 variants × 2 seeds" in text
     assert "Test CPU (2 threads) · fp32 · torch 2.14.1 · timm 1.0.20 · bench 0.1.0" in text
@@ -261,3 +264,53 @@ def test_fidelity_of_two_studies_with_one_variant_swapped():
     # reference: no width point reaches 74.5, so re-attention is
     assert (d.loc["re-attention", "iso_proxy"], d.loc["re-attention", "iso_ref"]) == (False, True)
     assert not d.loc["re-attention", "iso_agrees"]
+    text = fidelity_markdown(r, ("short", "long"), (SPEC, {**SPEC, "train": {"epochs": 30}}))
+    assert text.startswith("# Fidelity: short against long") and "**Reference:** data dataset=cifar10, " \
+        "subset=512; train epochs=30" in text
+    assert f"Kendall τ = {1 - 2 / 6:.2f} [" in text and "The sign of Δtop-1 agrees for 2 of 2 arm(s)" in text
+    assert "| 4 | re-attention | +2.0 [+2.0, +2.0] | +4.0 [+4.0, +4.0] | ✓ | width / re ✗ |" in text
+
+
+def test_one_registry_chooses_and_draws_the_plots(sweep, tmp_path):
+    names = plots.plot_names(sweep, COMPARE)
+    assert names == ["top1_vs_gmacs.png", "width_vs_reattention.png", "ranking_by_epoch.png", "top1_vs_depth.png",
+                     "throughput_vs_depth.png"]  # PLOTS' order, report.md's
+    assert [p.name for p in plots.plots(sweep, tmp_path, COMPARE)] == names
+    assert plots.plot_names(sweep.drop(columns=["depth"]), None) == ["top1_vs_gmacs.png", "ranking_by_epoch.png"]
+
+
+def test_a_study_section_takes_its_default_objectives_from_study_config(sweep, tmp_path):
+    spec = {**SPEC, "search": {"embed_dim": [64, 96]}, "study": {"sampler": "tpe"}}  # no objectives: top1, gmacs
+    found = {"top1": {"embed_dim": 0.75}, "gmacs": {"embed_dim": 1.0}}
+    lines, paths = study_section(sweep, spec, tmp_path, found)
+    text = "\n".join(lines)
+    assert "Objectives: maximize top1 (top-1 % after the proxy schedule), minimize gmacs (" in text
+    assert "### Pareto front" in text and [p.name for p in paths] == ["pareto.png"]
+    assert "| field | top1 | gmacs |" in text and "| embed_dim | 0.75 | 1.00 |" in text
+    lines, _ = study_section(sweep, spec, tmp_path, "Not computed: too few trials")
+    assert lines[-2] == "Not computed: too few trials"
+
+
+def test_reports_name_the_storage_without_a_machine_path(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    folder = results / "tiny"
+    assert shown_storage(f"sqlite:///{folder / 'study.db'}", folder, results) == "study.db (in the results folder)"
+    assert shown_storage(f"journal:{folder / 'a' / 'x.journal'}", folder, results) == \
+        "a/x.journal (in the results folder)"
+    assert shown_storage(f"journal:{results / 'shared.journal'}", folder, results) == \
+        "../shared.journal (relative to the results folder)"
+    assert shown_storage("postgresql://u:hunter2@db-host/bench", folder, results) == "postgresql://u:***@db-host/bench"
+    elsewhere = f"sqlite:///{tmp_path / 'mine.db'}"
+    assert shown_storage(elsewhere, folder, results) == elsewhere  # the user's own choice, shown as given
+    monkeypatch.chdir(tmp_path)  # relative paths, as `--results results` gives them
+    assert shown_storage("sqlite:///results/tiny/study.db", "results/tiny", "results") == \
+        "study.db (in the results folder)"
+
+
+def test_a_report_rebuilt_from_a_run_carries_no_machine_path(make_spec, run, tmp_path):
+    results = tmp_path / "results"
+    run(make_spec("two", grid={"depth": [1]}))  # TINY's grid at depth 1: self and re, one seed
+    paths = report_study("two", results_dir=results)
+    text = paths["report.md"].read_text(encoding="utf-8")
+    assert "storage: study.db (in the results folder)" in text and "2 trials (2 complete)" in text
+    assert str(tmp_path) not in text and str(tmp_path) not in paths["runs.csv"].read_text()

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bench.config import DataConfig
 from bench.data import cache
-from bench.data import loader as data
+from bench.data import sources as data
 from bench.cli import main
 from bench.errors import BenchError
 
@@ -46,7 +47,7 @@ def _arrays_cache(cache_dir: Path, name: str = "t", key: str = "f" * 20) -> cach
     rng = np.random.default_rng(1)
     splits = {"train": (rng.integers(0, 256, (6, 3, 4, 4), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2])),
               "test": (rng.integers(0, 256, (3, 3, 4, 4), dtype=np.uint8), np.array([2, 1, 0]))}
-    return cache.cached(name, 4, key, splits, ["a", "b", "c"], {"root": "nowhere"}, cache_dir=cache_dir, quiet=True)
+    return cache.cached(cache.Entry(cache_dir, name, 4, key), splits, ["a", "b", "c"], {"root": "nowhere"}, quiet=True)
 
 
 def _built(cache_dir: Path, **kwargs) -> Path:
@@ -206,7 +207,7 @@ def test_prune_never_touches_anything_not_bench_own_property(tmp_path):
 
 def test_a_cache_overwritten_in_place_is_refused_naming_the_folder(tmp_path, cache_dir):
     root = _folder(tmp_path / "d")
-    c = data.imagefolder(root, img_size=8)
+    c = data.imagefolder(DataConfig(name="imagefolder", root=str(root)), 8)
     path = c.source
     del c
     mm = np.load(path / "train.images.npy", mmap_mode="r+")  # the issue: zero the memmap
@@ -214,7 +215,7 @@ def test_a_cache_overwritten_in_place_is_refused_naming_the_folder(tmp_path, cac
     mm.flush()
     del mm
     with pytest.raises(BenchError) as err:
-        data.imagefolder(root, img_size=8)
+        data.imagefolder(DataConfig(name="imagefolder", root=str(root)), 8)
     assert str(err.value) == (f"the data cache {path} was changed after it was built (train.images.npy does not "
                               "match its checksum); remove that folder and run again to rebuild it")
 
@@ -269,14 +270,14 @@ def test_labels_outside_the_classes_are_never_cached(tmp_path):
     splits = {"train": (np.zeros((2, 3, 4, 4), np.uint8), np.array([0, 5])),
               "test": (np.zeros((1, 3, 4, 4), np.uint8), np.array([0]))}
     with pytest.raises(BenchError, match=r"^t: train label 5 is outside 0…1 \(2 classes\); no cache written$"):
-        cache.cached("t", 4, "f" * 20, splits, ["a", "b"], {}, cache_dir=tmp_path / "c", quiet=True)
+        cache.cached(cache.Entry(tmp_path / "c", "t", 4, "f" * 20), splits, ["a", "b"], {}, quiet=True)
     assert [p.name for p in (tmp_path / "c").iterdir()] in ([], ["t-4px-" + "f" * 20 + ".lock"])
 
 
 def test_a_cache_of_the_previous_version_is_rebuilt_and_pruned(tmp_path, monkeypatch):
     root = _folder(tmp_path / "d")
     monkeypatch.setattr(cache, "VERSION", 1)
-    old = cache.folder(root, 8, cache_dir=tmp_path / "c", quiet=True)
+    old = cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(tmp_path / "c")), 8, quiet=True)
     old = type("Old", (), {"path": old.path})  # let go of it, keep its name
     meta = json.loads((old.path / "meta.json").read_text())
     for k in ("format", "checksums"):  # as the previous version wrote it
@@ -284,7 +285,7 @@ def test_a_cache_of_the_previous_version_is_rebuilt_and_pruned(tmp_path, monkeyp
     (old.path / "meta.json").write_text(json.dumps(meta))
     (old.path / "verified.json").unlink(missing_ok=True)
     monkeypatch.setattr(cache, "VERSION", 2)
-    new = cache.folder(root, 8, cache_dir=tmp_path / "c", quiet=True)
+    new = cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(tmp_path / "c")), 8, quiet=True)
     assert new.path != old.path and new.built_s is not None  # rebuilt, with checksums
     assert set(json.loads((new.path / "meta.json").read_text()).get("checksums", ())) == set(cache.ARRAYS)
     assert np.array_equal(new.train_images, np.load(old.path / "train.images.npy"))
@@ -353,7 +354,7 @@ def test_free_space_is_checked_against_the_exact_size(tmp_path, monkeypatch):
     free = (6 + 4) * 3 * 8 * 8 + 64  # the pixels alone fit: headers, labels and metadata do not
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: type("Usage", (), {"free": free})())
     with pytest.raises(BenchError) as err:
-        cache.folder(root, 8, cache_dir=tmp_path / "c", quiet=True)
+        cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(tmp_path / "c")), 8, quiet=True)
     # four arrays and meta.json (each under a block here), verified.json and the folder: a block each
     assert str(err.value) == (f"d: the cache needs {7 * block / 2**20:.2f} MiB at 8px, {tmp_path / 'c'} has {free} "
                               "bytes free; free space there or set data.cache_dir elsewhere")
@@ -370,7 +371,7 @@ def test_a_full_disk_while_allocating_names_the_folder_and_leaves_nothing(tmp_pa
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(BenchError) as err:
-        cache.folder(root, 8, cache_dir=tmp_path / "c", quiet=True)
+        cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(tmp_path / "c")), 8, quiet=True)
     assert str(err.value).startswith("d: no space left writing the cache ")
     final = str(err.value).split("writing the cache ")[1].split(" (")[0]
     assert Path(final).parent == tmp_path / "c" and Path(final).name.startswith("d-8px-")
@@ -389,7 +390,7 @@ def test_cache_files_are_allocated_in_full_before_decoding(tmp_path, monkeypatch
         return real(jobs, *args)
 
     monkeypatch.setattr(cache, "_decode_all", spy)
-    cache.folder(root, 64, cache_dir=tmp_path / "c", quiet=True)
+    cache.folder(DataConfig(name="imagefolder", root=str(root), cache_dir=str(tmp_path / "c")), 64, quiet=True)
     assert [size for size, _ in seen] == [128 + 6 * 3 * 64 * 64, 128 + 4 * 3 * 64 * 64]
     assert all(blocks >= size for size, blocks in seen)  # no hole a memory map could SIGBUS on
 

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from bench import spec
-from bench.study import runner
+from bench import api
 from bench.cli import main, parse_sets
 from bench.errors import SpecError
 
@@ -151,8 +151,8 @@ def studies(tmp_path_factory):
     results = root / "results"
     for sets in ({}, {"name": "one", "grid": {"depth": [1], "attention": ["self"]}, "compare": None},
                  {"name": "two", "grid": {"depth": [1], "attention": ["self", "re"]}, "train.epochs": 2}):
-        runner.run_sweep(spec.load(path, {"profile.rounds": 0, **sets}), results_dir=results, device="cpu",
-                         quiet=True)
+        api.run_sweep(spec.load(path, {"profile.rounds": 0, **sets}), results_dir=results, device="cpu",
+                      quiet=True)
     return results
 
 
@@ -269,7 +269,7 @@ def test_fidelity_with_two_shared_variants_still_compares_the_arm(studies, tmp_p
 
 def test_fidelity_table_has_no_agreement_below_three_shared_variants():
     import pandas as pd
-    from bench.report.tables import fidelity
+    from bench.report.fidelity import fidelity
     rows = lambda top1: pd.DataFrame([  # noqa: E731
         {"status": "complete", "top1": t, "seed": 0, "depth": d, "embed_dim": 16, "attention": "self",
          "key": f"v{d}-s0", "infer_gmacs": 0.1 * d, "param_count": 0.1 * d} for d, t in top1])

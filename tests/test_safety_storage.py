@@ -15,11 +15,13 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from bench import spec
-from bench.study import runner
+from bench import api
+from bench.study import workers
+from bench.study.context import RunContext
 from bench.cli import main
 from bench.errors import BenchError
 from bench.study.ledger import Ledger
-from bench.report.markdown import report_ledger
+from bench.study.reports import report_ledger
 from bench.study.storage import open_study, safe_url
 
 from conftest import TINY
@@ -65,8 +67,8 @@ def written(tmp_path_factory):
     env = os.environ.get("BENCH_CACHE_DIR")
     os.environ["BENCH_CACHE_DIR"] = str(tmp / "cache")
     try:
-        runner.run_sweep(spec.load(tmp / "tiny.yaml"), storage=f"journal:{path}", results_dir=tmp / "results",
-                         device="cpu", quiet=True, report=False)
+        api.run_sweep(spec.load(tmp / "tiny.yaml"), storage=f"journal:{path}", results_dir=tmp / "results",
+                      device="cpu", quiet=True, report=False)
     finally:
         if env is None:
             os.environ.pop("BENCH_CACHE_DIR")
@@ -202,7 +204,7 @@ def test_a_worker_prints_its_storage_without_the_password(written, tmp_path, mon
     url = "postgresql://u:hunter2/x@db-host/bench"
     opened = []
     monkeypatch.setattr(Ledger, "open", classmethod(
-        lambda cls, u, name, **kw: opened.append(u) or Ledger(open_study(f"journal:{journal}", name, create=False))))
+        lambda cls, u, name, **kw: opened.append(u) or Ledger(open_study(f"journal:{journal}", name, create=False), u)))
     code = main(["worker", "tiny", "--storage", url, "--results", str(tmp_path / "r"), "--device", "cpu",
                  "--no-report"])
     err = capsys.readouterr().err
@@ -230,7 +232,8 @@ def test_workers_get_the_storage_through_their_environment_not_argv(monkeypatch,
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, env=None, **kw: started.append((cmd, env)) or _Done())
     monkeypatch.setattr(Ledger, "open", classmethod(lambda cls, u, name, **kw: type("L", (), {"records": list})()))
-    runner.spawn_workers("tiny", url, 2, torch.device("cpu"), tmp_path, False, True)
+    workers.spawn_workers(RunContext(study="tiny", storage=url, workers=2, device=torch.device("cpu"),
+                                     results_dir=tmp_path, quiet=True))
     assert len(started) == 2
     for cmd, env in started:
         assert not any("hunter2" in str(a) or "db-host" in str(a) for a in cmd) and "--storage" not in cmd

@@ -9,8 +9,10 @@ import random
 import pytest
 
 from bench import spec, training
+from bench import api
 from bench.study import runner
 from bench.study import trials
+from bench.study.context import RunContext
 from bench.cli import main
 from bench.config import DataConfig, TrainConfig
 from bench.errors import BenchError
@@ -28,22 +30,22 @@ def interrupt_after_epoch_1(monkeypatch, run, sweep_file, sets, **kwargs):
         def on_epoch(epoch, top1, loss):
             if epoch == 1:
                 raise KeyboardInterrupt  # after epoch 1's checkpoint
-        return real(*args, **{**kw, "on_epoch": on_epoch})
+        return real(*args, **{**kw, "hooks": training.Hooks(kw["hooks"].on_step, on_epoch)})
 
     monkeypatch.setattr(trials, "train", killed)
     with pytest.raises(KeyboardInterrupt):
         run(sweep_file, sets, **kwargs)
     monkeypatch.setattr(trials, "train", real)
     sweep = spec.load(sweep_file, sets)
-    path = trials.checkpoint_path(run.results, sweep.name, sweep.trials()[0].key)
+    path = RunContext(study=sweep.name, results_dir=run.results).checkpoint_path(sweep.trials()[0].key)
     assert path.is_file()
     return path
 
 
 def fresh(sweep_file, tmp_path, sets):
     """The record of ``sets``'s one trial run from scratch in a folder of its own."""
-    (record,) = runner.run_sweep(spec.load(sweep_file, sets), results_dir=tmp_path / "fresh", device="cpu",
-                                 quiet=True)["records"]
+    (record,) = api.run_sweep(spec.load(sweep_file, sets), results_dir=tmp_path / "fresh", device="cpu",
+                              quiet=True)["records"]
     assert record["resumed"] is False
     return record
 

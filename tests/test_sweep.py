@@ -14,13 +14,15 @@ import pytest
 from conftest import TINY
 
 from bench import spec
-from bench.report import markdown as report
-from bench.study import runner
+from bench.study import reports as report
+from bench import api
 from bench.study import trials
+from bench.study.context import RunContext
 from bench.cli import main
 from bench.schema import COLLAPSE_SUMMARY
 from bench.errors import BenchError, SpecError
 from bench.profiling import closed_form
+from bench.training import Hooks
 
 def states(lg):
     return [t.state.name for t in lg.study.get_trials()]
@@ -84,7 +86,7 @@ def test_rerun_skips_finished_trials_and_is_reproducible(sweep_file, tmp_path, r
     # same spec, fresh study: the same accuracies (seeded CPU training)
     other = tmp_path / "other"
     other.mkdir()
-    redo = runner.run_sweep(spec.load(sweep_file), results_dir=other, device="cpu", quiet=True, report=False)
+    redo = api.run_sweep(spec.load(sweep_file), results_dir=other, device="cpu", quiet=True, report=False)
     results = lambda s: sorted((r["depth"], r["attention"], r["top1"], r["train_loss"])  # noqa: E731
                                for r in s["records"])
     assert results(first) == results(redo)
@@ -144,7 +146,7 @@ def test_an_interrupted_trial_resumes_from_its_last_epoch(sweep_file, tmp_path, 
         def on_epoch(epoch, top1, loss):
             if epoch == 2:
                 raise KeyboardInterrupt  # after epoch 2's checkpoint
-        return real(*args, **{**kwargs, "on_epoch": on_epoch})
+        return real(*args, **{**kwargs, "hooks": Hooks(kwargs["hooks"].on_step, on_epoch)})
 
     monkeypatch.setattr(trials, "train", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
@@ -153,7 +155,7 @@ def test_an_interrupted_trial_resumes_from_its_last_epoch(sweep_file, tmp_path, 
     monkeypatch.setattr(trials, "train", real)
     resumed = run(sweep_file, three)["records"][0]
     assert resumed["resumed"] and not checkpoint.exists()  # done: its checkpoint removed
-    clean = runner.run_sweep(spec.load(sweep_file, three), results_dir=tmp_path / "clean", device="cpu", quiet=True)
+    clean = api.run_sweep(spec.load(sweep_file, three), results_dir=tmp_path / "clean", device="cpu", quiet=True)
     assert resumed["top1_per_epoch"] == clean["records"][0]["top1_per_epoch"]  # to the last digit
     assert resumed["top1"] == clean["records"][0]["top1"] and not clean["records"][0]["resumed"]
 
@@ -268,7 +270,8 @@ def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file,
     lg = Ledger.for_sweep(sweep, default_url(tmp_path / "results", "tiny"))
     lg.bind(sweep)
     trial = sweep.trials()[0]
-    handle = lg.start(trial)
+    handle = lg.ask()
+    lg.adopt(handle, trial)
     handle.set_user_attr("record", {"status": "interrupted", "error": "interrupted", "seed": 0})
     lg.study.tell(handle, state=optuna.trial.TrialState.FAIL)  # no "interrupted" attribute
     plan = lg.plan([trial])
@@ -277,8 +280,8 @@ def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file,
 
 def test_fidelity_command_compares_a_proxy_with_a_longer_run(sweep_file, tmp_path, capsys, run):
     run(sweep_file, {"profile.rounds": 0})
-    runner.run_sweep(spec.load(sweep_file, {"train.epochs": 2, "profile.rounds": 0, "name": "tiny-ref"}),
-                     results_dir=tmp_path / "results", device="cpu", quiet=True)
+    api.run_sweep(spec.load(sweep_file, {"train.epochs": 2, "profile.rounds": 0, "name": "tiny-ref"}),
+                  results_dir=tmp_path / "results", device="cpu", quiet=True)
     code = main(["fidelity", "tiny", "--reference", "tiny-ref", "--results", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0 and "4 variants, Kendall τ" in out
@@ -352,7 +355,7 @@ def test_saved_weights_reload_to_the_same_model(sweep_file, tmp_path, run, ledge
 
     run(sweep_file, save_weights=True)
     r = next(r for r in ledger().records() if r["depth"] == 2 and r["attention"] == "re")
-    path = trials.weights_path(tmp_path / "results", "tiny", r["key"])
+    path = RunContext(study="tiny", results_dir=tmp_path / "results").weights_path(r["key"])
     assert r["weights"] == str(path) and path.is_file()
 
     def initial():  # the trial's model before training: built from its seed, as the trial built it

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.data import loader as data
+from bench.data import sources as data
 from bench.errors import SpecError
 from bench.models import build_model, resolve
 from bench.config import DataConfig, TrainConfig
-from bench.training import lr_lambda, param_groups, train
+from bench.training import Checkpoint, Hooks, lr_lambda, param_groups, train
 
 CPU = torch.device("cpu")
 
@@ -84,7 +84,7 @@ class _Boom(nn.Module):
 def test_a_nan_loss_stops_the_run_as_diverged():
     seen = []
     r = train(_Boom(), _channel_data(), TrainConfig(epochs=3, batch_size=32, check_every=2), device=CPU, seed=0,
-              on_step=lambda step, total, loss: seen.append(step))
+              hooks=Hooks(on_step=lambda step, total, loss: seen.append(step)))
     assert r["diverged"] and r["top1"] is None and math.isnan(r["train_loss"])
     assert r["steps"] == 6 and seen == [2, 4]  # caught at the first check after step 5
 
@@ -116,7 +116,7 @@ def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path, a
             if epoch == stop_after:
                 raise KeyboardInterrupt  # killed between epochs
         return train(model, ds, cfg, device=CPU, seed=0, recipe=DataConfig(crop_padding=2, flip=True, augment=augment),
-                     checkpoint=checkpoint, on_epoch=on_epoch)
+                     checkpoint=Checkpoint(checkpoint) if checkpoint else None, hooks=Hooks(on_epoch=on_epoch))
 
     whole = run()
     path = tmp_path / "ckpt" / "trial.pt"

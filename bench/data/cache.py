@@ -36,6 +36,8 @@ for square sources (CIFAR, most proxies) that is a plain resize. 16-bit images a
 to 8 bits, not clipped. Every unreadable image is found while the cache is built and named
 in one message, before any training.
 
+What a source holds and which of it is taken (listing, class subsets, balanced samples,
+decoding one image) is ``bench.data.folders``'s; this module keys, builds, checks and prunes.
 torch-free (numpy; PIL on use), so its worker processes start fast.
 """
 from __future__ import annotations
@@ -47,7 +49,6 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import stat
@@ -61,29 +62,24 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bench import console
-from bench.errors import BenchError, did_you_mean, missing_data
+from bench.config import DataConfig
+from bench.data.folders import (cifar_classes, cifar_files, decode, fit, imagefolder_classes, list_split, read_cifar,
+                                select_classes, selection)
+from bench.errors import BenchError
 
 VERSION = 2  # bump when the cache's content or layout changes: old caches are then not read (2: checksums)
 FORMAT = "bench-cache"  # meta.json's marker: prune removes only a folder that says this (or a version-1 cache)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
-_SUFFIXES = frozenset(s[1:] for s in IMAGE_SUFFIXES)
 MAX_NAMED = 20  # unreadable images named in the message; the rest counted
 POOL_ABOVE_S = 3.0  # decoding that would take one process longer than this goes to every core
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
-CIFAR = {"cifar10": ("labels", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
-                     "label_names"),
-         "cifar100": ("fine_labels", ["train"], "test", "meta", "fine_label_names")}
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 USED = "last-used"  # touched at every open
 ARRAYS = ("train.images.npy", "train.labels.npy", "test.images.npy", "test.labels.npy")
 VERIFIED = "verified.json"  # per host: the arrays' identities when their checksums last matched
 OWN = frozenset({*ARRAYS, "meta.json", USED, VERIFIED})  # every file bench writes in a cache
 HASH_BLOCK = 2**23  # checksums: blake2b of each 8 MiB block (in threads), then of their digests
-_CACHE = re.compile(r"[^/]+-[1-9][0-9]*px-[0-9a-f]{20}")  # <name>-<size>px-<key>, as cache_path names it
+_CACHE = re.compile(r"[^/]+-[1-9][0-9]*px-[0-9a-f]{20}")  # <name>-<size>px-<key>, as Entry names it
 _PARTIAL = re.compile(rf"({_CACHE.pattern})\.partial-[0-9]+-[0-9a-f]+")
 _LOCK = re.compile(rf"({_CACHE.pattern})\.lock")
 _STAMP_TMP = re.compile(r"verified\.json\.[0-9]+-[0-9a-f]+")  # a verified.json being replaced
-SHUFFLE_SEED = 0  # folders are read class by class: a fixed shuffle mixes them (any first-N holds every class)
 
 
 def default_dir() -> Path:
@@ -100,122 +96,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-# --- what a folder holds -------------------------------------------------------------------
-
-def _images_under(folder: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime in ns) of each image file under ``folder`` (recursively, following
-    links), sorted by path; a directory link that leads back to one of its own ancestors is
-    an error naming it. Plain strings and ``os.scandir``: a million files list in seconds."""
-    parents = frozenset(os.path.realpath(p) for p in Path(os.path.abspath(folder)).parents)
-    found: list[tuple[str, int, int]] = []
-    stack = [(os.fspath(folder), parents)]
-    while stack:
-        here, above = stack.pop()
-        real = os.path.realpath(here)
-        if real in above:
-            raise BenchError(f"imagefolder: {here} is a symlink loop (it leads back to {real}); remove the link")
-        try:
-            entries = list(os.scandir(here))
-        except OSError as err:
-            raise BenchError(f"imagefolder: cannot list {here}: {err.strerror or err}") from None
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                stack.append((entry.path, above | {real}))
-            elif "." in entry.name and entry.name.rpartition(".")[2].lower() in _SUFFIXES and entry.is_file():
-                st = entry.stat()
-                found.append((entry.path, st.st_size, st.st_mtime_ns))
-    found.sort()
-    return found
-
-
-def class_folders(folder: Path) -> list[str]:
-    """The class folders of one split (hidden ones skipped), sorted."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def list_split(folder: Path, classes: Sequence[str]) -> tuple[list[tuple[str, int, int]], np.ndarray]:
-    """Every image of ``classes`` under ``folder/<class>/`` as (path, size, mtime ns), and
-    its label (index in ``classes``); an empty class folder is an error naming it."""
-    files: list[tuple[str, int, int]] = []
-    labels: list[int] = []
-    for idx, cls in enumerate(classes):
-        found = _images_under(folder / cls)
-        if not found:
-            raise BenchError(f"imagefolder: class folder {folder / cls} holds no images "
-                             f"({', '.join(IMAGE_SUFFIXES)}); remove it or fill it")
-        files += found
-        labels += [idx] * len(found)
-    return files, np.asarray(labels, dtype=np.int64)
-
-
-def select_classes(found: Sequence[str], want: int | Sequence[str] | None, where: Any) -> list[str]:
-    """``want``: None (all), N (the first N in sorted order) or an explicit list (in its order)."""
-    if want is None:
-        return list(found)
-    if isinstance(want, int):
-        if want > len(found):
-            raise BenchError(f"data.classes={want}: {where} has only {len(found)} classes")
-        return list(found[:want])
-    missing = [c for c in want if c not in found]
-    if missing:
-        raise BenchError(f"data.classes: {missing[0]!r} is not a class of {where}"
-                         + did_you_mean(missing[0], found) + (f" ({len(missing)} missing in all)"
-                                                               if len(missing) > 1 else ""))
-    return list(want)
-
-
-def balanced(labels: np.ndarray, n: int | None, num_classes: int) -> np.ndarray:
-    """Indices of ``n`` items with per-class counts as equal as the data allows (a class
-    with too few gives all it has, the others share the rest), each class's first ones in
-    order; returned in their original order. ``n`` None or ≥ len: everything."""
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    have = np.bincount(labels, minlength=num_classes)
-    lo, hi = 0, int(have.max())  # the highest level every class can be filled to within n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if np.minimum(have, mid).sum() <= n else (lo, mid - 1)
-    take = np.minimum(have, lo)
-    take[np.flatnonzero(have > lo)[:n - int(take.sum())]] += 1  # the rest: one more each, in class order
-    rank = np.empty(len(labels), dtype=np.int64)  # position of each item within its class
-    for k in range(num_classes):
-        where = np.flatnonzero(labels == k)
-        rank[where] = np.arange(len(where))
-    return np.flatnonzero(rank < take[labels])
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-def to_rgb(im: Any) -> Any:
-    """A PIL image as 8-bit RGB: 16-bit (and 32-bit integer, float) grey scaled, not clipped."""
-    from PIL import Image
-
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        if im.mode == "F" and a.max(initial=0) <= 1.0:
-            top = 1.0
-        im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def fit(im: Any, size: int) -> np.ndarray:
-    """(3, size, size) uint8: shorter side to ``size``, centre crop."""
-    from PIL import Image, ImageOps
-
-    im = ImageOps.fit(to_rgb(im), (size, size), method=Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def decode(path: str | Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (size, size))  # decode at the smallest JPEG scale still ≥ size: far faster
-        return fit(im, size)
+# --- decoding, with every core -----------------------------------------------------------
 
 
 def _reason(err: BaseException) -> str:
@@ -742,8 +623,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def cache_path(cache_dir: Path, name: str, size: int, key: str) -> Path:
-    return Path(cache_dir) / f"{name}-{size}px-{key}"
+@dataclass(frozen=True)
+class Entry:
+    """One cache's place: ``<cache_dir>/<name>-<size>px-<key>`` (``key``: ``fingerprint``'s)."""
+    cache_dir: Path
+    name: str
+    size: int
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.cache_dir) / f"{self.name}-{self.size}px-{self.key}"
 
 
 # --- writing a cache ------------------------------------------------------------------------
@@ -809,11 +699,12 @@ def _needs(splits: dict[str, tuple[Any, np.ndarray]], size: int, meta: dict[str,
     return total
 
 
-def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str],
-           sources: dict[str, Any], *, cache_dir: Path, workers: int | None = None, quiet: bool = False) -> Cached:
-    """The cache ``<cache_dir>/<name>-<size>px-<key>``: opened if it is there, else built from
-    ``splits`` ({"train"/"test": (paths or an (n, 3, h, w) uint8 array, labels)})."""
-    final = cache_path(cache_dir, name, size, key)
+def cached(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str], sources: dict[str, Any],
+           *, workers: int | None = None, quiet: bool = False) -> Cached:
+    """The cache at ``entry``: opened if it is there, else built from ``splits``
+    ({"train"/"test": (paths or an (n, 3, h, w) uint8 array, labels)}) by ``workers`` processes
+    (None: every core)."""
+    final, name = entry.path, entry.name
     for _ in range(3):  # a prune may remove it between our look and our open: then it is built again
         if (final / "meta.json").is_file():
             c = _open(final)
@@ -829,7 +720,7 @@ def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarr
         built_s = None
         with _locked(final.with_name(final.name + ".lock"), name, quiet) as held:
             if not (final / "meta.json").is_file():  # else built by whoever held the lock before us
-                built_s = _build(final, name, size, key, splits, classes, sources, workers, quiet, held)
+                built_s = _build(entry, splits, classes, sources, workers, quiet, held)
         c = _open(final, built_s=built_s)  # outside the lock: verifying takes it
         if c is not None:
             return c
@@ -837,9 +728,10 @@ def cached(name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarr
                      "looping?); run again")
 
 
-def _build(final: Path, name: str, size: int, key: str, splits: dict[str, tuple[Any, np.ndarray]],
-           classes: list[str], sources: dict[str, Any], workers: int | None, quiet: bool, held: bool) -> float:
-    """Build the cache ``final`` (under its lock when ``held``): the seconds it took."""
+def _build(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str], sources: dict[str, Any],
+           workers: int | None, quiet: bool, held: bool) -> float:
+    """Build the cache at ``entry`` (under its lock when ``held``): the seconds it took."""
+    final, name, size, key = entry.path, entry.name, entry.size, entry.key
     for split, (_, labels) in splits.items():
         labels = np.asarray(labels)
         outside = (labels < 0) | (labels >= len(classes))
@@ -911,96 +803,39 @@ def _build(final: Path, name: str, size: int, key: str, splits: dict[str, tuple[
     return time.perf_counter() - t0
 
 
-# --- the sources ----------------------------------------------------------------------------
+# --- the real sources' caches ---------------------------------------------------------------
 
-def _selection(labels: dict[str, np.ndarray], sizes: dict[str, int | None], n_classes: int,
-               shuffle: bool) -> dict[str, np.ndarray]:
-    """Per split: the indices kept, in a fixed (shuffled when ``shuffle``) order, class-balanced."""
-    out = {}
-    for split, lab in labels.items():
-        order = np.random.default_rng(SHUFFLE_SEED).permutation(len(lab)) if shuffle else np.arange(len(lab))
-        keep = balanced(lab[order], sizes[split], n_classes)
-        out[split] = order[keep]
-    return out
+def cache_dir(cfg: DataConfig) -> Path:
+    """Where ``cfg``'s caches live: ``data.cache_dir``, else ``default_dir()``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_dir()
 
 
-def folder(root: Path, size: int, *, train_dir: str = "train", test_dir: str = "val",
-           classes: int | Sequence[str] | None = None, train_size: int | None = None, test_size: int | None = None,
-           cache_dir: Path | None = None, workers: int | None = None, quiet: bool = False) -> Cached:
-    """An image folder (``root/<split>/<class>/…``, ImageNet's layout included) at ``size``."""
-    root = Path(root).expanduser()
-    found: list[str] | None = None
-    for split in (train_dir, test_dir):
-        where = root / split
-        if not where.is_dir():
-            raise missing_data(f"imagefolder split {split!r}", where,
-                               f"Expected {root}/{train_dir}/<class>/*.png and {root}/{test_dir}/<class>/*.png.")
-        names = class_folders(where)
-        if not names:
-            raise missing_data("imagefolder class folders", where, "Each class needs its own folder of images.")
-        if found is None:
-            found = names
-        elif names != found:
-            only = sorted(set(names) ^ set(found))
-            raise BenchError(f"imagefolder: {where} and {root / train_dir} hold different class folders "
-                             f"({len(only)} in one only, e.g. {only[0]!r})")
-    chosen = select_classes(found or [], classes, root / train_dir)
-    listed = {s: list_split(root / d, chosen) for s, d in (("train", train_dir), ("test", test_dir))}
-    keep = _selection({s: lab for s, (_, lab) in listed.items()}, {"train": train_size, "test": test_size},
-                      len(chosen), shuffle=True)
+def folder(cfg: DataConfig, size: int, *, quiet: bool = False) -> Cached:
+    """The image folder ``data.root`` (``root/<split>/<class>/…``, ImageNet's layout included) at ``size``."""
+    root = cfg.root_path
+    chosen = select_classes(imagefolder_classes(cfg), cfg.classes, root / cfg.train_dir)
+    listed = {s: list_split(root / d, chosen) for s, d in (("train", cfg.train_dir), ("test", cfg.test_dir))}
+    keep = selection({s: lab for s, (_, lab) in listed.items()}, {"train": cfg.train_size, "test": cfg.test_size},
+                     len(chosen), shuffle=True)
     picked = {s: [listed[s][0][i] for i in keep[s]] for s in listed}
     splits = {s: ([p for p, _, _ in picked[s]], listed[s][1][keep[s]]) for s in listed}
     key = fingerprint([f for s in picked for f in picked[s]], root,
-                      {"size": size, "classes": chosen, "dirs": [train_dir, test_dir]})
-    return cached(root.name or "imagefolder", size, key, splits, chosen, {"root": str(root)},
-                  cache_dir=cache_dir or default_dir(), workers=workers, quiet=quiet)
+                      {"size": size, "classes": chosen, "dirs": [cfg.train_dir, cfg.test_dir]})
+    return cached(Entry(cache_dir(cfg), root.name or "imagefolder", size, key), splits, chosen, {"root": str(root)},
+                  workers=cfg.cache_workers, quiet=quiet)
 
 
-def cifar_files(name: str, root: Path) -> tuple[Path, list[Path]]:
-    """The folder and the pickles of CIFAR ``name`` under ``root`` (torchvision's layout)."""
-    label_key, train_files, test_file, meta_file, _ = CIFAR[name]
-    base = Path(root).expanduser() / CIFAR_FOLDERS[name]
-    return base, [base / f for f in (*train_files, test_file)]
-
-
-def cifar(name: str, root: Path, size: int, *, classes: int | Sequence[str] | None = None,
-          train_size: int | None = None, test_size: int | None = None, cache_dir: Path | None = None,
-          workers: int | None = None, quiet: bool = False) -> Cached:
-    """CIFAR-10/100 from torchvision's on-disk pickles at ``size`` (32: as stored)."""
-    label_key, train_files, test_file, meta_file, names_key = CIFAR[name]
-    base, files = cifar_files(name, root)
-    for path in files:
-        if not path.is_file():
-            raise missing_data(f"{name} file {path.name}", base, "The extracted archive is incomplete.")
-    all_classes = list(CIFAR10_CLASSES) if name == "cifar10" else [str(i) for i in range(100)]
-    if (base / meta_file).is_file():
-        with open(base / meta_file, "rb") as f:
-            all_classes = list(pickle.load(f, encoding="latin1").get(names_key) or all_classes)
-    chosen = select_classes(all_classes, classes, base)
+def cifar(cfg: DataConfig, size: int, *, quiet: bool = False) -> Cached:
+    """CIFAR-10/100 (``data.name``) from torchvision's on-disk pickles at ``size`` (32: as stored)."""
+    base, files = cifar_files(cfg)
+    all_classes = cifar_classes(cfg)
+    chosen = select_classes(all_classes, cfg.classes, base)
     stats = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]
-    key = fingerprint(stats, base, {"size": size, "classes": chosen, "train_size": train_size,
-                                    "test_size": test_size})
-    path = cache_path(cache_dir or default_dir(), name, size, key)
-    c = _open(path) if (path / "meta.json").is_file() else None
-    if c is not None:
+    key = fingerprint(stats, base, {"size": size, "classes": chosen, "train_size": cfg.train_size,
+                                    "test_size": cfg.test_size})
+    entry = Entry(cache_dir(cfg), cfg.name, size, key)
+    c = _open(entry.path) if (entry.path / "meta.json").is_file() else None
+    if c is not None:  # the pickles are read only to build it
         return c
-
-    def read(fnames: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
-        for fname in fnames:
-            with open(base / fname, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
-        return np.concatenate(images), np.concatenate(labels)
-
-    raw = {"train": read(train_files), "test": read([test_file])}
-    remap = np.full(len(all_classes), -1, dtype=np.int64)
-    remap[[all_classes.index(c) for c in chosen]] = np.arange(len(chosen))
-    splits = {}
-    for split, (images, labels) in raw.items():
-        inside = np.flatnonzero(remap[labels] >= 0)
-        keep = inside[balanced(remap[labels[inside]], {"train": train_size, "test": test_size}[split], len(chosen))]
-        splits[split] = (images[keep], remap[labels[keep]])
-    return cached(name, size, key, splits, chosen, {"root": str(base)}, cache_dir=cache_dir or default_dir(),
-                  workers=workers, quiet=quiet)
+    return cached(entry, read_cifar(cfg, all_classes, chosen), chosen, {"root": str(base)},
+                  workers=cfg.cache_workers, quiet=quiet)

@@ -1,22 +1,12 @@
-"""Datasets for proxy training, and the loader that feeds a model from them.
+"""The loader: batches of one split, shuffled per epoch, augmented, normalised to [-1, 1].
 
-- ``shapes``: bench's built-in procedural dataset. No download, deterministic from a
-  seed, generated in a fraction of a second. Each image holds one of ten outline-or-
-  filled shapes at a random place, size and colour on a random background, with
-  distractor blobs and pixel noise growing with ``difficulty``. The class is the
-  shape, so pixel statistics (colour, brightness, where the ink is) say nothing
-  about it: a linear classifier on raw pixels stays far below a small ViT.
-- ``cifar10`` / ``cifar100``: torchvision's on-disk format (the python pickles).
-- ``imagefolder``: ``root/train/<class>/…`` and ``root/val/<class>/…`` (ImageNet's layout
-  too), at the model's image size.
-
-Real data goes through ``bench.data.cache`` (decoded once, in parallel, into a memory-mappable
-uint8 cache keyed by the files and the resolution); ``data.classes`` and the sizes select a
-class subset and a class-balanced sample of it. ``Loader`` then feeds batches in one of two
-residencies: ``device`` (the whole split in device memory, augmented there: no input
-pipeline at all) or ``stream`` (batches read from the memory-mapped cache by a background
-thread into pinned memory, so host memory stays a few batches however big the data). The
-order of a seed is drawn on the host in both, so both give the same batches.
+It feeds them in one of two residencies (``residency`` says which): ``device`` (the whole
+split in device memory, augmented there: no input pipeline at all) or ``stream`` (batches
+read from the memory-mapped cache by a background thread into pinned memory, so host memory
+stays a few batches however big the data). The order of a seed is drawn on the host in both,
+so both give the same batches. The crop and flip run here, on the device, as batched tensor
+ops drawing from the loader's own seeded stream (a checkpoint carries it); timm's recipes are
+``bench.data.augment``.
 """
 from __future__ import annotations
 
@@ -24,87 +14,19 @@ import math
 import os
 import queue
 import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import console
-from bench.data import cache
 from bench.config import DataConfig
-from bench.errors import BenchError, missing_data
+from bench.data.cache import cores
+from bench.data.sources import Dataset, Split, mapped_file, read_rows
 
-SHAPES = ("disc", "ring", "square", "frame", "diamond", "plus", "cross", "triangle", "hbars", "vbars")
 MEAN = (0.5, 0.5, 0.5)  # images are scaled to [-1, 1]: the datasets here are not ImageNet-like
 STD = (0.5, 0.5, 0.5)
-
-
-@dataclass
-class Split:
-    images: torch.Tensor | np.ndarray  # (N, C, H, W) uint8; an ndarray: a read-only memory map of the cache
-    labels: torch.Tensor  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
-        """Images ``index`` as a uint8 tensor of their own (read out of a memory-mapped cache
-        with positioned reads, so the file's pages do not stay in this process's memory)."""
-        if isinstance(self.images, torch.Tensor):
-            return self.images[index]
-        return read_rows(self.images, index)
-
-
-def mapped_file(images: Any) -> bool:
-    """Whether ``images`` maps a whole file from its start (a cache's .npy as np.load maps it;
-    a slice of one keeps the parent's offset and so does not count)."""
-    import mmap
-    return (isinstance(images, np.memmap) and bool(images.filename) and images.flags.c_contiguous
-            and isinstance(images.base, mmap.mmap))
-
-
-def read_rows(images: np.ndarray, index: slice | torch.Tensor, fd: int | None = None) -> torch.Tensor:
-    """Rows ``index`` of ``images`` (N, ...) as a new uint8 tensor; from a whole-file memory
-    map (a cache's .npy) by ``preadv`` — through ``fd`` when given (a loader keeps its file
-    open: the data stays readable even if the cache is removed meanwhile) — a slice in one
-    read per 256 MiB, an index array one read per row in ascending offsets."""
-    if not mapped_file(images):
-        picked = images[index] if isinstance(index, slice) else images[index.numpy()]
-        return torch.from_numpy(np.array(picked, order="C"))
-    row = int(np.prod(images.shape[1:])) * images.itemsize
-    if isinstance(index, slice):
-        start, stop, step = index.indices(len(images))
-        if step != 1:
-            return read_rows(images, torch.arange(start, stop, step), fd)
-        out = torch.empty((max(0, stop - start), *images.shape[1:]), dtype=torch.uint8)
-        flat = out.numpy().reshape(-1)
-        reads = [(i, min(len(flat), i + 2**28)) for i in range(0, len(flat), 2**28)]
-        offsets = [images.offset + start * row + a for a, _ in reads]
-    else:
-        idx = index.numpy()
-        out = torch.empty((len(idx), *images.shape[1:]), dtype=torch.uint8)
-        flat = out.numpy().reshape(-1)
-        order = np.argsort(idx, kind="stable")  # ascending offsets: kinder to a disk
-        reads = [(int(j) * row, (int(j) + 1) * row) for j in order]
-        offsets = [images.offset + int(idx[j]) * row for j in order]
-    own = fd is None
-    fd = os.open(images.filename, os.O_RDONLY) if fd is None else fd
-    try:
-        for (a, b), offset in zip(reads, offsets):
-            while a < b:  # a network or FUSE file system may return less than asked: read on
-                got = os.preadv(fd, [memoryview(flat[a:b])], offset)
-                if got <= 0:
-                    raise BenchError(f"{images.filename}: ends at byte {offset} (a truncated cache? remove its "
-                                     "folder to rebuild it)")
-                a, offset = a + got, offset + got
-    finally:
-        if own:
-            os.close(fd)
-    return out
+PLAIN = DataConfig(crop_padding=0, flip=False)  # no augmentation
 
 
 def to_device(split: Split, device: torch.device) -> torch.Tensor:
@@ -117,191 +39,6 @@ def to_device(split: Split, device: torch.device) -> torch.Tensor:
     for a in range(0, len(split), step):
         out[a:a + step] = split.rows(slice(a, a + step)).to(device)
     return out
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    test: Split
-    classes: list[str]
-    source: Path | None = None  # the cache it was read from (None: in memory only)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def img_size(self) -> int:
-        return self.train.images.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return self.train.images.nbytes + self.test.images.nbytes
-
-
-# --- the built-in procedural dataset -------------------------------------------------
-
-def _stripes(t: torch.Tensor, period: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-    """Distance to the nearest stripe centre line (stripes every ``period`` along ``t``)."""
-    return ((t / period).remainder(1) - 0.5).abs() * period - width / 2
-
-
-def _shape_distance(kind: int, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Signed distance-like field of shape ``kind`` (inside where < 0), for pixel offsets
-    ``dx``, ``dy`` from the shape's centre (M, S, S) and radius ``r`` (M, 1, 1)."""
-    ax, ay = dx.abs(), dy.abs()
-    w = (r * 0.28).clamp(min=1.0)  # stroke width
-    cheb = torch.maximum(ax, ay)
-    name = SHAPES[kind]
-    if name in ("disc", "ring"):
-        radius = torch.sqrt(dx * dx + dy * dy)
-        return radius - r if name == "disc" else (radius - (r - w / 2)).abs() - w / 2
-    if name == "square":
-        return cheb - r * 0.85
-    if name == "frame":
-        return (cheb - (r * 0.85 - w / 2)).abs() - w / 2
-    if name == "diamond":
-        return ax + ay - r * 1.1
-    if name == "plus":
-        return torch.maximum(torch.minimum(ax, ay) - w / 2, cheb - r)
-    if name == "cross":
-        return torch.maximum((ax - ay).abs() / math.sqrt(2) - w / 2, cheb - r * 0.8)
-    if name == "triangle":  # apex up
-        return torch.maximum(dy - r * 0.7, 2 * ax - (dy + r * 0.7) * 0.9)
-    return torch.maximum(cheb - r * 0.9, _stripes(dy if name == "hbars" else dx, r * 0.6, w))
-
-
-def _shape_masks(kind: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Soft-edged masks (M, S, S): one anti-aliased shape per image, class ``kind`` (M,)."""
-    mask = torch.empty_like(dx)
-    for k in range(len(SHAPES)):
-        sel = (kind == k).nonzero().squeeze(1)
-        if len(sel):
-            mask[sel] = torch.sigmoid(-2.0 * _shape_distance(k, dx[sel], dy[sel], r[sel]))
-    return mask
-
-
-def make_shapes(n: int, *, img_size: int = 32, difficulty: float = 0.5, seed: int = 0,
-                chunk: int = 4096) -> Split:
-    """``n`` images of the procedural ``shapes`` task, deterministic in ``seed``.
-
-    ``difficulty`` in [0, 1] scales size and colour variation, distractors and noise.
-    """
-    if not 0 <= difficulty <= 1:
-        raise ValueError(f"difficulty={difficulty}: expected a value in [0, 1]")
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(len(SHAPES), (n,), generator=gen)
-    images = torch.empty(n, 3, img_size, img_size, dtype=torch.uint8)
-    coords = torch.arange(img_size, dtype=torch.float32) + 0.5
-    for start in range(0, n, chunk):
-        kind = labels[start:start + chunk]
-        m = len(kind)
-        u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-        s = img_size
-        r = s * (0.22 + (0.1 - 0.08 * difficulty) * (2 * u(m, 1, 1) - 1))  # shape radius
-        margin = r + 1
-        jitter = (s / 2 - margin) * (0.3 + 0.7 * difficulty)  # how far from the centre it may sit
-        cx = s / 2 + jitter * (2 * u(m, 1, 1) - 1)
-        cy = s / 2 + jitter * (2 * u(m, 1, 1) - 1)
-        dx = (coords.view(1, 1, s) - cx).expand(m, s, s)
-        dy = (coords.view(1, s, 1) - cy).expand(m, s, s)
-        mask = _shape_masks(kind, dx, dy, r)  # (m, S, S)
-
-        # colours: background and foreground differ in brightness by at least `contrast`
-        contrast = 0.55 - 0.3 * difficulty
-        bg = u(m, 3, 1, 1)
-        fg = u(m, 3, 1, 1)
-        gap = (fg.mean(1, keepdim=True) - bg.mean(1, keepdim=True))
-        sign = torch.where(gap >= 0, 1.0, -1.0)
-        fg = (fg + sign * (contrast - gap.abs()).clamp(min=0)).clamp(0, 1)
-        # a smooth background gradient so the mean pixel says nothing
-        gx, gy = (u(m, 1, 1, 1) - 0.5) * 0.6 * difficulty, (u(m, 1, 1, 1) - 0.5) * 0.6 * difficulty
-        ramp = gx * (coords.view(1, 1, 1, s) / s - 0.5) + gy * (coords.view(1, 1, s, 1) / s - 0.5)
-        img = (bg + ramp) * (1 - mask.unsqueeze(1)) + fg * mask.unsqueeze(1)
-
-        # distractors: small blobs in the foreground colour (up to 3 at difficulty 1)
-        n_blobs = round(3 * difficulty)
-        for _ in range(n_blobs):
-            bx, by = u(m, 1, 1) * s, u(m, 1, 1) * s
-            br = s * (0.03 + 0.04 * u(m, 1, 1))
-            blob = torch.sigmoid(-(torch.sqrt((coords.view(1, 1, s) - bx) ** 2
-                                              + (coords.view(1, s, 1) - by) ** 2) - br) * 2.0)
-            keep = (u(m, 1, 1) < 0.8).float()
-            img = img + (fg - img) * (blob * keep).unsqueeze(1)
-        img = img + torch.randn(img.shape, generator=gen) * (0.02 + 0.1 * difficulty)
-        images[start:start + m] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    return Split(images, labels)
-
-
-def shapes(*, train_size: int, test_size: int, img_size: int = 32, difficulty: float = 0.5,
-           seed: int = 0) -> Dataset:
-    """The built-in dataset; train and test come from disjoint random streams."""
-    return Dataset("shapes", make_shapes(train_size, img_size=img_size, difficulty=difficulty, seed=seed),
-                   make_shapes(test_size, img_size=img_size, difficulty=difficulty, seed=seed + 1_000_003),
-                   list(SHAPES))
-
-
-# --- real datasets on disk -----------------------------------------------------------
-
-def cifar_download(name: str, root: str | Path) -> None:
-    """Fetch CIFAR ``name`` into ``root`` with torchvision (only when asked to)."""
-    import torchvision  # on use: only a download needs it
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    try:
-        cls(str(Path(root).expanduser()), train=True, download=True)
-    except Exception as err:  # no network, a full disk: say what failed
-        raise BenchError(f"{name}: download to {root} failed ({type(err).__name__}: {err})") from None
-
-
-def _from_cache(name: str, c: cache.Cached) -> Dataset:
-    return Dataset(name, Split(c.train_images, torch.from_numpy(c.train_labels)),
-                   Split(c.test_images, torch.from_numpy(c.test_labels)), list(c.classes), source=c.path)
-
-
-def cifar(name: str, root: str | Path, *, img_size: int = 32, download: bool = False, classes: Any = None,
-          train_size: int | None = None, test_size: int | None = None, cache_dir: str | Path | None = None,
-          workers: int | None = None, quiet: bool = True) -> Dataset:
-    """CIFAR-10/100 from torchvision's on-disk format under ``root``, through the cache."""
-    base, _ = cache.cifar_files(name, Path(root))
-    if not base.is_dir() and download:
-        cifar_download(name, root)
-    if not base.is_dir():
-        raise missing_data(name, base, f"Set data.download: true on a machine with internet, or unpack "
-                           f"{base.name} (from https://www.cs.toronto.edu/~kriz/cifar.html) under {root}.")
-    c = cache.cifar(name, Path(root), img_size, classes=classes, train_size=train_size, test_size=test_size,
-                    cache_dir=Path(cache_dir) if cache_dir else None, workers=workers, quiet=quiet)
-    return _from_cache(name, c)
-
-
-def imagefolder(root: str | Path, *, img_size: int, train_dir: str = "train", test_dir: str = "val",
-                classes: Any = None, train_size: int | None = None, test_size: int | None = None,
-                cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = True) -> Dataset:
-    """``root/<train_dir>/<class>/<image>`` and ``root/<test_dir>/<class>/<image>``, through the cache."""
-    c = cache.folder(Path(root), img_size, train_dir=train_dir, test_dir=test_dir, classes=classes,
-                     train_size=train_size, test_size=test_size, cache_dir=Path(cache_dir) if cache_dir else None,
-                     workers=workers, quiet=quiet)
-    return _from_cache(Path(root).expanduser().name, c)
-
-
-def load(cfg: DataConfig, img_size: int, quiet: bool = True) -> Dataset:
-    """The dataset a spec's ``data`` section names, at the model's image size (shapes are
-    drawn at it, real images cached at it)."""
-    if cfg.name == "shapes":
-        train_size, test_size = cfg.shapes_sizes()
-        return shapes(train_size=train_size, test_size=test_size, img_size=img_size,
-                      difficulty=cfg.difficulty, seed=cfg.seed)
-    t0 = time.perf_counter()
-    common = dict(classes=cfg.classes, train_size=cfg.train_size, test_size=cfg.test_size, cache_dir=cfg.cache_dir,
-                  workers=cfg.cache_workers, quiet=quiet)
-    if cfg.name in cache.CIFAR:
-        ds = cifar(cfg.name, cfg.root, img_size=img_size, download=cfg.download, **common)
-    else:
-        ds = imagefolder(cfg.root, img_size=img_size, train_dir=cfg.train_dir, test_dir=cfg.test_dir, **common)
-    if not quiet:
-        console.info(f"{ds.name} at {img_size}px: {len(ds.train)} + {len(ds.test)} images, {ds.num_classes} classes, "
-                     f"{ds.nbytes / 2**20:.1f} MiB cached in {ds.source} ({time.perf_counter() - t0:.1f} s)")
-    return ds
 
 
 def host_memory() -> int:
@@ -363,39 +100,44 @@ class Loader:
     ``residency``: ``device`` keeps the split on ``device`` and gathers batches there;
     ``stream`` leaves it where it is (a memory-mapped cache, read with positioned reads
     so that what was read does not stay in this process's memory) and a background thread
-    reads up to ``prefetch`` batches ahead, into pinned memory on a GPU. The batch order is
-    drawn on the host from ``seed`` in both, so they give the same batches.
+    reads up to ``data.prefetch`` batches ahead, into pinned memory on a GPU. The batch order
+    is drawn on the host from ``seed`` in both, so they give the same batches.
 
-    Augmentation (training only): ``host_transform`` on the host's uint8 batch (RandAugment),
-    seeded per batch from the order stream; with ``host_workers`` (streaming only) in that
-    many worker processes, ahead of time, else in this thread. Then on the device either a
-    random-resized crop (``resized_crop``: the smallest area kept, as timm's
+    Augmentation (training only), as ``recipe`` (the data section; None: none) says:
+    ``host_transform`` on the host's uint8 batch (RandAugment), seeded per batch from the
+    order stream; streaming, in ``data.host_workers`` worker processes ahead of time (None:
+    every core but one on a GPU), else in this thread. Then on the device either a
+    random-resized crop (``augment.resized_crop``: the smallest area kept, as timm's
     RandomResizedCrop with aspect 3/4–4/3, bilinear; a crop that would not fit is clamped to
     the image rather than redrawn) or torchvision's CIFAR recipe as tensor ops on the whole batch: a random
-    crop after zero padding by ``crop_padding`` pixels and a horizontal flip with
-    probability ½. ``repeats`` > 1: repeated augmentation (DeiT) — each epoch draws 1/r of
-    the images and shows each r times in a row (in one batch when the batch size is a
-    multiple of r), differently augmented.
+    crop after zero padding by ``data.crop_padding`` pixels and a horizontal flip (``data.flip``)
+    with probability ½. ``augment.repeats`` > 1: repeated augmentation (DeiT) — each epoch draws
+    1/r of the images and shows each r times in a row (in one batch when the batch size is a
+    multiple of r), differently augmented. A training loader drops the last partial batch.
     """
 
     _pool: Any = None  # host-transform workers, started on first use
     _fd: int | None = None  # the cache file a streaming loader reads
 
-    def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool,
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
-                 residency: str = "device", prefetch: int = 4, host_transform: Transform | None = None,
-                 host_workers: int = 0, repeats: int = 1, resized_crop: float | None = None) -> None:
+    def __init__(self, split: Split, *, batch_size: int, device: torch.device, train: bool, seed: int = 0,
+                 recipe: DataConfig | None = None, residency: str = "device",
+                 host_transform: Transform | None = None) -> None:
         if residency not in ("device", "stream"):
             raise ValueError(f"residency={residency!r}: expected device or stream")
+        recipe = recipe or PLAIN
         self.split, self.stream = split, residency == "stream"
         self.images = split.images if self.stream else to_device(split, device)
         self.labels = split.labels if self.stream else split.labels.to(device)
         self.batch_size, self.device, self.train = batch_size, device, train
-        self.crop_padding, self.flip, self.repeats, self.resized_crop = crop_padding, flip, repeats, resized_crop
-        self.prefetch, self.host_transform = max(1, prefetch), host_transform if train else None
-        self.host_workers = host_workers if self.stream and self.host_transform is not None else 0
+        self.crop_padding, self.flip = recipe.crop_padding, recipe.flip
+        self.repeats, self.resized_crop = recipe.augment.repeats, recipe.augment.resized_crop
+        self.prefetch, self.host_transform = max(1, recipe.prefetch), host_transform if train else None
+        workers = recipe.host_workers
+        if workers is None:  # a GPU waits on the host's RandAugment unless every spare core does it
+            workers = max(1, min(16, cores() - 1)) if device.type == "cuda" else 0
+        self.host_workers = workers if self.stream and self.host_transform is not None else 0
         self._fd = os.open(split.images.filename, os.O_RDONLY) if self.stream and mapped_file(split.images) else None
-        self.drop_last = train if drop_last is None else drop_last
+        self.drop_last = train
         self.gen = torch.Generator(device=device).manual_seed(seed)  # augmentation, where it runs
         # batch order, on the host: on a CPU the same stream (as bench always drew it there)
         self.order_gen = self.gen if device.type == "cpu" else torch.Generator().manual_seed(seed)

@@ -1,64 +1,42 @@
-"""Reports from the ledger: runs.csv, report.md and plots of accuracy against cost.
+"""report.md and runs.csv from a study's records (one DataFrame row per trial), and the plots
+they link.
 
 The question (DeepViT, Zhou et al. 2021, arXiv 2103.11886): as a ViT gets deeper, does
-re-attention buy more top-1 per unit of cost than making it wider? The records of a
-study's ledger become one DataFrame row per trial; the tables (bench.report.tables) and plots
-(bench.report.plots) are derived from it alone. Profile-only sweeps (no ``top1``) get cost
-reports; studies (a ``search``) get their Pareto front, best trials and importances.
-No torch: ``bench report`` runs without it.
+re-attention buy more top-1 per unit of cost than making it wider? The tables
+(bench.report.tables), cells (bench.report.formats) and plots (bench.report.plots) are derived
+from the records alone. Profile-only sweeps (no ``top1``) get cost reports; studies (a
+``search``) get their Pareto front, best trials and the importances bench.study computed.
+No torch, no storage: bench.study.reports reads the ledger and hands the records over.
 """
 from __future__ import annotations
 
 import json
 import math
-import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import optuna
 import pandas as pd
 
-from bench.report import plots
-from bench.config import NOISY, OBJECTIVES
-from bench.errors import BenchError, first_line
+from bench.config import NOISY, OBJECTIVES, StudyConfig
+from bench.errors import first_line
 from bench.files import atomic_write
-from bench.schema import DETAILS
-from bench.study.ledger import Ledger
-from bench.spec import BASELINE, check_name, variant_of
-from bench.study.storage import default_url, safe_url
-from bench.report.tables import (ACCURACY_COLS, COST_AXES, COST_COLS, ENV_COLS, IDENTITY_COLS, MIN_RANKED, VARIANT_FIELDS,
-                          comparison, fidelity, has_accuracy, is_missing, iso_costs, md_table, num, pareto_front,
-                          ranking_by_epoch, show_value, signed, summarize, variant_label, varying_fields,
-                          width_and_re_arms)
+from bench.report import plots
+from bench.report.formats import (interval, md_table, multiplier, num, ratio, settings, signed, space,
+                                  top1_cell)
+from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, is_missing, iso_costs,
+                                 pareto_front, ranking_by_epoch, show_value, summarize, variant_label,
+                                 varying_fields, width_and_re_arms)
+from bench.schema import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, Status
+from bench.spec import BASELINE, variant_of
 from bench.variant import is_re_option
 
 _MAX_LISTED = 50  # failed/diverged trials named in report.md; runs.csv has them all
+# searched fields' importance for each objective ({objective: {field: share}}), or why there are none
+Importances = Mapping[str, Mapping[str, float]] | str
 
 
 # --- report.md ------------------------------------------------------------------------
-
-def _top1_cell(row: Mapping[str, Any]) -> str:
-    if not row["n"]:
-        why = ", ".join(f"{int(row[k])} {k}" for k in ("diverged", "failed") if row.get(k))
-        return f"– (n=0{', ' + why if why else ''})"
-    std = row["top1_std"]
-    spread = f" ± {std:.1f}" if math.isfinite(std) else ""
-    return f"{row['top1_mean']:.1f}{spread} (n={int(row['n'])})"
-
-
-def _settings(section: Any) -> str:
-    if not section:
-        return "none"
-    if not isinstance(section, Mapping):
-        return str(section)
-    return ", ".join(f"{k}={_settings(v) if isinstance(v, Mapping) else num(v)}" for k, v in section.items())
-
-
-def _interval(low: Any, high: Any, fmt: Any = signed) -> str:
-    return f" [{fmt(low)}, {fmt(high)}]" if not (is_missing(low) or is_missing(high)) else ""
-
 
 def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool,
                    side: Mapping[str, Any] | None) -> list[str]:
@@ -82,10 +60,10 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
         cells = [show_value(f, r[f]) for f in by] + [r["arm"]]
         if accuracy:
             mark = " ✓" if r["significant"] else ""
-            interval = _interval(r["d_low"], r["d_high"]) or (" (—)" if r["arm"] != BASELINE
-                                                                 and not is_missing(r["d_top1"]) else "")
+            ci = interval(r["d_low"], r["d_high"]) or (" (—)" if r["arm"] != BASELINE
+                                                           and not is_missing(r["d_top1"]) else "")
             improve = "" if r["arm"] == BASELINE else "—" if is_missing(r["p_improve"]) else f"{r['p_improve']:.2f}"
-            cells += [_top1_cell(r), d(r["d_top1"]) + interval + mark if r["arm"] != BASELINE else "", improve]
+            cells += [top1_cell(r), d(r["d_top1"]) + ci + mark if r["arm"] != BASELINE else "", improve]
         cells += [num(r["infer_gmacs"]), d(r["d_gmacs_pct"], unit=" %"),
                   num(r["param_count"]), d(r["d_params_pct"], unit=" %")]
         if speed:
@@ -115,20 +93,6 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
                          "on a shared machine can masquerade as a difference; `bench time NAME` times every "
                          "variant side by side.")
     return lines + [" ".join(notes), ""] if notes else lines
-
-
-def _ratio(value: Any) -> str:
-    return "–" if is_missing(value) else f"×{value:.3g}"
-
-
-def _multiplier(r: Mapping[str, Any], with_ci: bool = True) -> str:
-    if math.isinf(r["multiplier"]):
-        return f"> ×{r['widest_ratio']:.3g} (beyond the widest arm)"
-    text = "×1 (none needed)" if r["multiplier"] <= 1 + 1e-9 else f"×{r['multiplier']:.3g}"
-    if with_ci and not is_missing(r["mult_low"]):
-        high = "beyond the widest" if math.isinf(r["mult_high"]) else f"×{r['mult_high']:.3g}"
-        text += f" [×{r['mult_low']:.3g}, {high}]"
-    return text
 
 
 def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
@@ -161,9 +125,9 @@ def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
         at = "– (outside the width curve)" if is_missing(r["width_top1"]) else f"{r['width_top1']:.1f}"
         axis = COST_AXES[r["axis"]] + (" (side by side)" if r["side_by_side"] else " (per trial)"
                                        if r["axis"] == "train_time" else "")
-        gain = "–" if is_missing(r["gain"]) else signed(r["gain"]) + _interval(r["gain_low"], r["gain_high"])
-        rows.append([show_value(f, r[f]) for f in by] + [r["arm"], axis, _ratio(r["cost_ratio"]), at, gain,
-                                                          _multiplier(r)])
+        gain = "–" if is_missing(r["gain"]) else signed(r["gain"]) + interval(r["gain_low"], r["gain_high"])
+        rows.append([show_value(f, r[f]) for f in by] + [r["arm"], axis, ratio(r["cost_ratio"]), at, gain,
+                                                          multiplier(r)])
     lines += [md_table(headers, rows, left=len(by) + 2), "",
               f"The width curve: the baseline and the arms that differ from it only in hidden dimension "
               f"({', '.join(width)}), top-1 against cost, linear in log cost between points and never "
@@ -209,27 +173,28 @@ def _summary_md(summary: pd.DataFrame, df: pd.DataFrame, accuracy: bool, limit: 
             "cka_adjacent_mean": "token CKA to prev.", "token_uniformity_last": "token uniformity (last)",
             "rank_residual_last": "rank residual (last)"}
     cols = {c: h for c, h in cols.items() if summary[c].notna().any()}
-    counts = [c for c in ("diverged", "failed") if summary[c].any()]
+    counts = [c for c in (Status.DIVERGED.value, Status.FAILED.value) if summary[c].any()]
     headers = varying + (["top-1 %", "min–max"] if accuracy else []) + list(cols.values()) + counts
     rows = []
     for r in summary.head(limit).to_dict("records"):
         cells = [show_value(f, r[f]) for f in varying]
         if accuracy:
-            cells += [_top1_cell(r), f"{r['top1_min']:.1f}–{r['top1_max']:.1f}" if r["n"] else "–"]
+            cells += [top1_cell(r), f"{r['top1_min']:.1f}–{r['top1_max']:.1f}" if r["n"] else "–"]
         rows.append(cells + [num(r[c]) for c in cols] + [str(int(r[c])) for c in counts])
     more = ["", f"… and {len(summary) - limit} more variants (runs.csv has every trial)."] \
         if len(summary) > limit else []
     return ["## Variants", "", md_table(headers, rows, left=len(varying)), *more, ""]
 
 
-def _trials_md(df: pd.DataFrame, status: str, title: str) -> list[str]:
+def _trials_md(df: pd.DataFrame, status: Status) -> list[str]:
+    """"## Failed trials (2)" and each one: trial, variant, seed and its error's first line."""
     if "status" not in df:
         return []
-    bad = df[df["status"] == status]
+    bad = df[df["status"] == status.value]
     if bad.empty:
         return []
     varying = varying_fields(df)
-    lines = [f"## {title} ({len(bad)})", ""]
+    lines = [f"## {status.value.capitalize()} trials ({len(bad)})", ""]
     for r in bad.head(_MAX_LISTED).to_dict("records"):
         err = r.get("error")
         err = first_line(err)[:200].replace("`", "'") if isinstance(err, str) else ""
@@ -252,14 +217,14 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
                         ("timm_version", "timm "), ("bench_version", "bench ")):
         if col in df and df[col].notna().any():
             env.append(prefix + ", ".join(map(str, df[col].dropna().unique())))
-    counts = df["status"].value_counts() if "status" in df else pd.Series({"complete": len(df)})
+    counts = df["status"].value_counts() if "status" in df else pd.Series({Status.COMPLETE.value: len(df)})
     trials = f"{len(df)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
     seeds = f" × {df['seed'].nunique()} seeds" if "seed" in df else ""
     lines = [f"# {spec.get('name', 'sweep')}: {'accuracy against cost' if accuracy else 'cost'}", "",
              *([" · ".join(f"{k}: {v}" for k, v in info.items()), ""] if info else []),
              f"**Run:** {trials}: {len(summary)} variants{seeds} · {' · '.join(env)}  ",
-             f"**Data:** {_settings(spec.get('data'))}  ",
-             f"**Train:** {_settings(spec.get('train')) if spec.get('train') else 'none (profile only)'}", ""]
+             f"**Data:** {settings(spec.get('data'))}  ",
+             f"**Train:** {settings(spec.get('train')) if spec.get('train') else 'none (profile only)'}", ""]
     lines += extra or []
     compare = spec.get("compare")
     if compare:
@@ -270,37 +235,43 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
     if accuracy:
         lines += _spread_md(summary) + _settling_md(ranking_by_epoch(df))
     lines += _summary_md(summary, df, accuracy)
-    lines += _trials_md(df, "failed", "Failed trials") + _trials_md(df, "diverged", "Diverged trials")
-    lines += _trials_md(df, "pruned", "Pruned trials")
+    for status in (Status.FAILED, Status.DIVERGED, Status.PRUNED):
+        lines += _trials_md(df, status)
     names = plots.plot_names(df, compare)
     if names:
         lines += ["## Plots", ""] + [f"![{n.removesuffix('.png')}]({n})\n" for n in names]
     return "\n".join(lines)
 
 
-
 # --- a study's section -----------------------------------------------------------------
 
-def study_section(study: Any, df: Any, spec: Mapping[str, Any], out_dir: Path) -> tuple[list[str], list[Path]]:
+def study_objectives(spec: Mapping[str, Any]) -> list[str]:
+    """The objectives of the study ``spec`` describes (a spec without them: StudyConfig's default)."""
+    return list((spec.get("study") or {}).get("objectives") or StudyConfig().objectives)
+
+
+def study_section(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
+                  importances: Importances | None = None) -> tuple[list[str], list[Path]]:
     """report.md's study part: objectives and budget, the Pareto front (table and plot) or the
     best trials, and parameter importances. Returns (markdown lines, plot paths)."""
     cfg = spec.get("study") or {}
-    objectives = cfg.get("objectives") or ["top1"]
+    objectives = study_objectives(spec)
     cols = [OBJECTIVES[o][0] for o in objectives]
     lines = ["## Study", "",
              "Objectives: " + ", ".join(f"{OBJECTIVES[o][1]} {o} ({OBJECTIVES[o][2]})" for o in objectives)
              + f" · sampler: {cfg.get('sampler')} · pruner: {cfg.get('pruner') or 'none'}"
-             + f" · search space: {', '.join(f'{k}: {_space(v)}' for k, v in (spec.get('search') or {}).items())}",
+             + f" · search space: {', '.join(f'{k}: {space(v)}' for k, v in (spec.get('search') or {}).items())}",
              ""]
-    ok = df[df["status"] == "complete"] if "status" in df else df
+    ok = df[df["status"] == Status.COMPLETE.value] if "status" in df else df
     ok = ok.dropna(subset=[c for c in cols if c in ok])
     if ok.empty or not all(c in ok for c in cols):
         return lines + ["No complete trial yet.", ""], []
     searched = [k for k in (spec.get("search") or {}) if k in ok]
     show = ["trial", *searched, *cols]
     extra = [c for c in ("infer_gmacs", "param_count", "top1") if c not in show and c in ok]
+
     def cell(r: Any, c: str) -> str:  # re-attention options do not exist without re-attention
-        return "–" if is_re_option(c) and r.get("attention") != "re" else _cell(r[c])
+        return "–" if is_re_option(c) and r.get("attention") != "re" else show_value(c, r[c])
 
     def table(title: str, rows_df: Any) -> list[str]:
         rows = [[str(int(r["trial"])), *[cell(r, c) for c in searched], *[num(r[c]) for c in cols + extra]]
@@ -318,44 +289,24 @@ def study_section(study: Any, df: Any, spec: Mapping[str, Any], out_dir: Path) -
         lines += table(f"Pareto front ({len(best)} of {len(ok)} complete trials: no other is better in both)", best)
         lines += ["![pareto](pareto.png)", ""]
     lines += table(f"Best trials by {objectives[0]} (top {len(first)} of {len(ok)} complete)", first)
-    lines += _importances(study, objectives)
+    lines += _importances_md(importances, objectives)
     paths = [plots.pareto_plot(ok, best, cols, objectives, out_dir / "pareto.png")] if len(cols) == 2 else []
     return lines, paths
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
-def _space(value: Any) -> str:
-    if isinstance(value, list):
-        return "{" + ", ".join(map(str, value)) + "}"
-    text = f"[{value.get('low')}, {value.get('high')}]"
-    if value.get("step"):
-        text += f" step {value['step']}"
-    return text + (" log" if value.get("log") else "")
-
-
-def _importances(study: Any, objectives: list[str]) -> list[str]:
-    """fANOVA importances of the searched fields for each objective (Optuna's default)."""
+def _importances_md(importances: Importances | None, objectives: list[str]) -> list[str]:
+    """fANOVA importances of the searched fields for each objective (bench.study computes them)."""
     out = ["### Parameter importances", "",
            "How much of each objective's variance over complete trials each searched field explains "
            "(Optuna's fANOVA; re-attention options only where sampled).", ""]
-    table = {}
-    for i, o in enumerate(objectives):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                table[o] = optuna.importance.get_param_importances(
-                    study, target=(lambda t, i=i: t.values[i]) if len(objectives) > 1 else None)
-        except (RuntimeError, ValueError) as err:  # too few trials, or a single-value space
-            return out + [f"Not computed: {err}", ""]
-    params = list(dict.fromkeys(p for imp in table.values() for p in imp))
+    if importances is None:
+        return out + ["Not computed: no study to compute them from.", ""]
+    if isinstance(importances, str):
+        return out + [importances, ""]
+    params = list(dict.fromkeys(p for imp in importances.values() for p in imp))
     if not params:
         return out + ["Not computed: no searched field varies among complete trials.", ""]
-    rows = [[p, *[f"{table[o].get(p, 0.0):.2f}" for o in objectives]] for p in params]
+    rows = [[p, *[f"{importances[o].get(p, 0.0):.2f}" for o in objectives]] for p in params]
     return out + [md_table(["field", *objectives], rows, left=1), ""]
 
 
@@ -390,12 +341,12 @@ def with_side_by_side(df: pd.DataFrame, side: Mapping[str, Any] | None) -> pd.Da
     return out
 
 
-def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
-                 info: Mapping[str, Any], study: Any = None, side: Mapping[str, Any] | None = None
-                 ) -> dict[str, Path]:
-    """runs.csv, report.md and the plots in ``out_dir``; paths by file name. ``study``: the
-    Optuna study of a search (its Pareto front, best trials and importances go in too);
-    ``side``: the side-by-side timing pass (bench.timing), whose speeds the tables compare."""
+def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path, info: Mapping[str, Any], *,
+                 importances: Importances | None = None, side: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """runs.csv, report.md and the plots in ``out_dir``; paths by file name. ``info``: the header
+    line (when generated, the storage as shown); ``importances``: a search's parameter
+    importances (bench.study.reports computes them from the Optuna study); ``side``: the
+    side-by-side timing pass (bench.timing), whose speeds the tables compare."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
@@ -403,7 +354,7 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
     extra: list[str] = []
     if spec.get("search"):
-        extra, study_plots = study_section(study, df, spec, out_dir)
+        extra, study_plots = study_section(df, spec, out_dir, importances)
         paths.update({p.name: p for p in study_plots})
     df = with_side_by_side(df, side)
     # the plots first: report.md links only files that were written (a full disk stops both)
@@ -411,105 +362,3 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path,
     text = markdown(df, spec, info, extra, side)
     atomic_write(paths["report.md"], lambda f: f.write(text))
     return paths
-
-
-# --- from the ledger ------------------------------------------------------------------
-
-def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
-    """Write the report of the study behind ``ledger`` to results_dir/name."""
-    df = _records_frame(ledger)
-    if df.empty:
-        raise BenchError(f"study {name!r} in {safe_url(url)} has no finished trials yet")
-    # per-block details live beside the records: load the heatmaps' only (records from before
-    # that change still carry theirs inside)
-    have = df["collapse"].map(lambda c: isinstance(c, dict)) if "collapse" in df else pd.Series(False, df.index)
-    numbers = [int(n) for _, rows in plots.deepest_trials(df) for n in rows["trial"]
-               if not have[df.index[df["trial"] == n]].any()]
-    if numbers:
-        loaded = df["trial"].map(ledger.details(numbers))
-        df["collapse"] = loaded.where(~have, df["collapse"]) if "collapse" in df else loaded
-    info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "storage": safe_url(url)}
-    return write_report(df, ledger.spec or {"name": name}, Path(results_dir) / name, info, study=ledger.study,
-                        side=ledger.side_by_side())
-
-
-def _records_frame(ledger: Ledger) -> pd.DataFrame:
-    df = pd.DataFrame(ledger.records())
-    for col in ("top1", "train_loss"):  # stored as text when not finite (JSON has no NaN)
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df
-
-
-def _ci(low: Any, high: Any) -> str:
-    return "" if is_missing(low) or is_missing(high) else f" [{low:.2f}, {high:.2f}]"
-
-
-def no_ranking(shared: int) -> str:
-    """Why a fidelity comparison has no τ: too few variants both studies measured."""
-    return f"they need at least {MIN_RANKED} variants both studies measured, {shared} here"
-
-
-def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, reference_storage: str | None = None,
-                    results_dir: str | Path = "results") -> tuple[dict[str, Any], Path]:
-    """``bench fidelity``: how study ``proxy``'s ranking and decisions agree with study
-    ``reference``'s (the same variants at a longer budget, or on other data). Writes
-    results_dir/proxy/fidelity-<reference>.md; returns (the comparison, its path)."""
-    for name in (proxy, reference):  # the file goes into results_dir/proxy: no name may lead out of it
-        check_name(name)
-    url_p = storage or default_url(results_dir, proxy)
-    url_r = reference_storage or storage or default_url(results_dir, reference)
-    lp, lr = Ledger.open(url_p, proxy), Ledger.open(url_r, reference)
-    dp, dr = _records_frame(lp), _records_frame(lr)
-    if dp.empty or dr.empty:
-        raise BenchError(f"study {proxy if dp.empty else reference!r} has no finished trials yet")
-    spec_p, spec_r = lp.spec or {}, lr.spec or {}
-    result = fidelity(dp, dr, spec_p.get("compare"))
-    if not result["variants"]:
-        raise BenchError(f"studies {proxy!r} and {reference!r} share no variant: a reference runs the proxy's "
-                         f"variants (e.g. bench run SWEEP --name {reference} --set train.epochs=...)")
-    a = result["agreement"]
-    ranks = (f"Kendall τ = {a.tau:.2f}{_ci(a.tau_low, a.tau_high)}, Spearman ρ = {a.rho:.2f}"
-             f"{_ci(a.rho_low, a.rho_high)} (95 % bootstrap intervals over variants)." if a is not None else
-             f"no Kendall τ or Spearman ρ: {no_ranking(result['variants'])}.")
-    lines = [f"# Fidelity: {proxy} against {reference}", "",
-             f"**Proxy:** data {_settings(spec_p.get('data'))}; train {_settings(spec_p.get('train'))}  ",
-             f"**Reference:** data {_settings(spec_r.get('data'))}; train {_settings(spec_r.get('train'))}", "",
-             f"Over the {result['variants']} variant{'s' * (result['variants'] != 1)} both studies measured "
-             f"(mean top-1 over seeds): {ranks}"
-             + (f" {result['only_proxy']} variant(s) only in the proxy, {result['only_reference']} only in the "
-                "reference, left out." if result["only_proxy"] or result["only_reference"] else ""),
-             "For scale: NAS-Bench-201 reports τ ≈ 0.9 between 12- and 200-epoch training on CIFAR; reduced-setting "
-             "(EcoNAS-style) proxies re-evaluated by Abdelfattah et al. (ICLR 2021) reached ρ ≈ 0.61. Few variants "
-             "make wide intervals: read them before the point values.", ""]
-    d = result["decisions"]
-    if len(d):
-        by = list((spec_p.get("compare") or {}).get("by") or [])
-        rows = []
-        for r in d.to_dict("records"):
-            iso = "–" if r["iso_agrees"] is None else (
-                f"{'re' if r['iso_proxy'] else 'width'} / {'re' if r['iso_ref'] else 'width'} "
-                + ("✓" if r["iso_agrees"] else "✗"))
-            rows.append([show_value(f, r[f]) for f in by] + [
-                r["arm"], signed(r["d_top1_proxy"]) + _interval(r["d_low_proxy"], r["d_high_proxy"]),
-                signed(r["d_top1_ref"]) + _interval(r["d_low_ref"], r["d_high_ref"]),
-                "✓" if r["sign_agrees"] else "✗", iso])
-        agree = int(d["sign_agrees"].sum())
-        lines += ["## Decisions", "",
-                  f"The sign of Δtop-1 agrees for {agree} of {len(d)} arm(s)"
-                  + (f"; the iso-cost verdict for {int(d['iso_agrees'].dropna().sum())} of "
-                     f"{int(d['iso_agrees'].notna().sum())}" if d["iso_agrees"].notna().any() else "") + ".", "",
-                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "same sign",
-                            "cheaper route at equal GMACs (proxy / reference)"], rows, left=len(by) + 1), ""]
-    out = Path(results_dir) / proxy
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"fidelity-{reference}.md"
-    text = "\n".join(lines)
-    atomic_write(path, lambda f: f.write(text))
-    return result, path
-
-
-def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
-    """``bench report NAME``: rebuild runs.csv, report.md and the plots from the study alone."""
-    url = storage or default_url(results_dir, name)
-    return report_ledger(Ledger.open(url, name), name, url, results_dir)

@@ -1,10 +1,13 @@
 """Report plots: top-1 against GMACs with the Pareto front, top-1 and throughput against
 depth per attention type, collapse heatmaps, a study's Pareto front (matplotlib ``Figure``
-objects: no pyplot state, no GUI backend). Drawn from bench.report.tables' summaries."""
+objects: no pyplot state, no GUI backend). Drawn from bench.report.tables' summaries; ``PLOTS``
+is the one registry of report.md's plots (name → when it is wanted, how it is drawn)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import matplotlib
 import numpy as np
@@ -15,30 +18,13 @@ from matplotlib.ticker import MaxNLocator
 from bench.config import OBJECTIVES
 from bench.files import atomic_write
 from bench.report.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
-                          varying_fields, width_and_re_arms)
+                                 varying_fields, width_and_re_arms)
+from bench.schema import DETAILS, Status
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields
 _MAX_SERIES = 12  # lines on one by-depth plot before fields are pooled
 MAX_PANELS = 4  # groups drawn by the width-against-re-attention plot (report.md's table has every group)
-
-
-def plot_names(df: pd.DataFrame, compare: Mapping[str, Any] | None = None) -> list[str]:
-    """The PNGs ``plots`` draws for ``df`` (report.md links exactly these)."""
-    accuracy, has = has_accuracy(df), (lambda c: c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
-    names = ["top1_vs_gmacs.png"] if accuracy and has("infer_gmacs") else []
-    if accuracy and compare and all(width_and_re_arms(compare)):
-        names.append("width_vs_reattention.png")
-    if accuracy and not ranking_by_epoch(df).empty:
-        names.append("ranking_by_epoch.png")
-    if "depth" in df:
-        names += ["top1_vs_depth.png"] if accuracy else []
-        names += ["throughput_vs_depth.png"] if has("train_samples_per_sec") or has("infer_samples_per_sec") else []
-        names += ["gmacs_vs_depth.png"] if not accuracy and has("infer_gmacs") else []
-        names += ["collapse_vs_depth.png"] if has("similar_blocks") else []
-        names += ["tokens_vs_depth.png"] if has("cka_adjacent_mean") else []
-    names += ["collapse_heatmaps.png"] if _deepest(df) else []
-    return names
 
 
 def deepest_trials(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -47,7 +33,7 @@ def deepest_trials(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         return []
     done = df[pd.to_numeric(df["similar_blocks"], errors="coerce").notna()]
     if "status" in done:
-        done = done[done["status"] == "complete"]
+        done = done[done["status"] == Status.COMPLETE.value]
     others = [f for f in varying_fields(done) if f not in ("depth", "attention", "seed")]
     out = []
     for attention, name in (("self", "ViT"), ("re", "DeepViT")):
@@ -68,11 +54,12 @@ def deepest_trials(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def _deepest(df: pd.DataFrame) -> list[tuple[str, list[list[float]]]]:
     """(title, seed-mean similarity matrix) for ``deepest_trials``, from the ``collapse`` column
     (which a report loads for just these trials)."""
-    if "collapse" not in df:
+    col = DETAILS[0]  # the trained model's per-block maps
+    if col not in df:
         return []
     out = []
     for title, rows in deepest_trials(df):
-        found = [c["similarity"] for c in rows["collapse"] if isinstance(c, dict) and c.get("similarity")]
+        found = [c["similarity"] for c in rows[col] if isinstance(c, dict) and c.get("similarity")]
         if found:
             out.append((title, np.array(found, dtype=float).mean(0).tolist()))
     return out
@@ -212,66 +199,136 @@ def width_vs_reattention(fig: Figure, points: pd.DataFrame, by: list[str]) -> No
     fig.suptitle("Widening against re-attention")
 
 
+class Frame:
+    """What a report's plots are drawn from: the records, the comparison, and the tables derived
+    from them, each computed once (choosing the plots and drawing them share it)."""
+
+    def __init__(self, df: pd.DataFrame, compare: Mapping[str, Any] | None = None) -> None:
+        self.df, self.compare = df, compare
+
+    @cached_property
+    def accuracy(self) -> bool:
+        return has_accuracy(self.df)
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return summarize(self.df)
+
+    @cached_property
+    def taus(self) -> pd.DataFrame:
+        return ranking_by_epoch(self.df)
+
+    @cached_property
+    def heatmaps(self) -> list[tuple[str, list[list[float]]]]:
+        return _deepest(self.df)
+
+    @property
+    def by_depth(self) -> bool:
+        return "depth" in self.df
+
+    def has(self, col: str) -> bool:
+        return col in self.df and bool(pd.to_numeric(self.df[col], errors="coerce").notna().any())
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One report plot: whether ``df`` calls for it, and how to draw it on a Figure of ``size``.
+    ``legend``: where each axis' legend goes; None when ``draw`` styles its axes itself."""
+
+    wanted: Callable[[Frame], bool]
+    draw: Callable[[Figure, Frame], None]
+    size: tuple[float, float] = (6.5, 4.5)
+    legend: str | None = "best"
+
+
+def _ranking(fig: Figure, f: Frame) -> None:
+    taus = f.taus
+    ax = fig.add_subplot()
+    ax.plot(taus["epoch"], taus["tau"], "o-")
+    ax.axhline(0.9, color="grey", lw=0.8)
+    ax.set(xlabel="epoch", ylabel="Kendall τ with the final ranking", ylim=(-1.05, 1.05),
+           title=f"How early the ranking of {int(taus['variants'].iloc[0])} variants settles")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _collapse(fig: Figure, f: Frame) -> None:
+    _by_depth(fig.add_subplot(1, 2, 1), f.summary, f.df, "similar_blocks", "similar blocks (mean over seeds)",
+              "Similar blocks (adjacent similarity > threshold)")
+    _by_depth(fig.add_subplot(1, 2, 2), f.summary, f.df, "adjacent_similarity_mean",
+              "mean similarity to the previous block", "Cross-layer similarity")
+
+
+def _tokens(fig: Figure, f: Frame) -> None:
+    for i, (col, ylabel, title) in enumerate((
+            ("cka_adjacent_mean", "mean CKA to the previous block", "Token CKA between blocks"),
+            ("token_uniformity_last", "mean cosine between patch tokens", "Token uniformity, last block"),
+            ("rank_residual_last", "‖X − 1·x̄ᵀ‖ / ‖X‖", "Distance from rank 1, last block"))):
+        _by_depth(fig.add_subplot(1, 3, i + 1), f.summary, f.df, col, ylabel, title)
+
+
+def _heatmaps(fig: Figure, f: Frame) -> None:
+    items = f.heatmaps
+    fig.set_size_inches(5 * len(items), 4.5)
+    for i, (title, matrix) in enumerate(items):
+        similarity_heatmap(fig.add_subplot(1, len(items), i + 1), matrix, title)
+
+
+def _throughput(fig: Figure, f: Frame) -> None:
+    for i, mode in enumerate(("infer", "train")):
+        _by_depth(fig.add_subplot(1, 2, i + 1), f.summary, f.df, f"{mode}_samples_per_sec",
+                  f"{mode} samples/s", f"{mode.capitalize()} throughput")
+
+
+# The report's plots, in report.md's order: the one table both choosing (``plot_names``) and
+# drawing (``plots``) read, so a plot is added in one place.
+PLOTS: dict[str, Plot] = {
+    "top1_vs_gmacs.png": Plot(
+        lambda f: f.accuracy and f.has("infer_gmacs"),
+        lambda fig, f: _top1_vs_gmacs(fig.add_subplot(), f.summary),
+        legend="lower right"),  # accuracy rises with cost: lower right is usually empty ("best" is slow on 10k points)
+    "width_vs_reattention.png": Plot(
+        lambda f: f.accuracy and bool(f.compare) and all(width_and_re_arms(f.compare)),
+        lambda fig, f: width_vs_reattention(fig, arm_points(f.df, f.compare), list(f.compare.get("by") or [])),
+        legend=None),
+    "ranking_by_epoch.png": Plot(lambda f: f.accuracy and not f.taus.empty, _ranking, legend=None),
+    "top1_vs_depth.png": Plot(
+        lambda f: f.by_depth and f.accuracy,
+        lambda fig, f: _by_depth(fig.add_subplot(), f.summary, f.df, "top1_mean", "top-1 % (mean ± std over seeds)",
+                                 "Accuracy against depth", err="top1_std")),
+    "throughput_vs_depth.png": Plot(
+        lambda f: f.by_depth and (f.has("train_samples_per_sec") or f.has("infer_samples_per_sec")),
+        _throughput, size=(10, 4.5)),
+    "gmacs_vs_depth.png": Plot(
+        lambda f: f.by_depth and not f.accuracy and f.has("infer_gmacs"),
+        lambda fig, f: _by_depth(fig.add_subplot(), f.summary, f.df, "infer_gmacs", "GMACs per image (inference)",
+                                 "Compute against depth")),
+    "collapse_vs_depth.png": Plot(lambda f: f.by_depth and f.has("similar_blocks"), _collapse, size=(10, 4.5)),
+    "tokens_vs_depth.png": Plot(lambda f: f.by_depth and f.has("cka_adjacent_mean"), _tokens, size=(14, 4.5)),
+    "collapse_heatmaps.png": Plot(lambda f: bool(f.heatmaps), _heatmaps, legend=None),
+}
+
+
+def plot_names(df: pd.DataFrame, compare: Mapping[str, Any] | None = None, frame: Frame | None = None) -> list[str]:
+    """The PNGs ``plots`` draws for ``df`` (report.md links exactly these)."""
+    f = frame or Frame(df, compare)
+    return [name for name, plot in PLOTS.items() if plot.wanted(f)]
+
+
 def plots(df: pd.DataFrame, out_dir: Path, compare: Mapping[str, Any] | None = None) -> list[Path]:
     """Draw the PNGs ``plot_names`` lists into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary, paths = summarize(df), []
-    for name in plot_names(df, compare):
-        wide = name.startswith(("throughput", "collapse"))
-        fig = Figure(figsize=(10, 4.5) if wide else (6.5, 4.5))
-        if name == "ranking_by_epoch.png":
-            taus = ranking_by_epoch(df)
-            ax = fig.add_subplot()
-            ax.plot(taus["epoch"], taus["tau"], "o-")
-            ax.axhline(0.9, color="grey", lw=0.8)
-            ax.set(xlabel="epoch", ylabel="Kendall τ with the final ranking", ylim=(-1.05, 1.05),
-                   title=f"How early the ranking of {int(taus['variants'].iloc[0])} variants settles")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            paths.append(_save(fig, out_dir / name))
-            continue
-        if name == "width_vs_reattention.png":
-            width_vs_reattention(fig, arm_points(df, compare), list(compare.get("by") or []))
-            paths.append(_save(fig, out_dir / name))
-            continue
-        if name == "top1_vs_gmacs.png":
-            _top1_vs_gmacs(fig.add_subplot(), summary)
-        elif name == "top1_vs_depth.png":
-            _by_depth(fig.add_subplot(), summary, df, "top1_mean", "top-1 % (mean ± std over seeds)",
-                      "Accuracy against depth", err="top1_std")
-        elif name == "collapse_vs_depth.png":
-            _by_depth(fig.add_subplot(1, 2, 1), summary, df, "similar_blocks", "similar blocks (mean over seeds)",
-                      "Similar blocks (adjacent similarity > threshold)")
-            _by_depth(fig.add_subplot(1, 2, 2), summary, df, "adjacent_similarity_mean",
-                      "mean similarity to the previous block", "Cross-layer similarity")
-        elif name == "tokens_vs_depth.png":
-            fig.set_size_inches(14, 4.5)
-            for i, (col, ylabel, title) in enumerate((
-                    ("cka_adjacent_mean", "mean CKA to the previous block", "Token CKA between blocks"),
-                    ("token_uniformity_last", "mean cosine between patch tokens", "Token uniformity, last block"),
-                    ("rank_residual_last", "‖X − 1·x̄ᵀ‖ / ‖X‖", "Distance from rank 1, last block"))):
-                _by_depth(fig.add_subplot(1, 3, i + 1), summary, df, col, ylabel, title)
-        elif name == "collapse_heatmaps.png":
-            items = _deepest(df)
-            fig.set_size_inches(5 * len(items), 4.5)
-            for i, (title, matrix) in enumerate(items):
-                similarity_heatmap(fig.add_subplot(1, len(items), i + 1), matrix, title)
-        elif name == "gmacs_vs_depth.png":
-            _by_depth(fig.add_subplot(), summary, df, "infer_gmacs", "GMACs per image (inference)",
-                      "Compute against depth")
-        else:
-            for i, mode in enumerate(("infer", "train")):
-                _by_depth(fig.add_subplot(1, 2, i + 1), summary, df, f"{mode}_samples_per_sec",
-                          f"{mode} samples/s", f"{mode.capitalize()} throughput")
-        for ax in fig.axes:
-            if name == "collapse_heatmaps.png":
-                break
+    f, paths = Frame(df, compare), []
+    for name in plot_names(df, compare, f):
+        plot = PLOTS[name]
+        fig = Figure(figsize=plot.size)
+        plot.draw(fig, f)
+        for ax in fig.axes if plot.legend else []:
             ax.grid(alpha=0.3)
             n = len(ax.get_legend_handles_labels()[1])
-            if n:  # accuracy rises with cost: lower right is usually empty ("best" is slow on 10k points)
-                ax.legend(fontsize=7, ncol=2 if n > 8 else 1,
-                          loc="lower right" if name == "top1_vs_gmacs.png" else "best")
+            if n:
+                ax.legend(fontsize=7, ncol=2 if n > 8 else 1, loc=plot.legend)
         paths.append(_save(fig, out_dir / name))
     return paths
 

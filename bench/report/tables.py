@@ -1,8 +1,8 @@
 """Tables from trial records: labels, per-variant summaries, the comparison of arms with the
-baseline, the Pareto front, and the cell formats every report uses. Pure pandas and numpy:
-one row per trial (variant × seed) in the record vocabulary (timm's names) in, DataFrames
-and strings out. Accuracy comes from "complete" trials only; cost means use every trial
-that has them.
+baseline, width against re-attention at equal cost, rankings and the Pareto front. Pure pandas
+and numpy: one row per trial (variant × seed) in the record vocabulary (timm's names, bench.schema)
+in, DataFrames out; the cells they become are bench.report.formats'. Accuracy comes from complete
+trials only; cost means use every trial that has them.
 """
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from bench.schema import ACCURACY_COLS, COLLAPSE_COLS, COST_COLS, ENV_COLS, IDENTITY_COLS  # noqa: F401 (re-exported)
 from bench.console import fmt
 from bench.errors import did_you_mean
+from bench.schema import COLLAPSE_COLS, COST_COLS, Status
 from bench.spec import BASELINE, variant_of
-from bench.stats import Delta, delta, holm, iso_cost, mean_interval, rank_agreement
+from bench.stats import Delta, delta, holm, iso_cost, mean_interval
 from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
-MINUS = "−"  # every signed figure in report.md uses this sign, never ASCII '-'
 _FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
 _FIELD_ORDER += [f for f in VARIANT_FIELDS if f not in _FIELD_ORDER]
 
@@ -35,10 +34,13 @@ def varying_fields(df: pd.DataFrame) -> list[str]:
 
 
 def is_missing(value: Any) -> bool:
+    """None, pandas' NA or NaN: a cell with no figure."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def show_value(field: str, value: Any) -> str:
+    """A variant field's value as labels and table cells show it (here, not in bench.report.formats:
+    ``summarize`` labels its rows with it)."""
     if is_missing(value):
         return "all" if field == "re_blocks" else "–"  # re_blocks None: every block
     return fmt(value)
@@ -54,12 +56,12 @@ def variant_label(row: Mapping[str, Any], varying: list[str]) -> str:
 def _work(df: pd.DataFrame) -> pd.DataFrame:
     """Variant fields plus the numbers to aggregate; accuracy only from complete trials.
     Measured speed comes from the side-by-side pass (``side_*`` columns) where there is one."""
-    status = df["status"].astype(str) if "status" in df else pd.Series("complete", index=df.index)
+    status = df["status"].astype(str) if "status" in df else pd.Series(Status.COMPLETE.value, index=df.index)
     nan = pd.Series(np.nan, index=df.index)
     num = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else nan  # noqa: E731
     top1 = num("top1")
-    cols = {"_top1": top1.where((status == "complete") & np.isfinite(top1)),
-            "_diverged": status == "diverged", "_failed": status == "failed",
+    cols = {"_top1": top1.where((status == Status.COMPLETE.value) & np.isfinite(top1)),
+            "_diverged": status == Status.DIVERGED.value, "_failed": status == Status.FAILED.value,
             "_seed": df["seed"] if "seed" in df else pd.Series(0, index=df.index)}
     cols.update({c: num(c) for c in COST_COLS + COLLAPSE_COLS})
     for mode in ("infer", "train"):
@@ -74,7 +76,7 @@ def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     named = {"trials": ("_top1", "size"), "n": ("_top1", "count"), "top1_mean": ("_top1", "mean"),
              "top1_std": ("_top1", "std"),  # ddof=1; NaN for n < 2
              "top1_min": ("_top1", "min"), "top1_max": ("_top1", "max"),
-             "diverged": ("_diverged", "sum"), "failed": ("_failed", "sum"),
+             Status.DIVERGED.value: ("_diverged", "sum"), Status.FAILED.value: ("_failed", "sum"),  # counts
              "side_by_side": ("_side", "all"), "train_spread": ("train_spread", "max"),
              **{c: (c, "mean") for c in COST_COLS + COLLAPSE_COLS}}
     return work.groupby(keys, dropna=False, sort=True, observed=True).agg(**named).reset_index()
@@ -153,7 +155,7 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "d_low", "d_high", "paired", "pairs",
             "p_improve", "p_value", "p_holm", "significant", "infer_gmacs", "d_gmacs_pct", "param_count",
             "d_params_pct", "train_samples_per_sec", "d_train_sps_pct", "side_by_side", "train_spread",
-            "trials", "diverged", "failed"]
+            "trials", Status.DIVERGED.value, Status.FAILED.value]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     stats = _aggregate(rows, [*keys, "arm"])
@@ -268,9 +270,9 @@ def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **bootstrap: Any) ->
     return pd.DataFrame(out, columns=cols)
 
 
-# --- proxy fidelity ----------------------------------------------------------------------------
+# --- rankings ----------------------------------------------------------------------------------
 
-def _variant_means(df: pd.DataFrame) -> pd.DataFrame:
+def variant_means(df: pd.DataFrame) -> pd.DataFrame:
     """Complete trials grouped by variant (its key without the seed): mean top-1 and per-epoch top-1."""
     ok = df[_work(df)["_top1"].notna()] if "top1" in df else df.iloc[:0]
     if ok.empty or "key" not in ok:
@@ -288,7 +290,7 @@ def ranking_by_epoch(df: pd.DataFrame) -> pd.DataFrame:
     """How early the ranking of variants settles: Kendall's τ-b between the ranking after each
     epoch (mean top-1 over seeds) and after the last, over the variants that ran every epoch.
     Costs no training: it reads each record's ``top1_per_epoch``."""
-    means = _variant_means(df)
+    means = variant_means(df)
     curves = [c for c in means.get("per_epoch", []) if c is not None]
     if len(curves) < 3 or len({len(c) for c in curves}) != 1:
         return pd.DataFrame(columns=["epoch", "tau", "variants"])
@@ -298,46 +300,6 @@ def ranking_by_epoch(df: pd.DataFrame) -> pd.DataFrame:
         warnings.simplefilter("ignore")  # a constant ranking (all equal at epoch 1): NaN
         taus = [float(kendalltau(table[:, e], final).statistic) for e in range(table.shape[1])]
     return pd.DataFrame({"epoch": range(1, table.shape[1] + 1), "tau": taus, "variants": len(curves)})
-
-
-MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
-
-
-def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
-             resamples: int = 1000) -> dict[str, Any]:
-    """How a proxy study's answers agree with a reference study of the same variants (a longer
-    budget, more data, another dataset): Kendall τ and Spearman ρ between their mean top-1
-    over the variants both measured, with bootstrap intervals (``agreement`` None with fewer than
-    MIN_RANKED of them); and, per group and arm of
-    ``compare``, whether the two agree on the sign of Δtop-1 and on the iso-cost verdict
-    (does re-attention beat widening at equal GMACs: multiplier above its own cost)."""
-    a, b = _variant_means(proxy), _variant_means(reference)
-    both = a.merge(b, on="variant", suffixes=("_proxy", "_ref"))
-    agreement = (rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples)
-                 if len(both) >= MIN_RANKED else None)  # None: too few shared variants to rank
-    decisions = []
-    if compare:
-        by = list(compare.get("by") or [])
-        cp, cr = comparison(proxy, compare), comparison(reference, compare)
-        merged = cp.merge(cr, on=[*by, "arm"], suffixes=("_proxy", "_ref"))
-        ip, ir = iso_costs(proxy, compare, resamples=200), iso_costs(reference, compare, resamples=200)
-        iso = {}
-        for name, frame in (("proxy", ip), ("ref", ir)):
-            for r in frame[frame["axis"] == "infer_gmacs"].to_dict("records"):
-                iso[(name, *[r[f] for f in by], r["arm"])] = r["multiplier"] > r["cost_ratio"]
-        for r in merged[merged["arm"] != BASELINE].to_dict("records"):
-            if is_missing(r["d_top1_proxy"]) or is_missing(r["d_top1_ref"]):
-                continue
-            key = tuple(r[f] for f in by)
-            verdicts = iso.get(("proxy", *key, r["arm"])), iso.get(("ref", *key, r["arm"]))
-            decisions.append({**{f: r[f] for f in by}, "arm": r["arm"],
-                              **{f"{k}_{w}": r[f"{k}_{w}"] for k in ("d_top1", "d_low", "d_high", "significant")
-                                 for w in ("proxy", "ref")},
-                              "sign_agrees": bool(np.sign(r["d_top1_proxy"]) == np.sign(r["d_top1_ref"])),
-                              "iso_proxy": verdicts[0], "iso_ref": verdicts[1],
-                              "iso_agrees": None if None in verdicts else verdicts[0] == verdicts[1]})
-    return {"variants": len(both), "only_proxy": len(a) - len(both), "only_reference": len(b) - len(both),
-            "agreement": agreement, "decisions": pd.DataFrame(decisions), "pairs": both}
 
 
 def pareto_front(gmacs: Any, top1: Any) -> np.ndarray:
@@ -360,31 +322,6 @@ def pareto_front(gmacs: Any, top1: Any) -> np.ndarray:
     return mask
 
 
-
-# --- cells ----------------------------------------------------------------------------
-
-def num(value: Any) -> str:
-    if is_missing(value) or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return fmt(value)
-
-
-def signed(value: Any, digits: int | None = 1, unit: str = "") -> str:
-    """``+1.2``, ``−0.4 %``; ``digits=None`` keeps four significant digits."""
-    if is_missing(value) or not math.isfinite(value):
-        return "–"
-    text = fmt(abs(float(value))) if digits is None else f"{abs(value):,.{digits}f}"
-    sign = "" if float(text.replace(",", "")) == 0 else "+" if value > 0 else MINUS
-    return f"{sign}{text}{unit}"
-
-
-def md_table(headers: list[str], rows: list[list[str]], left: int = 0) -> str:
-    """A pipe table; the first ``left`` columns left-aligned, the rest right-aligned."""
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    rule = ["---" if i < left else "---:" for i in range(len(headers))]
-    return "\n".join([line(headers), line(rule), *(line(r) for r in rows)])
-
-
 def has_accuracy(df: pd.DataFrame) -> bool:
+    """Whether any trial finished with a top-1 (else the report is about cost alone)."""
     return bool(_work(df)["_top1"].notna().any()) if "top1" in df else False

@@ -16,8 +16,10 @@ same moment) is dropped as a duplicate, so no point is completed twice; a worker
 leaves a RUNNING trial that the next plan closes (dead pid on this host, or a heartbeat
 silent past the grace period) and queues again, so none is lost.
 
-Two helpers keep the class readable: ``RdbQueries`` (SQL fast paths over Optuna's RDB
-tables, each with the API as fallback) and ``Heartbeats`` (a daemon thread per running trial).
+Searches ask and tell through it too (``ask``, ``drop``, ``repeat``, ``report``). Two helpers
+keep the class readable: ``Queries`` (its storage access: ``RdbQueries``' SQL fast paths, or
+``GenericQueries``' storage API; the only place that touches Optuna's internals) and
+``Heartbeats`` (a daemon thread per running trial).
 """
 from __future__ import annotations
 
@@ -29,37 +31,137 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Iterable
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import bindparam, text
+from sqlalchemy import DateTime, Integer, bindparam, func, select, text
 
 from bench import spec
 from bench.errors import BenchError, SpecError
-from bench.schema import DETAILS
+from bench.schema import DETAILS, Status
 from bench.variant import Variant
-from bench.study.storage import HEARTBEAT, open_study
+from bench.study.storage import HEARTBEAT, default_url, open_study
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED: diverged, a finished result
 RANK = {TrialState.COMPLETE: 3, TrialState.PRUNED: 3, TrialState.RUNNING: 2, TrialState.WAITING: 1}
+# the spec's sections a worker rebuilds its sweep from: it takes its points from the queue, so no grid
+STORED = tuple(s for s in spec.SECTIONS if s not in ("grid", "seeds", "compare"))
 
 
-class RdbQueries:
+class Queries:
+    """The ledger's access to its study's storage, past what ``optuna.Study`` offers: the queue's
+    atomic claim, per-trial writes, heartbeats, and the reads a 10,000-trial study must not make
+    by building every FrozenTrial. One interface, two implementations, as Optuna's storages
+    have: ``GenericQueries`` (any storage, through Optuna's storage API) and ``RdbQueries`` (SQL
+    over Optuna's RDB tables). ``Queries.of`` picks one when the ledger opens; this class and
+    its two children are the only code in bench that touches Optuna's internals."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        # optuna.Study keeps its storage and id private, but the queue needs the storage's own
+        # atomic state change (Study.ask pops its queue the same way) and per-trial calls
+        self.storage, self.study_id = study._storage, study._study_id
+
+    @staticmethod
+    def of(study: optuna.Study) -> Queries:
+        backend = getattr(study._storage, "_backend", study._storage)  # an RDB storage sits behind Optuna's cache
+        return RdbQueries(study, backend) if isinstance(backend, optuna.storages.RDBStorage) else GenericQueries(study)
+
+    @staticmethod
+    def id_of(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+        return trial._trial_id  # the storage's trial id: Optuna keeps it private, its storage calls take it
+
+    # --- storage calls, the same for every storage ---------------------------------------------
+
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+        """Every trial in number order, dropped claims too (no copies: never change them)."""
+        return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+
+    def get(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        return self.storage.get_trial(trial_id)
+
+    def set_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(trial_id, key, value)
+
+    def set_state(self, trial_id: int, state: TrialState) -> bool:
+        """Move the trial to ``state``; False when another worker changed it first (a finished
+        trial, or a queued one already claimed): the storage makes the move atomic."""
+        try:
+            return self.storage.set_trial_state_values(trial_id, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    def grace(self) -> float:
+        """The silence after which a claim never signed by its worker is dead."""
+        return float(getattr(self.storage, "grace_period", None) or HEARTBEAT[1])
+
+    def studies(self) -> int:
+        """How many studies the storage holds."""
+        return len(self.storage.get_all_studies())
+
+    def close(self) -> None:
+        """Let go of the storage's connections (before its file is removed)."""
+
+    # --- the queries, one implementation per kind of storage --------------------------------------
+
+    def waiting(self, limit: int = 16) -> list[int]:
+        """Ids of queued trials, by number (at least the first ``limit``)."""
+        raise NotImplementedError
+
+    def holders(self, key: str) -> list[int]:
+        """Ids of the running or done, not dropped, trials of ``key`` (a claim must not read
+        every trial of a 10,000-trial study)."""
+        raise NotImplementedError
+
+    def attrs(self, attrs: tuple[str, ...], numbers: list[int] | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """(number, {attr: value}) of finished (complete, pruned, failed) trials that hold any
+        of ``attrs``, by number; only those numbered ``numbers`` when given."""
+        raise NotImplementedError
+
+    def close_stale(self) -> None:
+        """Close (FAIL) every running trial whose heartbeat fell silent past the grace period:
+        its worker died. Storages without heartbeats have none to close."""
+        raise NotImplementedError
+
+
+class GenericQueries(Queries):
+    """Any storage (journal files, and the RDB's fallback): Optuna's storage API, which builds
+    a FrozenTrial of every trial it reads."""
+
+    def waiting(self, limit: int = 16) -> list[int]:
+        return [self.id_of(t) for t in self.trials((TrialState.WAITING,))]
+
+    def holders(self, key: str) -> list[int]:
+        return [self.id_of(t) for t in self.trials((TrialState.RUNNING, *DONE))
+                if t.user_attrs.get("key") == key and not t.user_attrs.get("dropped")]
+
+    def attrs(self, attrs: tuple[str, ...], numbers: list[int] | None = None) -> list[tuple[int, dict[str, Any]]]:
+        wanted = None if numbers is None else set(numbers)
+        out = []
+        for t in self.trials((*DONE, TrialState.FAIL)):
+            found = {a: t.user_attrs[a] for a in attrs if a in t.user_attrs}
+            if found and (wanted is None or t.number in wanted):
+                out.append((t.number, found))
+        return out
+
+    def close_stale(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+
+class RdbQueries(GenericQueries):
     """SQL fast paths over Optuna's RDB tables (their schema has been stable since Optuna 2):
-    one query instead of building thousands of FrozenTrials. Each returns None on any error
-    (a future schema), and the ledger then takes the API path; tests hold the two equal."""
+    one query instead of building thousands of FrozenTrials. On any error (a future schema) a
+    query takes the generic path; tests hold the two equal."""
 
-    def __init__(self, engine: Any, study_id: int) -> None:
-        self.engine, self.study_id = engine, study_id
-
-    @classmethod
-    def of(cls, study: optuna.Study) -> RdbQueries | None:
-        """The queries for ``study``, or None where its storage is not a database."""
-        backend = getattr(study._storage, "_backend", study._storage)  # behind Optuna's cache, if any
-        return cls(backend.engine, study._study_id) if isinstance(backend, optuna.storages.RDBStorage) else None
+    def __init__(self, study: optuna.Study, backend: optuna.storages.RDBStorage) -> None:
+        super().__init__(study)
+        self.backend, self.engine = backend, backend.engine
 
     def _rows(self, query: Any, params: dict[str, Any]) -> list[Any] | None:
         try:
@@ -68,24 +170,24 @@ class RdbQueries:
         except Exception:
             return None
 
-    def waiting(self, limit: int = 16) -> list[int] | None:
-        """Ids of the first ``limit`` queued trials, by number."""
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def waiting(self, limit: int = 16) -> list[int]:
         rows = self._rows(text("SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' "
                                "ORDER BY number LIMIT :n"), {"n": limit})
-        return None if rows is None else [r[0] for r in rows]
+        return super().waiting(limit) if rows is None else [r[0] for r in rows]
 
-    def holders(self, key: str) -> list[int] | None:
-        """Ids of the running or done, not dropped, trials of ``key`` (a claim must not read
-        every trial of a 10,000-trial study)."""
+    def holders(self, key: str) -> list[int]:
         rows = self._rows(text(
             "SELECT t.trial_id FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
             "WHERE t.study_id = :sid AND t.state IN ('RUNNING', 'COMPLETE', 'PRUNED') "
             "AND a.key = 'key' AND a.value_json = :key AND NOT EXISTS (SELECT 1 FROM "
             "trial_user_attributes d WHERE d.trial_id = t.trial_id AND d.key = 'dropped')"), {"key": json.dumps(key)})
-        return None if rows is None else [r[0] for r in rows]
+        return super().holders(key) if rows is None else [r[0] for r in rows]
 
-    def attrs(self, attrs: tuple[str, ...], numbers: list[int] | None = None) -> list[tuple[int, dict[str, Any]]] | None:
-        """(number, {attr: value}) of finished trials, by number: 10x faster than the API."""
+    def attrs(self, attrs: tuple[str, ...], numbers: list[int] | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """10x faster than the API for a report's records."""
         query = ("SELECT t.number, a.key, a.value_json FROM trials t "
                  "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
                  "WHERE t.study_id = :sid AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL') AND a.key IN :attrs")
@@ -97,11 +199,35 @@ class RdbQueries:
             binds.append(bindparam("numbers", expanding=True))
         rows = self._rows(text(query + " ORDER BY t.number").bindparams(*binds), params)
         if rows is None:
-            return None
+            return super().attrs(attrs, numbers)
         by_number: dict[int, dict[str, Any]] = {}
         for number, attr, value in rows:
             by_number.setdefault(number, {})[attr] = json.loads(value)
         return sorted(by_number.items())
+
+    def now(self) -> datetime:
+        """The database's clock, which stamps heartbeats (tests move it on instead of sleeping)."""
+        with self.engine.connect() as con:
+            return con.execute(select(func.now())).scalar()
+
+    def close_stale(self) -> None:
+        """Optuna's ``fail_stale_trials``, read in one query against ``now()``."""
+        if not self.backend.get_heartbeat_interval():
+            return
+        grace = timedelta(seconds=self.backend.grace_period or 2 * self.backend.get_heartbeat_interval())
+        try:
+            rows = self._rows(text(
+                "SELECT t.trial_id, h.heartbeat FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE t.study_id = :sid AND t.state = 'RUNNING'").columns(trial_id=Integer, heartbeat=DateTime), {})
+            # as Optuna does: PostgreSQL's now() carries a time zone, the stored heartbeat none
+            now = self.now().replace(tzinfo=None) if rows is not None else None
+        except Exception:
+            rows = None
+        if rows is None:
+            return super().close_stale()
+        for trial_id, beat in rows:
+            if now - beat > grace:
+                self.set_state(trial_id, TrialState.FAIL)
 
 
 class Heartbeats:
@@ -134,11 +260,6 @@ class Heartbeats:
         if stop is not None:
             stop.set()
 
-    def stop_all(self) -> None:
-        """What a process that dies does: no more beats for any of its trials."""
-        for trial_id in list(self._stops):
-            self.stop(trial_id)
-
 
 def _alive(trial: optuna.trial.FrozenTrial, grace: float) -> bool:
     """Whether the worker running ``trial`` still runs. Known for workers on this host (their
@@ -167,7 +288,7 @@ def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     so. Read from the record itself, which one write stores: a second Ctrl-C between two
     writes cannot turn an interrupted trial into a failed one."""
     record = trial.user_attrs.get("record")
-    return record is None or record.get("status") == "interrupted" or bool(trial.user_attrs.get("interrupted"))
+    return record is None or record.get("status") == Status.INTERRUPTED or bool(trial.user_attrs.get("interrupted"))
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -194,17 +315,24 @@ class Plan:
 
 
 class Ledger:
-    """The sweep's study: which trials are done, and where each new one is recorded."""
+    """The sweep's study: which trials are done, and where each new one is recorded. ``url``:
+    where it lives (for messages and reports; shown through ``safe_url`` only)."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
-        self.sql = RdbQueries.of(study)  # None: the API path (tests set it so to compare)
-        self.heartbeats = Heartbeats(study._storage)
+    def __init__(self, study: optuna.Study, url: str = "") -> None:
+        self.study, self.url = study, url
+        self.queries = Queries.of(study)  # tests set a GenericQueries to compare the two paths
+        self.heartbeats = Heartbeats(self.queries.storage)
 
     @classmethod
     def open(cls, url: str, name: str, *, create: bool = False, direction: str | list[str] = "maximize",
              heartbeat: tuple[int, int] = HEARTBEAT) -> Ledger:
-        return cls(open_study(url, name, create=create, direction=direction, heartbeat=heartbeat))
+        return cls(open_study(url, name, create=create, direction=direction, heartbeat=heartbeat), url)
+
+    @classmethod
+    def locate(cls, name: str, storage: str | None, results: str | Path) -> Ledger:
+        """Study ``name``, opened: in ``storage`` when given, else in its own file under
+        results/name (as `bench run` made it)."""
+        return cls.open(storage or default_url(results, name), name)
 
     @classmethod
     def for_sweep(cls, sweep: spec.Sweep, url: str) -> Ledger:
@@ -222,8 +350,16 @@ class Ledger:
 
     def with_sampler(self, sampler: Any, pruner: Any) -> Ledger:
         """The same study, asked through ``sampler`` and ``pruner`` (a study's worker)."""
-        return Ledger(optuna.load_study(study_name=self.study.study_name, storage=self.study._storage,
-                                        sampler=sampler, pruner=pruner))
+        return Ledger(optuna.load_study(study_name=self.study.study_name, storage=self.queries.storage,
+                                        sampler=sampler, pruner=pruner), self.url)
+
+    def alone_and_empty(self) -> bool:
+        """Whether the storage holds this study alone, without a trial (a failed start's own)."""
+        return self.queries.studies() == 1 and not self.study.get_trials(deepcopy=False)
+
+    def close(self) -> None:
+        """Close the storage's connections (before its file is removed)."""
+        self.queries.close()
 
     # --- the spec ---------------------------------------------------------------------
 
@@ -249,8 +385,7 @@ class Ledger:
         if stored is None:
             raise BenchError(f"study {self.study.study_name!r} has no bench spec: start it with `bench run SWEEP` "
                              "(or `bench study SPEC`) first")
-        raw = {k: stored[k] for k in ("name", "description", "data", "model", "train", "profile", "collapse",
-                                      "search", "study") if stored.get(k) is not None or k in ("train", "collapse")}
+        raw = {k: stored[k] for k in STORED if stored.get(k) is not None or k in ("train", "collapse")}
         if "search" in raw:
             raw["seeds"] = stored["seeds"]
         return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
@@ -266,8 +401,7 @@ class Ledger:
 
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
         """The study's trials in number order, without dropped duplicate claims."""
-        return [t for t in self.study._storage.get_all_trials(self.study._study_id, deepcopy=False, states=states)
-                if not t.user_attrs.get("dropped")]
+        return [t for t in self.queries.trials(states) if not t.user_attrs.get("dropped")]
 
     def latest(self) -> dict[str, optuna.trial.FrozenTrial]:
         """The trial that speaks for each key: its newest finished one (complete or diverged),
@@ -283,7 +417,7 @@ class Ledger:
         """Every point ever queued in the study, in queue order."""
         seen: dict[str, spec.Trial] = {}
         # dropped duplicate claims too: when two workers drop theirs at once, only they remember the point
-        for t in self.study._storage.get_all_trials(self.study._study_id, deepcopy=False):
+        for t in self.queries.trials():
             a = t.user_attrs
             if "key" in a and "variant" in a and a["key"] not in seen:
                 seen[a["key"]] = spec.Trial(a["key"], Variant.from_dict(a["variant"]), int(a.get("seed", 0)))
@@ -291,57 +425,38 @@ class Ledger:
 
     def holders(self, key: str) -> list[int]:
         """Ids of the running or done (not dropped) trials of ``key``."""
-        found = self.sql.holders(key) if self.sql else None
-        if found is None:
-            found = [t._trial_id for t in self.trials((TrialState.RUNNING, *DONE)) if t.user_attrs.get("key") == key]
-        return found
+        return self.queries.holders(key)
 
     def records(self) -> list[dict[str, Any]]:
         """The newest finished record of each key, with its trial number (the report's rows)."""
-        rows = self.sql.attrs(("key", "record")) if self.sql else None
-        if rows is None:
-            rows = ((t.number, t.user_attrs.get("key"), t.user_attrs.get("record"))
-                    for t in self.study.get_trials(deepcopy=False, states=(*DONE, TrialState.FAIL)))
-        else:
-            rows = ((n, a.get("key"), a.get("record")) for n, a in rows)
         latest: dict[str, dict[str, Any]] = {}
-        for number, key, record in rows:  # in trial order: the newest wins, a failure never over a result
-            if key is None or record is None or record.get("status") == "interrupted":
+        for number, a in self.queries.attrs(("key", "record")):  # by number: the newest wins
+            key, record = a.get("key"), a.get("record")
+            if key is None or record is None or record.get("status") == Status.INTERRUPTED:
                 continue
-            if record.get("status") == "failed" and latest.get(key, {}).get("status") in ("complete", "diverged"):
-                continue
+            if record.get("status") == Status.FAILED and latest.get(key, {}).get("status") in (Status.COMPLETE,
+                                                                                               Status.DIVERGED):
+                continue  # a failure never over a result
             latest[key] = {"trial": number, "key": key, **record}
         return list(latest.values())
 
-    def details(self, numbers: list[int], attr: str = "collapse") -> dict[int, Any]:
+    def details(self, numbers: list[int], attr: str = DETAILS[0]) -> dict[int, Any]:
         """The ``attr`` detail (see ``DETAILS``) of the trials numbered ``numbers``."""
         wanted = set(numbers)
         if not wanted:
             return {}
-        rows = self.sql.attrs((attr,), numbers=sorted(wanted)) if self.sql else None
-        if rows is None:
-            return {t.number: t.user_attrs[attr] for t in self.study.get_trials(deepcopy=False)
-                    if t.number in wanted and attr in t.user_attrs}
-        return {n: a[attr] for n, a in rows if attr in a}
+        return {n: a[attr] for n, a in self.queries.attrs((attr,), numbers=sorted(wanted)) if attr in a}
 
     # --- the queue ----------------------------------------------------------------------
-
-    def _grace(self) -> float:
-        return float(getattr(self.study._storage, "grace_period", None) or HEARTBEAT[1])
 
     def close_dead(self) -> int:
         """Close (FAIL, no record: interrupted) every RUNNING trial whose worker died: a dead
         pid on this host, a heartbeat silent past the grace period, a claim never signed."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)  # RUNNING, heartbeat silent: its worker died
+        self.queries.close_stale()  # RUNNING, heartbeat silent: its worker died
         closed = 0
         for t in self.trials((TrialState.RUNNING,)):
-            if not _alive(t, self._grace()):
-                try:
-                    closed += self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # another worker closed it first
+            if not _alive(t, self.queries.grace()):
+                closed += self.queries.set_state(self.queries.id_of(t), TrialState.FAIL)  # False: closed by another
         return closed
 
     def plan(self, trials: Iterable[spec.Trial], retry_failed: bool = False) -> Plan:
@@ -382,28 +497,18 @@ class Ledger:
         The move WAITING → RUNNING is atomic in the storage, so two workers never take the
         same queue entry; an entry whose key another live or finished trial holds (queued
         twice in a race) is dropped."""
-        storage = self.study._storage
+        q = self.queries
         while True:
-            ids = self.sql.waiting() if self.sql else None
-            if ids is None:  # other storages: the API (reads every waiting trial)
-                ids = [t._trial_id for t in storage.get_all_trials(self.study._study_id, deepcopy=False,
-                                                                   states=(TrialState.WAITING,))]
-            won = None
-            for tid in ids:
-                try:
-                    if storage.set_trial_state_values(tid, state=TrialState.RUNNING):
-                        won = tid
-                        break
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue
+            ids = q.waiting()
+            won = next((tid for tid in ids if q.set_state(tid, TrialState.RUNNING)), None)
             if won is None:
                 if not ids:
                     return None
                 continue  # all taken by others meanwhile: look again
-            t = storage.get_trial(won)
+            t = q.get(won)
             if "key" not in t.user_attrs:  # queued by something else than bench
-                storage.set_trial_user_attr(won, "dropped", "not a bench trial")
-                storage.set_trial_state_values(won, state=TrialState.FAIL)
+                q.set_attr(won, "dropped", "not a bench trial")
+                q.set_state(won, TrialState.FAIL)
                 continue
             handle = optuna.Trial(self.study, won)
             self._own(handle)
@@ -411,27 +516,52 @@ class Ledger:
             if any(tid != won for tid in self.holders(t.user_attrs["key"])):
                 self.heartbeats.stop(won)
                 handle.set_user_attr("dropped", "duplicate")
-                storage.set_trial_state_values(won, state=TrialState.FAIL)
+                q.set_state(won, TrialState.FAIL)
                 continue
             a = t.user_attrs
             return handle, spec.Trial(a["key"], Variant.from_dict(a["variant"]), int(a["seed"]))
 
+    # --- a search's trials: asked of its sampler ----------------------------------------------
+
+    def ask(self) -> optuna.Trial:
+        """A new trial from the study's sampler (a queued one first, as Optuna's ``ask``)."""
+        with warnings.catch_warnings():  # Optuna warns of heartbeats outside optimize(): ours come from here
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            return self.study.ask()
+
+    def drop(self, handle: optuna.Trial, why: str) -> None:
+        """Close an asked trial unrun (FAIL, ``dropped``): it speaks for no point and counts for nothing."""
+        handle.set_user_attr("dropped", why)
+        self.study.tell(handle, state=TrialState.FAIL)
+
+    def repeat(self, handle: optuna.Trial, key: str, prev: optuna.trial.FrozenTrial) -> int:
+        """Close an asked trial with the values of ``prev``, which measured its point before;
+        returns the number of the trial that first measured it."""
+        first = prev.user_attrs.get("same_as", prev.number)
+        handle.set_user_attr("key", key)
+        handle.set_user_attr("same_as", first)
+        if prev.state == TrialState.COMPLETE:
+            self.study.tell(handle, prev.values if len(prev.values) > 1 else prev.values[0])
+        else:
+            self.study.tell(handle, state=TrialState.PRUNED)
+        return first
+
+    @staticmethod
+    def report(handle: optuna.Trial, value: float, step: int) -> bool:
+        """Record an epoch's ``value`` for the pruner; whether it says to stop."""
+        handle.report(value, step)
+        return handle.should_prune()
+
     # --- running and recording ------------------------------------------------------------
 
-    def start(self, trial: spec.Trial) -> optuna.Trial:
-        """A new running trial for ``trial`` in this worker, outside the queue."""
-        handle = optuna.Trial(self.study, self.study._storage.create_new_trial(self.study._study_id))
-        self.adopt(handle, trial)
-        return handle
-
     def adopt(self, handle: optuna.Trial, trial: spec.Trial) -> None:
-        """Sign a trial a sampler made (``study.ask()``) with its point and this worker."""
+        """Sign a trial a sampler made (``ask``) with its point and this worker."""
         self._own(handle)
         for k, v in _attrs(trial).items():
             handle.set_user_attr(k, v)
 
     def _own(self, handle: optuna.Trial) -> None:
-        self.heartbeats.start(handle._trial_id)
+        self.heartbeats.start(self.queries.id_of(handle))
         handle.set_user_attr("worker", WORKER)
         handle.set_user_attr("started_at", time.time())
 
@@ -440,21 +570,21 @@ class Ledger:
         PRUNED; failed or interrupted: FAIL) and ``objectives`` (record columns) its values.
         Bulky per-block details (``DETAILS``) get their own attributes: reports load them
         only for the trials they draw."""
-        self.heartbeats.stop(handle._trial_id)
+        self.heartbeats.stop(self.queries.id_of(handle))
         cols = [objectives] if isinstance(objectives, str) else list(objectives)
         values = [record.get(c) for c in cols]
-        if record["status"] == "complete" and not all(isinstance(v, (int, float)) and math.isfinite(v)
-                                                      for v in values):
+        if record["status"] == Status.COMPLETE and not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                           for v in values):
             missing = ", ".join(c for c, v in zip(cols, values, strict=True) if not isinstance(v, (int, float)))
-            record = {**record, "status": "failed", "error": f"objective not measured: {missing}"}
+            record = {**record, "status": Status.FAILED.value, "error": f"objective not measured: {missing}"}
         for key in DETAILS:
             if key in record:
                 handle.set_user_attr(key, record[key])
         handle.set_user_attr("record", {k: v for k, v in record.items() if k not in DETAILS})
         status = record["status"]
-        if status == "complete":
+        if status == Status.COMPLETE:
             self.study.tell(handle, values if len(values) > 1 else values[0])
-        elif status in ("diverged", "pruned"):
+        elif status in (Status.DIVERGED, Status.PRUNED):
             self.study.tell(handle, state=TrialState.PRUNED)
         else:  # interrupted: the record says so (``interrupted``)
             self.study.tell(handle, state=TrialState.FAIL)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -24,6 +22,8 @@ from optuna.trial import TrialState
 from bench import console
 from bench.config import Dim, StudyConfig
 from bench.errors import SpecError
+from bench.schema import Status
+from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, interrupted
 from bench.spec import Sweep, Trial, trial_key
 from bench.study.trials import label, result_line, run_trial
@@ -88,11 +88,12 @@ def _over_budget(ledger: Ledger, number: int, budget: int) -> bool:
     return sum(_counts(t) for t in ledger.trials() if t.number < number) >= budget
 
 
-def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Path = "results", quiet: bool = False,
-               save_weights: bool = False, keep_checkpoints: bool = False, seed: int | None = None, tag: str = "",
-               poll: float = 5.0, datasets: dict[int, Any] | None = None) -> list[dict[str, Any]]:
+def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | None = None,
+               datasets: dict[int, Any] | None = None) -> list[dict[str, Any]]:
     """One worker's share of a study: ask the sampler, measure, tell, until the study has
-    n_trials (all workers together), this worker's timeout passes, or the grid is done."""
+    n_trials (all workers together), this worker's timeout passes, or the grid is done.
+    ``seed``: the sampler's (default: the study's); ``datasets``: by image size, loaded once."""
+    quiet, tag, poll = ctx.quiet, ctx.tag, ctx.poll
     cfg: StudyConfig = sweep.study
     dims = sweep.search
     grid = cfg.grid
@@ -100,7 +101,6 @@ def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Pat
     budget = sweep.budget()
     sampler = make_sampler(cfg, dims, cfg.seed if seed is None else seed)
     ledger = ledger.with_sampler(sampler, make_pruner(cfg, sweep.train.epochs if sweep.train else 1))
-    study = ledger.study
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     datasets = {} if datasets is None else datasets  # by image size, loaded once
     finished: list[dict[str, Any]] = []
@@ -111,37 +111,28 @@ def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Pat
             ledger.close_dead()
             if budget_used(ledger) >= budget or (deadline and time.time() > deadline):
                 break
-            if grid and sampler.is_exhausted(study):
+            if grid and sampler.is_exhausted(ledger.study):
                 break
-            with _no_heartbeat_warning():
-                handle = study.ask()
+            handle = ledger.ask()
             if _over_budget(ledger, handle.number, budget):  # another worker took the last place first
-                handle.set_user_attr("dropped", "over budget")
-                study.tell(handle, state=TrialState.FAIL)
+                ledger.drop(handle, "over budget")
                 break
             try:
                 variant = suggest(handle, dims, sweep.variants[0], grid)
             except SpecError as err:  # a point inside the ranges that cannot be built
-                ledger.finish(handle, {"status": "failed", "error": f"impossible variant: {err}",
+                ledger.finish(handle, {"status": Status.FAILED.value, "error": f"impossible variant: {err}",
                                        "params": handle.params, "seed": train_seed}, cfg.columns)
                 continue
             trial = Trial(trial_key(variant, train_seed), variant, train_seed)
             prev = ledger.latest().get(trial.key)
             if prev is not None and prev.number != handle.number and prev.state in DONE:
-                first = prev.user_attrs.get("same_as", prev.number)  # measured before: repeat its values
-                handle.set_user_attr("key", trial.key)
-                handle.set_user_attr("same_as", first)
-                if prev.state == TrialState.COMPLETE:
-                    study.tell(handle, prev.values if len(prev.values) > 1 else prev.values[0])
-                else:
-                    study.tell(handle, state=TrialState.PRUNED)
+                first = ledger.repeat(handle, trial.key, prev)  # measured before: repeat its values
                 console.info(f"{tag + ' ' if tag else ''}#{handle.number} "
                              f"{label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)}: "
                              f"measured before (trial #{first}), its values repeated")
                 continue
             if prev is not None and prev.number != handle.number and prev.state == TrialState.RUNNING:
-                handle.set_user_attr("dropped", "duplicate")  # another worker is measuring it right now
-                study.tell(handle, state=TrialState.FAIL)
+                ledger.drop(handle, "duplicate")  # another worker is measuring it right now
                 dropped += 1
                 if dropped % 5 == 0:
                     time.sleep(poll)
@@ -151,9 +142,8 @@ def run_search(sweep: Sweep, ledger: Ledger, dev: Any, *, results_dir: str | Pat
                 seen.append(variant)
             name = f"#{handle.number} " + label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)
             progress.start(name)
-            record = run_trial(trial, sweep, dev, datasets, ledger, progress, handle, results_dir=results_dir,
-                               save=save_weights, keep_checkpoints=keep_checkpoints,
-                               on_epoch=_pruning(handle) if cfg.pruner else None)
+            record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress, handle=handle,
+                               on_epoch=_pruning(ledger, handle) if cfg.pruner else None)
             finished.append(record)
             progress.finish(name, result_line(record))
     return finished
@@ -171,18 +161,7 @@ def _spread(dims: dict[str, Dim], base: Variant) -> list[Variant]:
     return out
 
 
-def _pruning(handle: Any):
+def _pruning(ledger: Ledger, handle: Any):
     def on_epoch(epoch: int, top1: float, loss: float) -> bool:
-        handle.report(top1, epoch)
-        return handle.should_prune()
+        return ledger.report(handle, top1, epoch)
     return on_epoch
-
-
-@contextmanager
-def _no_heartbeat_warning() -> Iterator[None]:
-    """Optuna warns when ask() is used with heartbeats outside optimize(); ours come from the ledger."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        yield
-
-

@@ -12,23 +12,24 @@ import time
 import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from bench import console
 from bench.collapse import analyse
-from bench.config import CollapseConfig, DataConfig, ProfileConfig, TrainConfig, resolve_dtype
-from bench.data.loader import Dataset, Loader, Split, load as load_data
+from bench.config import CollapseConfig, resolve_dtype
+from bench.data.loader import Loader
+from bench.data.sources import Dataset, Split, load as load_data
 from bench.errors import BenchError, first_line
-from bench.schema import COLLAPSE_SUMMARY
+from bench.schema import COLLAPSE_SUMMARY, Status
+from bench.study.context import RunContext
 from bench.study.ledger import Ledger
 from bench.models import build_model, save_weights
 from bench.profiling import environment, is_oom, profile_model
 from bench.spec import Sweep, Trial
 from bench.report.tables import variant_label
-from bench.training import train
+from bench.training import Checkpoint, Hooks, train
 from bench.variant import Variant
 
 
@@ -47,44 +48,34 @@ def signals_held() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def weights_path(results_dir: str | Path, name: str, key: str) -> Path:
-    """Where ``--save-weights`` keeps trial ``key`` of study ``name``."""
-    return Path(results_dir) / name / "weights" / f"{key}.safetensors"
+def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None = None,
+            progress: console.SweepProgress | None = None,
+            on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+    """Profile ``trial``'s variant and (with the sweep's train section) proxy-train it from its
+    seed, on ``ctx.device``: one flat record. ``data``: the dataset at the variant's image size.
+    Training resumes from ``ctx.checkpoint_path`` if that exists and was made by this very
+    trial (variant, seed, data, train settings, versions: bench.training.identity), and writes
+    it every epoch; ``resumed`` says whether it did.
 
-
-def checkpoint_path(results_dir: str | Path, name: str, key: str) -> Path:
-    """Where trial ``key`` of study ``name`` checkpoints its training (bench.training)."""
-    return Path(results_dir) / name / "checkpoints" / f"{key}.pt"
-
-
-def measure(variant: Variant, seed: int, *, device: torch.device, profile: ProfileConfig,
-            train_cfg: TrainConfig | None = None, data: Dataset | None = None,
-            recipe: DataConfig | None = None, collapse: CollapseConfig | None = None,
-            weights_path: Path | None = None, on_phase: Callable[[str], None] | None = None,
-            on_step: Callable[[int, int, float | None], None] | None = None,
-            on_epoch: Callable[[int, float, float], bool | None] | None = None,
-            checkpoint: Path | None = None) -> dict[str, Any]:
-    """Profile ``variant`` and (with ``train_cfg``) proxy-train it from ``seed``: one flat record.
-    ``recipe``: the data section (augmentation, residency; bench.training.train).
-    ``checkpoint``: training resumes from it if it exists and was made by this very trial
-    (variant, seed, data, train settings, versions: bench.training.identity), and writes it
-    every epoch; ``resumed`` says whether it did.
-
-    With ``collapse``, the trained model's attention collapse on the first test images (and,
-    ``at_init``, the untrained one's); with ``weights_path``, the trained weights saved there.
-    ``on_epoch(epoch, top1, loss)`` returning True stops training (a pruned trial).
-    ``status`` is "complete", "diverged" or "pruned"; exceptions propagate to the caller.
+    With the sweep's collapse section, the trained model's attention collapse on the first test
+    images (and, ``at_init``, the untrained one's); with ``ctx.save_weights``, the trained weights
+    kept at ``ctx.weights_path``. ``progress``: told each phase and step. ``on_epoch(epoch, top1,
+    loss)`` returning True stops training (a pruned trial). ``status`` is complete, diverged or
+    pruned; exceptions propagate to the caller.
     """
-    say = on_phase or (lambda _msg: None)
+    variant, seed, device = trial.variant, trial.seed, ctx.device
+    profile, train_cfg, collapse = sweep.profile, sweep.train, sweep.collapse
+    checkpoint = ctx.checkpoint_path(trial.key) if train_cfg is not None else None
+    weights_to = ctx.weights_path(trial.key) if ctx.save_weights and train_cfg is not None else None
+    on_step = progress.step if progress is not None else None
+    say = progress.phase if progress is not None else (lambda _msg: None)
     torch.manual_seed(seed)
     model = build_model(variant)
     weights = copy.deepcopy(model.state_dict()) if train_cfg is not None else None
     t0 = time.perf_counter()
-    record: dict[str, Any] = profile_model(
-        model, variant, device=device, dtype=resolve_dtype(profile.dtype, device), batch_size=profile.batch_size,
-        warmup=profile.warmup, iters=profile.iters, speed=profile.speed, on_progress=say)
+    record: dict[str, Any] = profile_model(model, variant, profile, device=device, on_progress=say)
     record["time_profile_s"] = time.perf_counter() - t0
-    record["status"] = "complete"
+    record["status"] = Status.COMPLETE.value
     if train_cfg is not None:
         if data is None:
             raise ValueError("training needs a dataset")
@@ -96,22 +87,23 @@ def measure(variant: Variant, seed: int, *, device: torch.device, profile: Profi
             _add_collapse(record, model.to(device), images, collapse, prefix="init_")
         say("training")
         t0 = time.perf_counter()
-        result = train(model, data, train_cfg, device=device, seed=seed, recipe=recipe, on_step=on_step,
-                       on_epoch=on_epoch, checkpoint=checkpoint, identity_extra={"variant": variant.to_dict()})
+        result = train(model, data, train_cfg, device=device, seed=seed, recipe=sweep.data,
+                       hooks=Hooks(on_step=on_step, on_epoch=on_epoch),
+                       checkpoint=Checkpoint(checkpoint, {"variant": variant.to_dict()}))
         record["resumed"] = result.pop("resumed", False)
         record["time_train_s"] = time.perf_counter() - t0
         if result.pop("diverged"):
-            record["status"] = "diverged"
+            record["status"] = Status.DIVERGED.value
         elif result.pop("stopped"):
-            record["status"] = "pruned"
+            record["status"] = Status.PRUNED.value
         result.pop("stopped", None)
         record.update(result)
-        if weights_path is not None and record["status"] == "complete":
+        if weights_to is not None and record["status"] == Status.COMPLETE:
             try:  # the trained result stands even if its weights cannot be kept
-                record["weights"] = str(save_weights(model, weights_path).resolve())
+                record["weights"] = str(save_weights(model, weights_to).resolve())
             except OSError as err:
-                record["weights_error"] = f"cannot write {weights_path}: {err.strerror or err}"
-        if collapse and record["status"] == "complete":
+                record["weights_error"] = f"cannot write {weights_to}: {err.strerror or err}"
+        if collapse and record["status"] == Status.COMPLETE:
             say("attention collapse")
             try:  # the trained result stands even if its analysis fails
                 _add_collapse(record, model, images, collapse)
@@ -139,9 +131,9 @@ def _add_collapse(record: dict[str, Any], model: torch.nn.Module, images: torch.
 def result_line(record: dict[str, Any]) -> str:
     """How a finished trial reads in the progress display (rich markup)."""
     status = record["status"]
-    if status == "failed":
+    if status == Status.FAILED:
         return f"[red]failed[/]: {console.escape(record['error'])}"
-    if status == "diverged":
+    if status == Status.DIVERGED:
         return f"[yellow]diverged[/] (loss {record.get('train_loss')}) after {record.get('steps')} steps"
     parts = [f"{record['param_count']:.3g} M params", f"{record['infer_gmacs']:.3g} GMACs"]
     if record.get("top1") is not None:
@@ -157,17 +149,17 @@ def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
     return text if seed is None else f"{text} seed={seed}"
 
 
-def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, Dataset], ledger: Ledger,
-              progress: console.SweepProgress, handle: Any, *, results_dir: str | Path = "results",
-              save: bool = False, keep_checkpoints: bool = False,
+def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, Dataset], ledger: Ledger,
+              progress: console.SweepProgress, handle: Any,
               on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
     """Measure ``trial`` and record it under ``handle``: its result, or its failure (a failed
     trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
-    ``loaded``: datasets by image size, loaded once per worker. ``save``: keep the weights.
-    Training checkpoints every epoch (``checkpoint_path``); an interrupted trial leaves its
-    checkpoint for whichever worker redoes it, a finished one removes it unless ``keep_checkpoints``
-    (a failed one keeps it: ``--retry-failed`` resumes it)."""
-    checkpoint = checkpoint_path(results_dir, sweep.name, trial.key) if sweep.train is not None else None
+    ``loaded``: datasets by image size, loaded once per worker. Training checkpoints every
+    epoch (``ctx.checkpoint_path``); an interrupted trial leaves its checkpoint for whichever
+    worker redoes it, a finished one removes it unless ``ctx.keep_checkpoints`` (a failed one
+    keeps it: ``--retry-failed`` resumes it)."""
+    dev = ctx.device
+    checkpoint = ctx.checkpoint_path(trial.key) if sweep.train is not None else None
     objectives = sweep.objective_columns()
     t0 = time.perf_counter()
     # the resolved config: with it, every record stands alone
@@ -181,31 +173,27 @@ def run_trial(trial: Trial, sweep: Sweep, dev: torch.device, loaded: dict[int, D
                 progress.phase("loading data")
                 loaded[img] = load_data(sweep.data, img)
             data = loaded[img]
-        record = measure(trial.variant, trial.seed, device=dev, profile=sweep.profile, train_cfg=sweep.train,
-                         data=data, recipe=sweep.data, collapse=sweep.collapse,
-                         weights_path=weights_path(results_dir, sweep.name, trial.key) if save and sweep.train
-                         else None, on_phase=progress.phase,
-                         on_step=progress.step, on_epoch=on_epoch, checkpoint=checkpoint)
+        record = measure(trial, sweep, ctx, data=data, progress=progress, on_epoch=on_epoch)
         record = {**base, **record}
     except KeyboardInterrupt:
         with signals_held():  # a second Ctrl-C must not cut the write that records the first
-            ledger.finish(handle, {**base, "status": "interrupted", "error": "interrupted"}, objectives)
+            ledger.finish(handle, {**base, "status": Status.INTERRUPTED.value, "error": "interrupted"}, objectives)
         raise
     except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
-        record = {**base, "status": "failed", "error": str(err)}
+        record = {**base, "status": Status.FAILED.value, "error": str(err)}
     except Exception as err:
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
         kind = "out of memory" if is_oom(err) else type(err).__name__
-        record = {**base, "status": "failed", "error": f"{kind}: {first_line(err)}"[:500]}
+        record = {**base, "status": Status.FAILED.value, "error": f"{kind}: {first_line(err)}"[:500]}
         if is_oom(err) and dev.type == "cuda":
             torch.cuda.empty_cache()
-    if record["status"] == "failed":
+    if record["status"] == Status.FAILED:
         record.update(environment(dev, resolve_dtype(sweep.profile.dtype, dev)))
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["time_trial_s"] = time.perf_counter() - t0
     ledger.finish(handle, _jsonable(record), objectives)
-    if checkpoint is not None and not keep_checkpoints and record["status"] != "failed":
+    if checkpoint is not None and not ctx.keep_checkpoints and record["status"] != Status.FAILED:
         checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
     return record
 
