@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 
 from bench import spec
-from bench.study.ledger import GenericQueries, Ledger
+from bench.study.ledger import Ledger
+from bench.study.queries import GenericQueries
 from bench.study.storage import default_url, safe_url
 
 SWEEP = """

@@ -21,7 +21,7 @@ LAYERS = [
     ("spec", ["spec"]),
     ("core", ["reattention", "models", "profiling", "timing", "training", "collapse"]),
     ("report", ["report.tables", "report.formats", "report.plots", "report.markdown", "report.fidelity"]),
-    ("study", ["study.journal", "study.storage", "study.ledger", "study.context", "study.trials", "study.search",
+    ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.context", "study.trials", "study.search",
                "study.runner", "study.workers", "study.reports"]),
     ("front", ["api", "cli"]),
 ]

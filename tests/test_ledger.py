@@ -7,7 +7,8 @@ import pytest
 from optuna.trial import TrialState
 
 from bench import spec
-from bench.study.ledger import DONE, GenericQueries, Ledger, Queries
+from bench.study.ledger import Ledger
+from bench.study.queries import DONE, GenericQueries, Queries
 from bench.study.storage import default_url
 
 

@@ -1,7 +1,10 @@
-"""Running studies: the storage a study lives in (SQLite, journal files, PostgreSQL), the
-ledger (the only code that writes a study), one trial, a grid sweep with its local workers, and
-an Optuna search.
+"""Running studies: the storage a study lives in (``storage``: SQLite, PostgreSQL, URLs shown
+without passwords; ``journal``: journal files checked and repaired), the ledger (``ledger``, the
+only code that writes a study, over ``queries``: SQL fast paths or Optuna's storage API, and
+heartbeats), the run context handed down (``context``), one trial (``trials``), a grid sweep
+(``runner``) and its local workers (``workers``), an Optuna search (``search``), and reports from
+the ledger (``reports``, which hands records to bench.report).
 
 May import: everything below it (base, config, data, spec, the measuring core, report). The
-storage and ledger are torch-free, so reports load no torch.
+storage, journal, queries and ledger are torch-free, so reports load no torch.
 """
