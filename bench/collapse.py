@@ -155,13 +155,6 @@ class TokenStats:
                 "token_uniformity_last": uniformity[-1], "rank_residual_last": residual[-1]}
 
 
-def metrics(maps_per_block: list[torch.Tensor], threshold: float = 0.8, head_threshold: float = 0.5) -> dict:
-    """The metrics of one set of maps (one (B, H, N, N) tensor per block)."""
-    stats = CollapseStats(threshold, head_threshold)
-    stats.update(maps_per_block)
-    return stats.result()
-
-
 @torch.inference_mode()
 def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: int | None = None,
             threshold: float = 0.8, head_threshold: float = 0.5, budget_mb: float = 256) -> dict[str, Any]:

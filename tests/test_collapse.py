@@ -4,8 +4,15 @@ import math
 import pytest
 import torch
 
-from bench.collapse import CollapseStats, analyse, metrics
+from bench.collapse import CollapseStats, analyse
 from bench.models import build_model, resolve
+
+
+def metrics(maps_per_block, threshold=0.8, head_threshold=0.5):
+    """The map metrics of one set of maps (one (B, H, N, N) tensor per block), in one update."""
+    stats = CollapseStats(threshold, head_threshold)
+    stats.update(maps_per_block)
+    return stats.result()
 
 
 def softmaxed(*shape, seed=0):
