@@ -37,7 +37,7 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
         by = list(compare.get("by") or [])
         cp, cr = comparison(proxy, compare), comparison(reference, compare)
         merged = cp.merge(cr, on=[*by, "arm"], suffixes=("_proxy", "_ref"))
-        ip, ir = iso_costs(proxy, compare, resamples=200), iso_costs(reference, compare, resamples=200)
+        ip, ir = iso_costs(proxy, compare), iso_costs(reference, compare)
         iso = {}
         for name, frame in (("proxy", ip), ("ref", ir)):
             for r in frame[frame["axis"] == "infer_gmacs"].to_dict("records"):

@@ -57,9 +57,12 @@ def ratio(value: Any) -> str:
 
 
 def multiplier(r: Mapping[str, Any], with_ci: bool = True) -> str:
-    """The widening an iso-cost row needs to match its arm, with its bootstrap interval."""
+    """The widening an iso-cost row needs to match its arm, with its 95 % interval."""
     if math.isinf(r["multiplier"]):
-        return f"> ×{r['widest_ratio']:.3g} (beyond the widest arm)"
+        text = f"> ×{r['widest_ratio']:.3g} (beyond the widest arm)"
+        if with_ci and not is_missing(r["mult_low"]) and math.isfinite(r["mult_low"]):  # not beyond it for sure
+            text += f" [×{r['mult_low']:.3g}, beyond the widest]"
+        return text
     text = "×1 (none needed)" if r["multiplier"] <= 1 + 1e-9 else f"×{r['multiplier']:.3g}"
     if with_ci and not is_missing(r["mult_low"]):
         high = "beyond the widest" if math.isinf(r["mult_high"]) else f"×{r['mult_high']:.3g}"

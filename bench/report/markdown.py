@@ -109,8 +109,10 @@ def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
                 lines.append(f"At {where}, {r['arm']}'s {gain} points need no widening to match: the baseline "
                              "already reaches them.")
             elif math.isinf(r["multiplier"]):
+                ci = "" if is_missing(r["mult_low"]) or math.isinf(r["mult_low"]) else (
+                    f" (95 % CI ×{r['mult_low']:.3g}–beyond the widest arm)")
                 lines.append(f"At {where}, {r['arm']}'s {gain} points would cost more than ×{r['widest_ratio']:.3g} "
-                             "GMACs by widening: beyond the widest arm, which does not reach them.")
+                             f"GMACs by widening: beyond the widest arm, which does not reach them{ci}.")
             else:
                 ci = "" if is_missing(r["mult_low"]) else (
                     f" (95 % CI ×{r['mult_low']:.3g}–" + ("beyond the widest arm" if math.isinf(r["mult_high"])
@@ -131,8 +133,10 @@ def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
     lines += [md_table(headers, rows, left=len(by) + 2), "",
               f"The width curve: the baseline and the arms that differ from it only in hidden dimension "
               f"({', '.join(width)}), top-1 against cost, linear in log cost between points and never "
-              "extrapolated. Costs are multiples of the baseline's. Intervals: 95 % percentile bootstrap over "
-              "each variant's seeds.", ""]
+              "extrapolated. Costs are multiples of the baseline's. Intervals (95 %) over each variant's seeds: "
+              "the gain's a Welch t-interval (the arm's seed variance and the two neighbouring width points', "
+              "weighted as the interpolation weights them; Welch–Satterthwaite degrees of freedom); the widening's, "
+              "the costs at which that interval of the arm against the curve contains 0.", ""]
     return lines
 
 

@@ -230,10 +230,10 @@ def arm_points(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*by, "arm", "kind", "infer_gmacs", "top1_mean", "low", "high", "n"])
 
 
-def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **bootstrap: Any) -> pd.DataFrame:
+def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **options: Any) -> pd.DataFrame:
     """Per group and re-attention arm, along each cost of COST_AXES: the width curve's top-1 at
     the arm's cost and the arm's gain over it, and the cost multiplier widening needs to
-    match the arm (bench.stats.iso_cost), with bootstrap intervals over seeds. Train time
+    match the arm (bench.stats.iso_cost), with Welch t-intervals over seeds. Train time
     per sample is 1 / train samples/s (side by side where measured so)."""
     width, re_arms = width_and_re_arms(compare)
     cols = [*(compare.get("by") or []), "arm", "axis", "arm_top1", "d_top1", "points", "cost_ratio", "widest_ratio",
@@ -259,7 +259,7 @@ def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **bootstrap: Any) ->
                 cost = float(arm_rows[axis].mean())
                 if not all(np.isfinite(c) and c > 0 for c, _ in points) or not (np.isfinite(cost) and cost > 0):
                     continue
-                r = iso_cost(list(seeds.values()), cost, points, **bootstrap)
+                r = iso_cost(list(seeds.values()), cost, points, **options)
                 head = dict(zip(by, group, strict=False)) if by else {}
                 base_mean = float(np.mean(points[0][1]))
                 out.append({**{k: (None if v == "\0none" else v) for k, v in head.items()}, "arm": arm, "axis": axis,
