@@ -66,9 +66,12 @@ class Checkpoint:
 class Hooks:
     """What a caller hears of a run: ``on_step(step, total steps, mean loss so far)`` every
     ``check_every`` steps; ``on_epoch(epoch, top1, loss)`` after each epoch, where True stops
-    the run there (pruning)."""
+    the run there (pruning); ``on_resume(top1_per_epoch)`` once, when a run resumes from a
+    checkpoint, with the top-1 of the epochs it carries over (epochs 1..k, never told again
+    through ``on_epoch``)."""
     on_step: Callable[[int, int, float | None], None] | None = None
     on_epoch: Callable[[int, float, float], bool | None] | None = None
+    on_resume: Callable[[list[float]], None] | None = None
 
 
 @dataclass
@@ -198,7 +201,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     ``recipe``: the data section's augmentation (crop, flip, ``augment``: bench.data.augment) and
     residency (bench.data.loader.residency); None: no augmentation, data on the device.
     ``hooks.on_epoch(epoch, top1, loss)`` returning True stops training there (pruning): the result
-    then has ``stopped`` set and ``epochs`` the epochs run. ``checkpoint``: after every epoch
+    then has ``stopped`` set and ``epochs`` the epochs run; ``hooks.on_resume`` hears a resumed
+    run's earlier epochs (their top-1, from its checkpoint). ``checkpoint``: after every epoch
     the whole state (model, optimizer, schedule, the result so far, every random stream
     including the loader's) is written to ``checkpoint.path`` atomically, and a run that finds
     one there resumes from it: on the CPU, to the same final top-1 as a run never interrupted.
@@ -248,6 +252,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         if state is not None:
             first, step = _resume(state, parts, result)
             del state  # its tensors: not held through the run
+            if hooks.on_resume:  # after every stream is restored: the hook cannot move them
+                hooks.on_resume(list(result["top1_per_epoch"]))
         for epoch in range(first, cfg.epochs):
             model.train()
             loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step

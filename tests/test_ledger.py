@@ -3,6 +3,7 @@ a key, queue claims, heartbeats, and the SQL fast paths held equal to Optuna's A
 import time
 from datetime import timedelta
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -44,6 +45,29 @@ def test_a_later_failure_never_hides_a_result(sweep_file, tmp_path):
     lg.finish(handle, {"status": "failed", "error": "out of memory", "seed": 0}, "top1")
     assert lg.plan([trial]).done == 1
     assert [r["status"] for r in lg.records() if r["key"] == trial.key] == ["complete"]
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # SQLite, a journal file
+@pytest.mark.parametrize("directions", [["maximize"], ["maximize", "minimize"]])
+def test_every_trial_reports_its_epochs_and_only_a_pruned_one_asks(directions, workers, sweep_file, tmp_path):
+    # a search's default objectives (top1, gmacs) make a two-objective study, whose trials
+    # Optuna's Trial.report refuses: the ledger writes their values through the storage
+    url = default_url(tmp_path / "results", "curves", workers)
+    (tmp_path / "results" / "curves").mkdir(parents=True)
+    lg = Ledger.open(url, "curves", create=True, direction=directions if len(directions) > 1 else directions[0])
+    lg = lg.with_sampler(optuna.samplers.RandomSampler(seed=0), AlwaysPrune())
+    trial = spec.load(sweep_file).trials()[0]
+    handle = start(lg, trial)
+    assert lg.report(handle, 10.0, 1) is False  # told, not asked: a study without a pruner goes on
+    assert lg.report(handle, 12.5, 2, prune=True) is (len(directions) == 1)  # multi-objective: never pruned
+    watcher = Ledger.open(url, "curves")  # as optuna-dashboard sees the running trial
+    (running,) = watcher.study.get_trials()
+    assert running.state == TrialState.RUNNING and running.intermediate_values == {1: 10.0, 2: 12.5}
 
 
 def test_plan_counts_each_state_once(sweep_file, tmp_path):

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 import pandas as pd
@@ -18,6 +19,7 @@ from bench.study import reports as report
 from bench import api
 from bench.study import trials
 from bench.study.context import RunContext
+from bench.study.ledger import Ledger
 from bench.cli import main
 from bench.schema import COLLAPSE_SUMMARY
 from bench.errors import BenchError, SpecError
@@ -158,6 +160,88 @@ def test_an_interrupted_trial_resumes_from_its_last_epoch(sweep_file, tmp_path, 
     clean = api.run_sweep(spec.load(sweep_file, three), results_dir=tmp_path / "clean", device="cpu", quiet=True)
     assert resumed["top1_per_epoch"] == clean["records"][0]["top1_per_epoch"]  # to the last digit
     assert resumed["top1"] == clean["records"][0]["top1"] and not clean["records"][0]["resumed"]
+
+
+def curves(lg):
+    """{trial number: its intermediate values} of the study's trials, as optuna-dashboard reads them."""
+    return {t.number: t.intermediate_values for t in lg.study.get_trials()}
+
+
+def test_every_grid_trial_reports_each_epoch_s_top1_as_it_ends(make_spec, tmp_path, monkeypatch, run, ledger):
+    path = make_spec(train={"epochs": 2})
+    real, seen, dashboard = trials.train, [], []
+
+    def watched(*args, **kwargs):  # a dashboard's view of the storage, the moment each epoch is told
+        told = kwargs["hooks"].on_epoch
+
+        def on_epoch(epoch, top1, loss):
+            stop = told(epoch, top1, loss)
+            dashboard[:] = dashboard or [ledger()]  # its own connection to the study
+            (running,) = dashboard[0].study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            seen.append((epoch, dict(running.intermediate_values)))
+            return stop
+        return real(*args, **{**kwargs, "hooks": Hooks(kwargs["hooks"].on_step, on_epoch)})
+
+    monkeypatch.setattr(trials, "train", watched)
+    summary = run(path)
+    assert [e for e, _ in seen] == [1, 2] * 4 and all(max(values) == e for e, values in seen)  # live, one per epoch
+    lg = ledger()
+    by_number = curves(lg)
+    records = lg.records()
+    assert len(records) == 4
+    for r in records:  # the values "how early the ranking settles" reads are the ones in the storage
+        assert len(r["top1_per_epoch"]) == 2
+        assert by_number[r["trial"]] == dict(enumerate(r["top1_per_epoch"], 1))  # step = epoch, from 1
+    # reporting moves no random stream: the same numbers as a run that reports nothing
+    monkeypatch.setattr(trials, "train", real)
+    monkeypatch.setattr(trials, "_reporting", lambda ledger, handle, prune: (None, None))
+    silent = api.run_sweep(spec.load(path), results_dir=tmp_path / "silent", device="cpu", quiet=True, report=False)
+    numbers = lambda s: sorted((r["depth"], r["attention"], r["top1_per_epoch"],  # noqa: E731
+                                r["train_loss_per_epoch"]) for r in s["records"])
+    assert numbers(summary) == numbers(silent)
+    assert not any(curves(Ledger.locate("tiny", None, tmp_path / "silent")).values())
+
+
+def test_a_search_without_a_pruner_reports_each_epoch_too(make_spec, run, ledger):
+    # objectives top1 and gmacs: a two-objective study, no pruner
+    path = make_spec(grid=None, compare=None, train={"epochs": 2}, collapse=None,
+                     search={"depth": [1, 2]}, study={"objectives": ["top1", "gmacs"], "sampler": "random",
+                                                      "n_trials": 2, "seed": 0})
+    run(path, report=False)
+    ts = [t for t in ledger().study.get_trials() if "record" in t.user_attrs]
+    assert ts
+    for t in ts:
+        assert t.intermediate_values == dict(enumerate(t.user_attrs["record"]["top1_per_epoch"], 1))
+
+
+def test_a_resumed_trial_reports_every_epoch_once_from_its_checkpoint_on(sweep_file, tmp_path, monkeypatch, run,
+                                                                         ledger):
+    three = {"train.epochs": 3, "grid.depth": [2], "grid.attention": ["re"], "compare": None}
+    real = trials.train
+
+    def killed_after_epoch_2(*args, **kwargs):
+        told = kwargs["hooks"].on_epoch
+
+        def on_epoch(epoch, top1, loss):
+            told(epoch, top1, loss)  # reported, then the worker dies before epoch 3
+            if epoch == 2:
+                raise KeyboardInterrupt
+        return real(*args, **{**kwargs, "hooks": Hooks(kwargs["hooks"].on_step, on_epoch,
+                                                       kwargs["hooks"].on_resume)})
+
+    monkeypatch.setattr(trials, "train", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(sweep_file, three)
+    monkeypatch.setattr(trials, "train", real)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run(sweep_file, three, report=False)["records"][0]
+    assert not [w for w in caught if "already reported" in str(w.message)]  # Optuna ignores a step told twice
+    assert resumed["resumed"] and len(resumed["top1_per_epoch"]) == 3
+    first, second = ledger().study.get_trials()  # a resumed trial is a new Optuna trial
+    assert first.state.name == "FAIL" and second.state.name == "COMPLETE"
+    assert second.intermediate_values == dict(enumerate(resumed["top1_per_epoch"], 1))  # epochs 1-2 from the checkpoint
+    assert first.intermediate_values == {1: resumed["top1_per_epoch"][0], 2: resumed["top1_per_epoch"][1]}
 
 
 def test_diverged_is_a_result_not_a_crash(sweep_file, tmp_path, monkeypatch, run, ledger):

@@ -289,7 +289,11 @@ def variant_means(df: pd.DataFrame) -> pd.DataFrame:
 def ranking_by_epoch(df: pd.DataFrame) -> pd.DataFrame:
     """How early the ranking of variants settles: Kendall's τ-b between the ranking after each
     epoch (mean top-1 over seeds) and after the last, over the variants that ran every epoch.
-    Costs no training: it reads each record's ``top1_per_epoch``."""
+    Costs no training: it reads each record's ``top1_per_epoch``, the very values each trial
+    reported to Optuna as its intermediate values (step = epoch; tests hold the two equal). Both
+    live in the storage; the record is read because every report (and runs.csv, ``bench
+    fidelity``) is rebuilt from the records alone, and studies made before every trial reported
+    hold intermediate values for pruned trials only."""
     means = variant_means(df)
     curves = [c for c in means.get("per_epoch", []) if c is not None]
     if len(curves) < 3 or len({len(c) for c in curves}) != 1:

@@ -16,9 +16,11 @@ same moment) is dropped as a duplicate, so no point is completed twice; a worker
 leaves a RUNNING trial that the next plan closes (dead pid on this host, or a heartbeat
 silent past the grace period) and queues again, so none is lost.
 
-Searches ask and tell through it too (``ask``, ``drop``, ``repeat``, ``report``). Its storage
-access past ``optuna.Study`` (SQL fast paths or the storage API) and its heartbeats live in
-``bench.study.queries``.
+Searches ask and tell through it too (``ask``, ``drop``, ``repeat``). Every trial, grid or
+search, reports each epoch's top-1 through it (``report``) as an Optuna intermediate value at
+step = epoch (from 1): live learning curves in optuna-dashboard; the pruner, where a study has
+one, decides on the same values. Its storage access past ``optuna.Study`` (SQL fast paths or
+the storage API) and its heartbeats live in ``bench.study.queries``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -333,11 +336,20 @@ class Ledger:
             self.study.tell(handle, state=TrialState.PRUNED)
         return first
 
-    @staticmethod
-    def report(handle: optuna.Trial, value: float, step: int) -> bool:
-        """Record an epoch's ``value`` for the pruner; whether it says to stop."""
-        handle.report(value, step)
-        return handle.should_prune()
+    def report(self, handle: optuna.Trial, value: float, step: int, *, prune: bool = False) -> bool:
+        """Record ``value`` (an epoch's top-1) as the trial's intermediate value at ``step`` (its
+        epoch, counted from 1), in the storage at once: optuna-dashboard draws a running trial's
+        curve from these. With ``prune`` (a study that has a pruner), whether the pruner says to
+        stop; else False. Every trial reports, one write per epoch; only pruned studies ask."""
+        if self._multi_objective:  # Trial.report refuses multi-objective studies, their storage does not
+            self.queries.report(self.queries.id_of(handle), step, value)
+            return False
+        handle.report(value, step)  # Optuna's own path: its pruner reads the values from the handle
+        return prune and handle.should_prune()
+
+    @cached_property
+    def _multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
 
     # --- running and recording ------------------------------------------------------------
 

@@ -63,6 +63,11 @@ class Queries:
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
+    def report(self, trial_id: int, step: int, value: float) -> None:
+        """The trial's intermediate value at ``step``, written as ``Trial.report`` writes it, which
+        refuses multi-objective studies (their pruners cannot use it; optuna-dashboard can)."""
+        self.storage.set_trial_intermediate_value(trial_id, int(step), float(value))
+
     def grace(self) -> float:
         """The silence after which a claim never signed by its worker is dead."""
         return float(getattr(self.storage, "grace_period", None) or HEARTBEAT[1])

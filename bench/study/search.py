@@ -143,7 +143,7 @@ def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | Non
             name = f"#{handle.number} " + label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)
             progress.start(name)
             record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress, handle=handle,
-                               on_epoch=_pruning(ledger, handle) if cfg.pruner else None)
+                               prune=bool(cfg.pruner))
             finished.append(record)
             progress.finish(name, result_line(record))
     return finished
@@ -159,9 +159,3 @@ def _spread(dims: dict[str, Dim], base: Variant) -> list[Variant]:
         except SpecError:
             pass
     return out
-
-
-def _pruning(ledger: Ledger, handle: Any):
-    def on_epoch(epoch: int, top1: float, loss: float) -> bool:
-        return ledger.report(handle, top1, epoch)
-    return on_epoch

@@ -50,7 +50,8 @@ def signals_held() -> Iterator[None]:
 
 def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None = None,
             progress: console.SweepProgress | None = None,
-            on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[int, float, float], bool | None] | None = None,
+            on_resume: Callable[[list[float]], None] | None = None) -> dict[str, Any]:
     """Profile ``trial``'s variant and (with the sweep's train section) proxy-train it from its
     seed, on ``ctx.device``: one flat record. ``data``: the dataset at the variant's image size.
     Training resumes from ``ctx.checkpoint_path`` if that exists and was made by this very
@@ -60,8 +61,9 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
     With the sweep's collapse section, the trained model's attention collapse on the first test
     images (and, ``at_init``, the untrained one's); with ``ctx.save_weights``, the trained weights
     kept at ``ctx.weights_path``. ``progress``: told each phase and step. ``on_epoch(epoch, top1,
-    loss)`` returning True stops training (a pruned trial). ``status`` is complete, diverged or
-    pruned; exceptions propagate to the caller.
+    loss)`` returning True stops training (a pruned trial); ``on_resume(top1_per_epoch)``: the
+    epochs a resumed training carries over from its checkpoint (bench.training.Hooks). ``status``
+    is complete, diverged or pruned; exceptions propagate to the caller.
     """
     variant, seed, device = trial.variant, trial.seed, ctx.device
     profile, train_cfg, collapse = sweep.profile, sweep.train, sweep.collapse
@@ -88,7 +90,7 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
         say("training")
         t0 = time.perf_counter()
         result = train(model, data, train_cfg, device=device, seed=seed, recipe=sweep.data,
-                       hooks=Hooks(on_step=on_step, on_epoch=on_epoch),
+                       hooks=Hooks(on_step=on_step, on_epoch=on_epoch, on_resume=on_resume),
                        checkpoint=Checkpoint(checkpoint, {"variant": variant.to_dict()}))
         record["resumed"] = result.pop("resumed", False)
         record["time_train_s"] = time.perf_counter() - t0
@@ -150,10 +152,12 @@ def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
 
 
 def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, Dataset], ledger: Ledger,
-              progress: console.SweepProgress, handle: Any,
-              on_epoch: Callable[[int, float, float], bool | None] | None = None) -> dict[str, Any]:
+              progress: console.SweepProgress, handle: Any, prune: bool = False) -> dict[str, Any]:
     """Measure ``trial`` and record it under ``handle``: its result, or its failure (a failed
     trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
+    Each epoch's top-1 goes to the ledger as the epoch ends (``Ledger.report``: an intermediate
+    value at step = epoch, from 1); with ``prune`` (a study with a pruner), the pruner may stop
+    the trial there.
     ``loaded``: datasets by image size, loaded once per worker. Training checkpoints every
     epoch (``ctx.checkpoint_path``); an interrupted trial leaves its checkpoint for whichever
     worker redoes it, a finished one removes it unless ``ctx.keep_checkpoints`` (a failed one
@@ -173,7 +177,8 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
                 progress.phase("loading data")
                 loaded[img] = load_data(sweep.data, img)
             data = loaded[img]
-        record = measure(trial, sweep, ctx, data=data, progress=progress, on_epoch=on_epoch)
+        on_epoch, on_resume = _reporting(ledger, handle, prune)
+        record = measure(trial, sweep, ctx, data=data, progress=progress, on_epoch=on_epoch, on_resume=on_resume)
         record = {**base, **record}
     except KeyboardInterrupt:
         with signals_held():  # a second Ctrl-C must not cut the write that records the first
@@ -196,6 +201,23 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
     if checkpoint is not None and not ctx.keep_checkpoints and record["status"] != Status.FAILED:
         checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
     return record
+
+
+def _reporting(ledger: Ledger, handle: Any, prune: bool) -> tuple[Callable[[int, float, float], bool],
+                                                                  Callable[[list[float]], None]]:
+    """The training hooks that report a trial's per-epoch top-1 to its ledger: each epoch as it
+    ends (asking the pruner only with ``prune``), and, for a training resumed from a checkpoint,
+    the epochs it carries over. A resumed trial is a new Optuna trial, so its curve would
+    otherwise start at the resumed epoch; those epochs are told, never asked: the pruner spoke
+    on them in the run that trained them. Reporting only writes the storage: no random stream
+    or training order depends on it."""
+    def on_epoch(epoch: int, top1: float, loss: float) -> bool:
+        return ledger.report(handle, top1, epoch, prune=prune)
+
+    def on_resume(top1_per_epoch: list[float]) -> None:
+        for epoch, top1 in enumerate(top1_per_epoch, 1):
+            ledger.report(handle, top1, epoch)
+    return on_epoch, on_resume
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
