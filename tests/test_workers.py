@@ -160,7 +160,9 @@ def children_of(pid):
     return out
 
 
-def test_sigterm_stops_every_local_worker(tmp_path):
+def long_run_with_two_workers(tmp_path, signed=1):
+    """`bench run --workers 2` on a sweep long enough to be stopped mid-trial, once ``signed``
+    workers have signed their trials: (process, its two workers' pids, sweep file, name, results)."""
     path, name = write_sweep(tmp_path, train_size=4000, epochs=50)
     results = tmp_path / "results"
     proc = subprocess.Popen(bench_cmd("run", path, "--workers", "2", "--results", results, "--device", "cpu",
@@ -168,10 +170,15 @@ def test_sigterm_stops_every_local_worker(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     journal = results / name / "study.journal"
     deadline = time.time() + 90
-    while time.time() < deadline and not (journal.exists() and b'"worker"' in journal.read_bytes()):
+    while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b'"worker"') >= signed):
         time.sleep(0.3)
     children = children_of(proc.pid)
     assert len(children) == 2
+    return proc, children, path, name, results
+
+
+def test_sigterm_stops_every_local_worker(tmp_path):
+    proc, children, path, name, results = long_run_with_two_workers(tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=90) == 143
     assert "terminated (SIGTERM)" in proc.stderr.read().decode()
@@ -187,17 +194,7 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
     """kill -9 of `bench run --workers 2` cannot tell its workers: they notice by themselves
     (the kernel's parent-death signal, or their poll of the parent), record their trials as
     interrupted, and exit; none goes on taking trials."""
-    path, name = write_sweep(tmp_path, train_size=4000, epochs=50)
-    results = tmp_path / "results"
-    proc = subprocess.Popen(bench_cmd("run", path, "--workers", "2", "--results", results, "--device", "cpu",
-                                      "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    journal = results / name / "study.journal"
-    deadline = time.time() + 90
-    while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b'"worker"') >= 2):
-        time.sleep(0.3)
-    children = children_of(proc.pid)
-    assert len(children) == 2
+    proc, children, path, name, results = long_run_with_two_workers(tmp_path, signed=2)
     proc.kill()
     proc.wait()
     deadline = time.time() + 60
