@@ -130,7 +130,7 @@ def test_a_torn_trial_creation_keeps_later_trials_and_their_numbers(written, tmp
     on_1 = [i for i in range(k + 1, len(lines)) if b'"trial_id":1,' in lines[i]]
     torn = _tear(lines[k])
     path, ledger, err, side = _repair(tmp_path, b"".join(lines[:k] + [torn] + lines[k + 1:]), capsys)
-    assert side == torn + b"".join(lines[i] for i in on_1) and len(on_1) == 6
+    assert side == torn + b"".join(lines[i] for i in on_1) and len(on_1) >= 6  # its claim, result, values, state…
     assert f"1 record(s) damaged in place, {len(on_1)} later record(s)" in err and "trial #1 of study 'tiny'" in err
     assert "intact" not in err
     after = _by_number(ledger)
