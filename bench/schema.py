@@ -20,7 +20,6 @@ class Status(str, Enum):
         return self.value
 
 
-FINISHED = (Status.COMPLETE, Status.DIVERGED, Status.PRUNED)  # results: a rerun does not redo them
 
 # per-block arrays of the collapse analysis: stored beside the record (not in it) and not in runs.csv
 DETAILS = ("collapse", "init_collapse")

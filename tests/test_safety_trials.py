@@ -204,3 +204,21 @@ def test_a_file_where_a_results_folder_goes_is_named_and_kept(folder, sweep_file
     assert code == 1 and f"{out / folder} is a file, not a folder" in err and err.count("error") == 1
     assert (out / folder).read_bytes() == b"not bench's\n"
     assert os.listdir(out) == [folder]  # no study.db, no checkpoints/ left behind
+
+
+def test_a_storage_hiccup_while_reporting_an_epoch_does_not_fail_the_trial(sweep_file, monkeypatch, run, capsys):
+    """The per-epoch intermediate value is for dashboards: a storage error writing it (a lock
+    timeout, a dropped connection) is said once per trial, and the trial completes with its
+    result, as one that never reported."""
+    from bench.study.ledger import Ledger
+    calls = []
+
+    def flaky(self, handle, value, step, *, prune=False):
+        calls.append(step)
+        raise RuntimeError("database is locked")
+    monkeypatch.setattr(Ledger, "report", flaky)
+    summary = run(sweep_file)
+    records = summary["records"]
+    assert len(records) == 4 and all(r["status"] == "complete" for r in records)
+    assert len(calls) == 4  # one epoch per trial, each tried once
+    assert capsys.readouterr().err.count("not stored as an intermediate value (database is locked)") == 4

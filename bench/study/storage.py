@@ -338,6 +338,9 @@ def _open_journal(url: str, name: str, *, create: bool, direction: str | list[st
             check_journal(path, create)
             repair_journal(path)
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise BenchError(f"cannot open journal file {path}: {err.strerror or err}") from None
+    try:
         return _create_or_load(storage, name, create, direction)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"

@@ -211,12 +211,27 @@ def _reporting(ledger: Ledger, handle: Any, prune: bool) -> tuple[Callable[[int,
     otherwise start at the resumed epoch; those epochs are told, never asked: the pruner spoke
     on them in the run that trained them. Reporting only writes the storage: no random stream
     or training order depends on it."""
+    failed: list[str] = []
+
+    def tell(top1: float, epoch: int) -> None:
+        """A value only a dashboard reads: a storage hiccup must not fail the trial it shows."""
+        try:
+            ledger.report(handle, top1, epoch)
+        except Exception as err:
+            if not failed:  # said once per trial
+                console.info(f"epoch {epoch}'s top-1 not stored as an intermediate value ({first_line(err)}); "
+                             "the trial goes on, its record keeps every epoch")
+            failed.append(str(epoch))
+
     def on_epoch(epoch: int, top1: float, loss: float) -> bool:
-        return ledger.report(handle, top1, epoch, prune=prune)
+        if prune:  # the pruner reads the stored value: a storage error is the trial's
+            return ledger.report(handle, top1, epoch, prune=True)
+        tell(top1, epoch)
+        return False
 
     def on_resume(top1_per_epoch: list[float]) -> None:
         for epoch, top1 in enumerate(top1_per_epoch, 1):
-            ledger.report(handle, top1, epoch)
+            tell(top1, epoch)
     return on_epoch, on_resume
 
 
