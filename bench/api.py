@@ -69,7 +69,7 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
     finished = workers.spawn_workers(run.ctx) if run.ctx.workers > 1 else runner.work_here(sweep, run)
     summary = runner.summary(sweep, run, finished)
     if run.ctx.report:
-        summary["report"] = report_ledger(run.ledger, sweep.name, run.ctx.storage, run.ctx.results_dir)
+        summary["report"] = report_ledger(run.ledger, sweep.name, run.ctx.results_dir)
     return summary
 
 
@@ -81,7 +81,7 @@ def run_worker(context: RunContext) -> dict[str, Any]:
     summary = {"ran": len(records), "records": records,
                "failed": sum(r["status"] == Status.FAILED for r in records)}
     if context.report:
-        summary["report"] = report_ledger(ledger, context.study, ledger.url, context.results_dir)
+        summary["report"] = report_ledger(ledger, context.study, context.results_dir)
     return summary
 
 
@@ -103,7 +103,7 @@ def time_study(context: RunContext, rounds: int | None = None) -> tuple[dict[str
     rounds = rounds or sweep.profile.rounds or ProfileConfig.rounds
     result = runner.time_side_by_side(ledger, sweep, context.device, rounds=rounds, again=True,
                                       quiet=context.quiet, variants=variants)
-    return result, report_ledger(ledger, context.study, ledger.url, context.results_dir)
+    return result, report_ledger(ledger, context.study, context.results_dir)
 
 
 def record_variant(record: dict[str, Any]) -> Variant:

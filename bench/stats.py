@@ -25,7 +25,6 @@ from scipy import optimize, special
 from scipy import stats as st
 
 LEVEL = 0.95
-RESAMPLES = 2000  # iso_cost's former bootstrap resamples: its parameter stays for callers, unused
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ GRID = 256  # points per width segment where the multiplier's confidence set is 
 
 
 def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float, Sequence[float]]],
-             level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> IsoCost:
+             level: float = LEVEL) -> IsoCost:
     """``arm``: the re-attention arm's top-1 over seeds, at ``arm_cost``; ``width``: (cost,
     top-1 over seeds) of each width point, narrowest (the baseline) included.
 
@@ -218,9 +217,7 @@ def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float,
       point, and "beyond the widest" (inf) when it is not significantly below the widest.
       The interval is the span of that set (Fieller's interval for an inverse reading).
 
-    No interval when any variant has a single seed. ``resamples`` and ``seed`` are kept for
-    callers and unused."""
-    del resamples, seed
+    No interval when any variant has a single seed."""
     costs = [c for c, _ in width]
     base = min(costs)
     means = [float(np.mean(s)) for _, s in width]

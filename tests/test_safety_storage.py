@@ -213,9 +213,10 @@ def test_a_worker_prints_its_storage_without_the_password(written, tmp_path, mon
 
 
 def test_a_study_without_finished_trials_reports_no_password(tmp_path):
-    ledger = Ledger.open(f"journal:{tmp_path / 'j'}", "tiny", create=True)
+    study = Ledger.open(f"journal:{tmp_path / 'j'}", "tiny", create=True).study
+    ledger = Ledger(study, "postgresql://u:hunter2/x@db-host/bench")  # as if opened there
     with pytest.raises(BenchError) as caught:
-        report_ledger(ledger, "tiny", "postgresql://u:hunter2/x@db-host/bench", tmp_path)
+        report_ledger(ledger, "tiny", tmp_path)
     assert "has no finished trials" in str(caught.value) and "hunter2" not in str(caught.value)
 
 

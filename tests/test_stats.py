@@ -60,14 +60,14 @@ def test_a_width_curve_linear_in_log_cost_is_read_exactly():
     assert top1_at(0.5, costs, top1) is None and top1_at(5.0, costs, top1) is None  # no extrapolation
     assert cost_to_reach(75.0, costs, top1) == pytest.approx(2 ** 1.5)
     assert cost_to_reach(55.0, costs, top1) == 1.0 and cost_to_reach(85.0, costs, top1) == math.inf
-    r = iso_cost([74.0, 76.0], 1.1, WIDTH, resamples=500)
+    r = iso_cost([74.0, 76.0], 1.1, WIDTH)
     assert r.width_top1 == pytest.approx(60 + 10 * math.log2(1.1)) and r.gain == pytest.approx(75 - r.width_top1)
     assert r.multiplier == pytest.approx(2 ** 1.5) and r.cost_ratio == pytest.approx(1.1) and r.widest_ratio == 4
     assert r.gain_low < r.gain < r.gain_high and r.mult_low < r.multiplier < r.mult_high
 
 
 def test_an_arm_beyond_the_widest_is_flagged_not_extrapolated():
-    r = iso_cost([90.0, 92.0], 1.05, WIDTH, resamples=200)
+    r = iso_cost([90.0, 92.0], 1.05, WIDTH)
     assert math.isinf(r.multiplier) and math.isinf(r.mult_high) and r.widest_ratio == 4
     assert iso_cost([90.0], 1.05, WIDTH).mult_low is None  # one seed: no interval
 

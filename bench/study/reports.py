@@ -65,8 +65,9 @@ def importances(study: optuna.Study, objectives: list[str]) -> Importances:
     return table
 
 
-def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) -> dict[str, Path]:
-    """Write the report of the study behind ``ledger`` (stored at ``url``) to results_dir/name."""
+def report_ledger(ledger: Ledger, name: str, results_dir: str | Path) -> dict[str, Path]:
+    """Write the report of the study behind ``ledger`` to results_dir/name."""
+    url = ledger.url
     df = records_frame(ledger)
     if df.empty:
         raise BenchError(f"study {name!r} in {safe_url(url)} has no finished trials yet")
@@ -90,7 +91,7 @@ def report_ledger(ledger: Ledger, name: str, url: str, results_dir: str | Path) 
 def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
     """``bench report NAME``: rebuild runs.csv, report.md and the plots from the study alone."""
     ledger = Ledger.locate(name, storage, results_dir)
-    return report_ledger(ledger, name, ledger.url, results_dir)
+    return report_ledger(ledger, name, results_dir)
 
 
 def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, reference_storage: str | None = None,
