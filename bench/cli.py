@@ -242,7 +242,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from bench.report.fidelity import no_ranking
+    from bench.report.fidelity import no_ranking, states_said
     from bench.study.reports import fidelity_report
 
     study_name(args.name)  # fidelity-REF.md goes into RESULTS/NAME: neither name may lead out of it
@@ -256,7 +256,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
                       f"variant{'s' * (result['variants'] != 1)}, {ranks}", highlight=False)
     d = result["decisions"]
     if len(d):
-        console.out.print(f"sign of Δtop-1 agrees for {int(d['sign_agrees'].sum())} of {len(d)} arm(s)", highlight=False)
+        console.out.print(f"sign of Δtop-1: {states_said(d)}", highlight=False)
     print_paths([path])
     return 0
 

@@ -262,13 +262,29 @@ def test_fidelity_of_two_studies_with_one_variant_swapped():
     assert d.loc["wider ×1.5", "sign_agrees"] and d.loc["re-attention", "sign_agrees"]  # both still beat the base
     # proxy: widening reaches re-attention's 72.5 at ×√2 < its ×1.5, so widening is the cheaper route;
     # reference: no width point reaches 74.5, so re-attention is
-    assert (d.loc["re-attention", "iso_proxy"], d.loc["re-attention", "iso_ref"]) == (False, True)
+    assert (d.loc["re-attention", "iso_proxy"], d.loc["re-attention", "iso_ref"]) == ("width", "re")
+    assert d["state"].tolist() == ["kept", "kept"]  # the reference's intervals ([+2, +2], [+4, +4]) exclude 0
     assert not d.loc["re-attention", "iso_agrees"]
     text = fidelity_markdown(r, ("short", "long"), (SPEC, {**SPEC, "train": {"epochs": 30}}))
     assert text.startswith("# Fidelity: short against long") and "**Reference:** data dataset=cifar10, " \
         "subset=512; train epochs=30" in text
-    assert f"Kendall τ = {1 - 2 / 6:.2f} [" in text and "The sign of Δtop-1 agrees for 2 of 2 arm(s)" in text
+    assert f"Kendall τ = {1 - 2 / 6:.2f} [" in text and "The sign of Δtop-1 is kept for 2 of 2 arm(s)" in text
     assert "| 4 | re-attention | +2.0 [+2.0, +2.0] | +4.0 [+4.0, +4.0] | ✓ | width / re ✗ |" in text
+
+
+def test_a_sign_the_reference_cannot_tell_from_noise_is_undecided_never_agreement():
+    proxy = fid_frame([(BASE, 70.0), (WIDE, 74.0), (RE, 72.0)])
+    ref = fid_frame([(BASE, 70.0), (WIDE, 68.0), (RE, 72.0)])
+    ref.loc[ref["key"].str.contains("re") & (ref["seed"] == 1), "top1"] = 62.0  # re's deltas: +2, −9: spans 0
+    d = fidelity(proxy, ref, COMPARE, resamples=50)["decisions"].set_index("arm")
+    assert d.loc["re-attention", "d_top1_ref"] == pytest.approx(-3.5) and not d.loc["re-attention", "sign_agrees"]
+    assert d.loc["re-attention", "d_low_ref"] < 0 < d.loc["re-attention", "d_high_ref"]
+    assert d.loc["re-attention", "state"] == "undecided"
+    assert d.loc["wider ×1.5", "state"] == "flipped"  # +4 against −2 [−2, −2]
+    text = fidelity_markdown(fidelity(proxy, ref, COMPARE, resamples=50), ("short", "long"), (SPEC, SPEC))
+    assert "The sign of Δtop-1 is kept for 0 of 2 arm(s), 1 flipped, 1 undecided (the reference's interval " \
+        "spans 0)" in text
+    assert text.count("| undecided |") == 1 and text.count("| ✗ |") == 1
 
 
 def test_one_registry_chooses_and_draws_the_plots(sweep, tmp_path):

@@ -18,6 +18,39 @@ from bench.spec import BASELINE
 from bench.stats import rank_agreement
 
 MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
+VERDICT_COLS = ("d_top1", "d_low", "d_high", "significant")  # what a study decides per arm, with iso
+KEPT, FLIPPED, UNDECIDED = "kept", "flipped", "undecided"  # a decision against a reference (decision_state)
+STATE_CELLS = {KEPT: "✓", FLIPPED: "✗", UNDECIDED: "undecided"}
+
+
+def verdicts(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
+    """Per group and arm of ``compare`` (the baseline left out), what one study decides: Δtop-1
+    with its 95 % interval, and the iso-cost verdict at equal GMACs (``iso``: "re" when
+    re-attention is the cheaper route — widening would need more than the arm's own cost to match
+    it —, "width" when widening is; None for an arm with no iso-cost reading)."""
+    by = list(compare.get("by") or [])
+    iso = {}
+    found = iso_costs(df, compare)
+    for r in found[found["axis"] == "infer_gmacs"].to_dict("records"):
+        iso[(*[r[f] for f in by], r["arm"])] = "re" if r["multiplier"] > r["cost_ratio"] else "width"
+    rows = []
+    for r in comparison(df, compare).to_dict("records"):
+        if r["arm"] == BASELINE or is_missing(r["d_top1"]):
+            continue
+        rows.append({**{f: r[f] for f in by}, "arm": r["arm"], **{k: r[k] for k in VERDICT_COLS},
+                     "iso": iso.get((*[r[f] for f in by], r["arm"]))})
+    return pd.DataFrame(rows, columns=[*by, "arm", *VERDICT_COLS, "iso"])
+
+
+def decision_state(d_top1: float, reference: Mapping[str, Any]) -> str:
+    """Whether a decision (the sign of Δtop-1 ``d_top1``) holds against ``reference``'s row of
+    ``verdicts``: "kept" when the signs agree and the reference's 95 % interval excludes 0,
+    "flipped" when they disagree and it does, "undecided" when the reference's interval spans 0
+    (or it has none): a sign the reference cannot tell from noise is never counted as agreement."""
+    low, high = reference["d_low"], reference["d_high"]
+    if is_missing(low) or is_missing(high) or low <= 0 <= high:
+        return UNDECIDED
+    return KEPT if np.sign(d_top1) == np.sign(reference["d_top1"]) else FLIPPED
 
 
 def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
@@ -25,9 +58,9 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
     """How a proxy study's answers agree with a reference study of the same variants (a longer
     budget, more data, another dataset): Kendall τ and Spearman ρ between their mean top-1
     over the variants both measured, with bootstrap intervals (``agreement`` None with fewer than
-    MIN_RANKED of them); and, per group and arm of
-    ``compare``, whether the two agree on the sign of Δtop-1 and on the iso-cost verdict
-    (does re-attention beat widening at equal GMACs: multiplier above its own cost)."""
+    MIN_RANKED of them); and, per group and arm of ``compare``, whether the decision holds
+    (``state``: decision_state, the reference's interval deciding), whether the bare signs of
+    Δtop-1 agree (``sign_agrees``), and whether the iso-cost verdicts agree."""
     a, b = variant_means(proxy), variant_means(reference)
     both = a.merge(b, on="variant", suffixes=("_proxy", "_ref"))
     agreement = (rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples)
@@ -35,26 +68,26 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
     decisions = []
     if compare:
         by = list(compare.get("by") or [])
-        cp, cr = comparison(proxy, compare), comparison(reference, compare)
-        merged = cp.merge(cr, on=[*by, "arm"], suffixes=("_proxy", "_ref"))
-        ip, ir = iso_costs(proxy, compare), iso_costs(reference, compare)
-        iso = {}
-        for name, frame in (("proxy", ip), ("ref", ir)):
-            for r in frame[frame["axis"] == "infer_gmacs"].to_dict("records"):
-                iso[(name, *[r[f] for f in by], r["arm"])] = r["multiplier"] > r["cost_ratio"]
-        for r in merged[merged["arm"] != BASELINE].to_dict("records"):
-            if is_missing(r["d_top1_proxy"]) or is_missing(r["d_top1_ref"]):
-                continue
-            key = tuple(r[f] for f in by)
-            verdicts = iso.get(("proxy", *key, r["arm"])), iso.get(("ref", *key, r["arm"]))
+        merged = verdicts(proxy, compare).merge(verdicts(reference, compare), on=[*by, "arm"],
+                                                suffixes=("_proxy", "_ref"))
+        for r in merged.to_dict("records"):
+            iso = r["iso_proxy"], r["iso_ref"]
+            ref = {k: r[f"{k}_ref"] for k in VERDICT_COLS}
             decisions.append({**{f: r[f] for f in by}, "arm": r["arm"],
-                              **{f"{k}_{w}": r[f"{k}_{w}"] for k in ("d_top1", "d_low", "d_high", "significant")
-                                 for w in ("proxy", "ref")},
+                              **{f"{k}_{w}": r[f"{k}_{w}"] for k in VERDICT_COLS for w in ("proxy", "ref")},
                               "sign_agrees": bool(np.sign(r["d_top1_proxy"]) == np.sign(r["d_top1_ref"])),
-                              "iso_proxy": verdicts[0], "iso_ref": verdicts[1],
-                              "iso_agrees": None if None in verdicts else verdicts[0] == verdicts[1]})
+                              "state": decision_state(r["d_top1_proxy"], ref),
+                              "iso_proxy": iso[0], "iso_ref": iso[1],
+                              "iso_agrees": None if None in iso else iso[0] == iso[1]})
     return {"variants": len(both), "only_proxy": len(a) - len(both), "only_reference": len(b) - len(both),
             "agreement": agreement, "decisions": pd.DataFrame(decisions), "pairs": both}
+
+
+def states_said(d: pd.DataFrame) -> str:
+    """``kept for 2 of 4 arm(s), 1 flipped, 1 undecided (the reference's interval spans 0)``."""
+    n = {s: int((d["state"] == s).sum()) for s in (KEPT, FLIPPED, UNDECIDED)}
+    return (f"kept for {n[KEPT]} of {len(d)} arm(s)" + (f", {n[FLIPPED]} flipped" if n[FLIPPED] else "")
+            + (f", {n[UNDECIDED]} undecided (the reference's interval spans 0)" if n[UNDECIDED] else ""))
 
 
 def no_ranking(shared: int) -> str:
@@ -86,18 +119,16 @@ def fidelity_markdown(result: Mapping[str, Any], names: tuple[str, str],
         rows = []
         for r in d.to_dict("records"):
             iso = "–" if r["iso_agrees"] is None else (
-                f"{'re' if r['iso_proxy'] else 'width'} / {'re' if r['iso_ref'] else 'width'} "
-                + ("✓" if r["iso_agrees"] else "✗"))
+                f"{r['iso_proxy']} / {r['iso_ref']} " + ("✓" if r["iso_agrees"] else "✗"))
             rows.append([show_value(f, r[f]) for f in by] + [
                 r["arm"], signed(r["d_top1_proxy"]) + interval(r["d_low_proxy"], r["d_high_proxy"]),
                 signed(r["d_top1_ref"]) + interval(r["d_low_ref"], r["d_high_ref"]),
-                "✓" if r["sign_agrees"] else "✗", iso])
-        agree = int(d["sign_agrees"].sum())
+                STATE_CELLS[r["state"]], iso])
         lines += ["## Decisions", "",
-                  f"The sign of Δtop-1 agrees for {agree} of {len(d)} arm(s)"
+                  f"The sign of Δtop-1 is {states_said(d)}"
                   + (f"; the iso-cost verdict for {int(d['iso_agrees'].dropna().sum())} of "
                      f"{int(d['iso_agrees'].notna().sum())}" if d["iso_agrees"].notna().any() else "") + ".", "",
-                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "same sign",
+                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "sign kept",
                             "cheaper route at equal GMACs (proxy / reference)"], rows, left=len(by) + 1), ""]
     return "\n".join(lines)
 
