@@ -18,6 +18,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from bench import console
 from bench.collapse import analyse
 from bench.config import CollapseConfig, DataConfig, Dim, ProfileConfig, resolve_dtype
 from bench.data.folders import split_sizes
@@ -28,12 +29,14 @@ from bench.models import build_model, load_weights
 from bench.profiling import closed_form, create, input_size_of, measure_speed, resolve_device
 from bench.reattention import ReAttention
 from bench.report import plots
+from bench.report.calibration import agreement
+from bench.report.formats import two_places
 from bench.schema import Status
-from bench.spec import MAX_CORNERS, Sweep
+from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs
 from bench.study import runner, workers
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
-from bench.study.reports import report_ledger
+from bench.study.reports import calibration_report, report_ledger, rung_study
 from bench.study.trials import eval_images, label
 from bench.variant import FIELD_TYPES, Variant
 
@@ -71,6 +74,44 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
     if run.ctx.report:
         summary["report"] = report_ledger(run.ledger, sweep.name, run.ctx.results_dir)
     return summary
+
+
+def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None = None, *, name: str | None = None,
+              stop_when_stable: bool = False, context: RunContext | None = None, **options: Any) -> dict[str, Any]:
+    """``bench calibrate``: run the sweep file ``path`` (with ``sets``) at every rung of a budget
+    ladder (bench.spec.parse_ladder), each rung its own study NAME@label in the same storage
+    (``options``: RunContext's fields, as run_sweep's), then read the rungs together and write
+    results_dir/NAME/calibration.md (bench.report.calibration). Every rung is a resumable sweep:
+    a rung already run runs nothing again, so a rerun with one more rung runs only that one.
+
+    ``stop_when_stable``: after each rung, stop climbing once it and the rung before agree (τ ≥
+    0.8, every decision kept); the report says so and why. Every rung's sweep is checked before
+    the first runs. Returns the calibration, its files, the trials run now per rung, ``stopped``
+    and ``failure`` (one line when trials failed, as run_sweep's)."""
+    sweeps = load_rungs(path, dict(sets or {}), rungs, name)
+    stem = sweeps[0].name[:-len(rungs[0].label) - 1]  # NAME of NAME@label
+    ctx = (context or RunContext()).replace(**options)
+    done, ran, failures, stopped = [], [], [], None
+    for i, (rung, sweep) in enumerate(zip(rungs, sweeps, strict=True)):
+        if not ctx.quiet:
+            console.info(f"rung {i + 1} of {len(rungs)}: {rung.label} (study {sweep.name})")
+        summary = run_sweep(sweep, context, **options)
+        ran.append({"rung": rung.label, "study": sweep.name, "ran": summary["ran"]})
+        if summary.get("failure"):
+            failures.append(f"rung {rung.label}: {summary['failure']}")
+        done.append(rung_study(rung, sweep.name, storage=ctx.replace(study=sweep.name).url(),
+                               results_dir=ctx.results_dir))
+        if stop_when_stable and 0 < i < len(rungs) - 1:
+            found = agreement(done[-2].frame, done[-1].frame, (done[-1].spec or {}).get("compare"))
+            if found["agrees"]:
+                stopped = (f"rungs {done[-2].label} and {rung.label} agree (τ {two_places(found['agreement'].tau)}, every "
+                           f"decision kept); {', '.join(r.label for r in rungs[i + 1:])} not run")
+                if not ctx.quiet:
+                    console.info(f"stopped climbing: {stopped}")
+                break
+    result, paths = calibration_report(stem, done, results_dir=ctx.results_dir, stopped=stopped)
+    return {"name": stem, "result": result, "files": paths, "rungs": ran, "stopped": stopped,
+            "failure": "; ".join(failures) or None}
 
 
 def run_worker(context: RunContext) -> dict[str, Any]:
@@ -134,6 +175,29 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     for row in rows:
         v = row.pop("_variant")
         row["est_trial_s"] = None if rate is None else estimated_macs(sweep, v, dev) / rate + 1.0  # + build, record
+    return rows
+
+
+def plan_ladder(sweeps: list[Sweep], device: str | None = None, calibrate: bool = True) -> list[dict[str, Any]]:
+    """What a ladder (bench.spec.load_rungs) will cost before anything runs: per rung its
+    trials, the train MACs they count (closed form: forward + backward = 3× forward, per image
+    trained) and an estimated time (as plan_rows: one rate, timed on the first rung's cheapest
+    variant)."""
+    dev = resolve_device(device)
+    first = sweeps[0]
+    cheapest = min(first.variants, key=lambda v: closed_form(v)["macs"])
+    rate = _calibrate(cheapest, first, dev) if calibrate and first.search is None else None
+    rows = []
+    for sweep in sweeps:
+        if sweep.search is not None:
+            raise BenchError(f"{sweep.name}: a ladder climbs grid sweeps (bench run), not studies (bench study)")
+        n_train = split_sizes(sweep.data)[0] if sweep.train is not None else 0
+        epochs = sweep.train.epochs if sweep.train is not None else 0
+        seeds = len(sweep.seeds)
+        pmacs = sum(3 * closed_form(v)["macs"] for v in sweep.variants) * n_train * epochs * seeds / 1e15
+        est = None if rate is None else sum(estimated_macs(sweep, v, dev) / rate + 1.0 for v in sweep.variants) * seeds
+        rows.append({"study": sweep.name, "trials": len(sweep.variants) * seeds, "train_pmacs": pmacs,
+                     "est_min": None if est is None else est / 60})
     return rows
 
 

@@ -144,6 +144,34 @@ def cmd_study(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
+def _ladder(args: argparse.Namespace) -> tuple[list[spec.Rung], list[spec.Sweep]]:
+    """The rungs of --ladder and each rung's sweep, all checked before anything runs."""
+    rungs = spec.parse_ladder(args.ladder)
+    name = study_name(args.name, "--name") if args.name else None
+    return rungs, spec.load_rungs(args.sweep, parse_sets(args.set), rungs, name)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    rungs, _ = _ladder(args)  # before torch loads: a bad spec or rung fails at once
+    from bench import api
+
+    out = api.calibrate(args.sweep, rungs, parse_sets(args.set), name=args.name, stop_when_stable=args.stop_when_stable,
+                        storage=args.storage, results_dir=args.results, device=args.device, quiet=args.quiet,
+                        retry_failed=args.retry_failed, save_weights=args.save_weights,
+                        keep_checkpoints=args.keep_checkpoints, workers=args.workers)
+    if not args.quiet:
+        rows = [{**r, "tau": row["tau_top"], "agrees": row["agrees"]}
+                for r, row in zip(out["rungs"], out["result"]["rows"], strict=True)]
+        console.rows_table(rows, list(rows[0]), title=f"{out['name']}: calibration",
+                           headers={"ran": "trials run now", "tau": "τ vs largest", "agrees": "agrees with largest"})
+    console.out.print(out["result"]["conclusion"], highlight=False, markup=False)
+    print_paths([out["files"]["calibration.md"]])
+    if out["failure"]:
+        console.error(out["failure"])
+        return 1
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     study_name(args.name)  # the one name rule: RESULTS/NAME/ stays inside RESULTS
     from bench import api
@@ -173,6 +201,8 @@ def finish(summary: dict[str, Any], *, worker: bool = False, quiet: bool = False
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.ladder:
+        return plan_ladder(args)
     sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
     from bench.api import plan_rows
 
@@ -198,6 +228,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.out.print(f"estimated total: {total / 60:.1f} min for {len(rows) * n} trials "
                           "(from a few timed train steps of the cheapest variant; larger models run "
                           "more efficiently, so big variants are overestimated)")
+    return 0
+
+
+def plan_ladder(args: argparse.Namespace) -> int:
+    """`bench plan SWEEP --ladder …`: every rung's trials, counted train PMACs and estimated time."""
+    rungs, sweeps = _ladder(args)
+    from bench.api import plan_ladder as rows_of
+
+    with console.status("calibrating: timing a few train steps", quiet=args.json):
+        rows = rows_of(sweeps, device=args.device, calibrate=not args.no_estimate)
+    rows = [{"rung": r.label, **row} for r, row in zip(rungs, rows, strict=True)]
+    if args.json:
+        console.print_json(rows)
+        return 0
+    console.rows_table(rows, list(rows[0]), title=f"a ladder of {len(rows)} rungs",
+                       headers={"train_pmacs": "train PMACs", "est_min": "est. min"})
+    total = sum(r["trials"] for r in rows)
+    line = f"the whole ladder: {total} trials, {sum(r['train_pmacs'] for r in rows):.4g} train PMACs"
+    if rows[0]["est_min"] is not None:
+        line += f", an estimated {sum(r['est_min'] for r in rows):.1f} min (one worker; rungs already run cost nothing)"
+    console.out.print(line, highlight=False)
     return 0
 
 
@@ -409,7 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list a sweep's variants with params, GMACs and estimated time",
                        description="Validate a sweep and list its variants; trains nothing.")
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
+    p.add_argument("--ladder", action="append", default=[], metavar="KEY=V1,V2,…",
+                   help="plan `bench calibrate`'s ladder: each rung's trials, train PMACs and time")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("calibrate", parents=[sweep, device, storage, running, keep, quiet],
+                       help="run a sweep at every rung of a budget ladder: from which budget does its verdict hold?",
+                       description="Run the sweep at each rung of a budget ladder (e.g. --ladder train.epochs=2,4,8; "
+                                   "several --ladder are zipped rung by rung), each rung a resumable study NAME@KEY=V "
+                                   "in the same storage, then write RESULTS/NAME/calibration.md: per rung its cost, "
+                                   "Kendall τ and Spearman ρ against the largest and the next rung, each arm's "
+                                   "Δtop-1 against cost, and the cheapest rung whose ranking and decisions agree "
+                                   "with the largest — or that none does. Rungs already run are reused.")
+    p.add_argument("--ladder", action="append", required=True, metavar="KEY=V1,V2,…",
+                   help="a spec value by its dotted name and one value per rung, cheapest first (repeatable: zipped)")
+    p.add_argument("--stop-when-stable", action="store_true",
+                   help="stop climbing once two successive rungs agree (τ ≥ 0.8, every decision kept)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("fidelity", parents=[storage], help="does a proxy study rank and decide like a reference study?",
                        description="Compare study NAME (a short proxy) with study REF: the same variants at a "

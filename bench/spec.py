@@ -540,3 +540,93 @@ def _filter(raw: Any, at: str) -> dict[str, Any]:
     except SpecError as err:
         raise err.within(prefix=at + ".") from None
     return dict(raw)
+
+
+# --- a budget ladder (bench calibrate) -------------------------------------------------------
+
+MAX_RUNGS = 12  # a ladder's rungs: each is a whole sweep
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of a budget ladder: the values it sets (dotted keys, as --set) and its label,
+    ``epochs=4``, which names its study (``NAME@epochs=4``)."""
+
+    label: str
+    sets: dict[str, Any]
+
+    def study(self, name: str) -> str:
+        """The rung's study name: ``NAME@label``."""
+        try:
+            return check_name(f"{name}@{self.label}")
+        except SpecError as err:
+            raise SpecError(None, None, f"rung {quote(self.label)} cannot name a study: {err.reason}",
+                            where="--ladder") from None
+
+
+def _rung_value(key: str, text: str) -> Any:
+    value = load_yaml(text, "--ladder") if text.strip() else None
+    if value is None or isinstance(value, (dict, list)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise SpecError(key, text, "each rung's value must be a number or a word", where="--ladder")
+    return value
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def parse_ladder(items: list[str]) -> list[Rung]:
+    """``["train.epochs=2,4,8"]`` → three rungs; several ladders are zipped rung by rung
+    (``--ladder train.epochs=2,4 --ladder data.train_size=1000,3000``: two rungs, each setting
+    both). Values are YAML scalars, comma-separated. Raises SpecError (where="--ladder") for an
+    item that is not KEY=V1,V2,…, a key given twice, ladders of different lengths, fewer than
+    two rungs, or two rungs alike."""
+    ladders: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise SpecError(None, None, f"{quote(item)}: expected KEY=V1,V2,… (e.g. train.epochs=2,4,8)",
+                            where="--ladder")
+        if key in ladders:
+            raise SpecError(key, text, "is climbed twice: give each key one --ladder", where="--ladder")
+        ladders[key] = [_rung_value(key, t) for t in text.split(",")]
+    if not ladders:
+        raise SpecError(None, None, "give at least one ladder, e.g. --ladder train.epochs=2,4,8", where="--ladder")
+    lengths = {k: len(v) for k, v in ladders.items()}
+    if len(set(lengths.values())) > 1:
+        raise SpecError(None, None, "ladders are zipped rung by rung, so each needs as many values ("
+                        + ", ".join(f"{k}: {n}" for k, n in lengths.items()) + ")", where="--ladder")
+    n = next(iter(lengths.values()))
+    if not 2 <= n <= MAX_RUNGS:
+        raise SpecError(None, None, f"{n} rung(s): a ladder needs 2 to {MAX_RUNGS} (each is a whole sweep)",
+                        where="--ladder")
+    short = [k.rsplit(".", 1)[-1] for k in ladders]
+    names = short if len(set(short)) == len(short) else list(ladders)  # `epochs` unless two keys share it
+    rungs = [Rung(",".join(f"{s}={_shown(v[i])}" for s, v in zip(names, ladders.values(), strict=True)),
+                  {k: v[i] for k, v in ladders.items()}) for i in range(n)]
+    if len({r.label for r in rungs}) < n:
+        raise SpecError(None, None, f"two rungs are alike ({', '.join(r.label for r in rungs)}): each must differ",
+                        where="--ladder")
+    return rungs
+
+
+def load_rungs(path: str | Path, sets: Mapping[str, Any], rungs: list[Rung], name: str | None = None
+               ) -> list[Sweep]:
+    """The sweep of every rung, each named NAME@label (NAME: ``name`` or the sweep's), all
+    checked before any runs: a rung whose value the spec refuses fails here, naming --ladder."""
+    climbed = set(rungs[0].sets)
+    both = sorted(climbed & set(sets))
+    if both:
+        raise SpecError(both[0], sets[both[0]], "is both set (--set) and climbed (--ladder): give it once",
+                        where="--ladder")
+    out = []
+    for rung in rungs:
+        try:
+            sweep = load(path, {**sets, **rung.sets})
+        except SpecError as err:
+            related = err.where == "--set" and err.key is not None and any(
+                err.key == k or err.key.startswith(k + ".") or k.startswith(err.key + ".") for k in climbed)
+            raise (err.within("--ladder") if related else err) from None
+        out.append(dataclasses.replace(sweep, name=rung.study(check_name(name or sweep.name))))
+    return out

@@ -100,7 +100,8 @@ def fidelity_markdown(result: Mapping[str, Any], names: tuple[str, str],
     """fidelity-<reference>.md from ``fidelity``'s result; ``names`` and ``specs``: (proxy, reference)."""
     (proxy, reference), (spec_p, spec_r) = names, specs
     a = result["agreement"]
-    ranks = (f"Kendall τ = {a.tau:.2f}{interval(a.tau_low, a.tau_high, two_places)}, Spearman ρ = {a.rho:.2f}"
+    ranks = (f"Kendall τ = {two_places(a.tau)}{interval(a.tau_low, a.tau_high, two_places)}, "
+             f"Spearman ρ = {two_places(a.rho)}"
              f"{interval(a.rho_low, a.rho_high, two_places)} (95 % bootstrap intervals over variants)."
              if a is not None else f"no Kendall τ or Spearman ρ: {no_ranking(result['variants'])}.")
     lines = [f"# Fidelity: {proxy} against {reference}", "",

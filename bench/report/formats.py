@@ -31,8 +31,8 @@ def signed(value: Any, digits: int | None = 1, unit: str = "") -> str:
 
 
 def two_places(value: float) -> str:
-    """A rank correlation: ``0.83``."""
-    return f"{value:.2f}"
+    """A rank correlation: ``0.83``, ``−0.20``."""
+    return f"{value:.2f}".replace("-", MINUS)
 
 
 def interval(low: Any, high: Any, show: Callable[[Any], str] = signed) -> str:

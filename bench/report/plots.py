@@ -352,3 +352,60 @@ def pareto_plot(ok: pd.DataFrame, best: pd.DataFrame, cols: list[str], objective
     ax.legend(fontsize=8)
     ax.set_title("study: trials and Pareto front")
     return _save(fig, path)
+
+
+# --- a budget ladder (bench calibrate) ---------------------------------------------------------
+
+def calibration_figures(verdicts: pd.DataFrame, rungs: pd.DataFrame, by: list[str], out_dir: Path,
+                        axis: str) -> list[Path]:
+    """The two pictures of a calibration (bench.report.calibration), against each rung's cost
+    (column ``cost``, named ``axis``): calibration_agreement.png, Kendall τ of each rung against
+    the largest and against the next, with the 0.8 line; and, where the sweep compares arms,
+    calibration_verdicts.png, the verdict against budget: per group, each arm's Δtop-1 with its
+    95 % interval at every rung."""
+    out_dir = Path(out_dir)
+    log = axis != "rung"
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for which, style, label in (("top", "o-", "against the largest rung"), ("next", "s--", "against the next rung")):
+        r = rungs[np.isfinite(rungs[f"tau_{which}"].astype(float))]
+        err = np.vstack([r[f"tau_{which}"] - r[f"tau_low_{which}"], r[f"tau_high_{which}"] - r[f"tau_{which}"]])
+        ax.errorbar(r["cost"], r[f"tau_{which}"], yerr=np.nan_to_num(err.astype(float)), fmt=style, capsize=3,
+                    label=label)
+    ax.axhline(0.8, color="grey", lw=0.8)
+    _rung_ticks(ax, rungs, log)
+    ax.set(xlabel=axis, ylabel="Kendall τ (95 % bootstrap CI)", ylim=(-1.05, 1.05),
+           title="Does the ranking hold as the budget grows?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    paths = [_save(fig, out_dir / "calibration_agreement.png")]
+    if verdicts.empty:
+        return paths
+    groups = list(verdicts.groupby(by, dropna=False, sort=True)) if by else [((), verdicts)]
+    if len(groups) > MAX_PANELS:
+        groups = [groups[round(i * (len(groups) - 1) / (MAX_PANELS - 1))] for i in range(MAX_PANELS)]
+    fig = Figure(figsize=(max(5.0, 4.2 * len(groups)), 4.5))
+    for i, (key, g) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for arm, rows in g.groupby("arm", sort=False):
+            rows = rows.sort_values("order")
+            err = np.vstack([rows["d_top1"] - rows["d_low"], rows["d_high"] - rows["d_top1"]]).astype(float)
+            ax.errorbar(rows["cost"], rows["d_top1"], yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=arm)
+        ax.axhline(0, color="grey", lw=0.8)
+        _rung_ticks(ax, rungs, log)
+        title = " ".join(f"{f}={v}" for f, v in zip(by, key if isinstance(key, tuple) else (key,), strict=False))
+        ax.set(xlabel=axis, ylabel="Δtop-1 vs baseline, points (95 % CI)", title=title or None)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Verdict against budget")
+    return [*paths, _save(fig, out_dir / "calibration_verdicts.png")]
+
+
+def _rung_ticks(ax: Any, rungs: pd.DataFrame, log: bool) -> None:
+    """Each rung's label under its cost (log scale when the costs are counted)."""
+    if log:
+        ax.set_xscale("log")
+    ax.set_xticks(list(rungs["cost"]))
+    ax.set_xticklabels([f"{r}\n{c:.3g}" if log else str(r) for r, c in zip(rungs["rung"], rungs["cost"], strict=True)],
+                       fontsize=7)
+    ax.minorticks_off()

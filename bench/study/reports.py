@@ -16,10 +16,11 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import plots
+from bench.report.calibration import RungStudy, calibration, write_calibration
 from bench.report.fidelity import write_fidelity
 from bench.report.markdown import Importances, study_objectives, write_report
 from bench.schema import DETAILS
-from bench.spec import check_name
+from bench.spec import Rung, check_name
 from bench.study.ledger import Ledger
 from bench.study.storage import safe_url
 
@@ -108,3 +109,23 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
         raise BenchError(f"study {proxy if dp.empty else reference!r} has no finished trials yet")
     return write_fidelity(dp, dr, names=(proxy, reference), specs=(lp.spec or {}, lr.spec or {}),
                           out_dir=Path(results_dir) / proxy)
+
+
+def rung_study(rung: Rung, study: str, *, storage: str | None = None, results_dir: str | Path = "results") -> RungStudy:
+    """A ladder's rung as run: study ``study``'s records and stored spec (``storage``: the
+    ladder's, or None for the study's own file under results_dir)."""
+    ledger = Ledger.locate(study, storage, results_dir)
+    frame = records_frame(ledger)
+    if frame.empty:
+        raise BenchError(f"study {study!r} (rung {rung.label}) has no finished trials yet")
+    return RungStudy(rung.label, study, frame, ledger.spec or {}, rung.sets)
+
+
+def calibration_report(name: str, rungs: list[RungStudy], *, results_dir: str | Path = "results",
+                       stopped: str | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """``bench calibrate``'s report: the rungs read together (bench.report.calibration), written
+    to results_dir/name/calibration.md, calibration.json and plots. Returns (result, paths)."""
+    result = calibration(rungs, rungs[0].spec.get("compare"))
+    ladder = {k: [r.sets[k] for r in rungs] for k in rungs[0].sets}
+    return result, write_calibration(result, name=name, ladder=ladder, spec=rungs[0].spec,
+                                     out_dir=Path(results_dir) / check_name(name), stopped=stopped)

@@ -1,0 +1,272 @@
+"""Verdict against budget: one sweep run at every rung of a budget ladder (more epochs, more
+images), each rung a study of its own, read together. Per rung: what it cost (measured train
+time, counted train MACs), how its ranking agrees with the largest rung's and the next rung's
+(Kendall τ, Spearman ρ, bootstrap intervals: bench.report.fidelity), and whether each decision
+(the sign of an arm's Δtop-1) holds against the largest rung; then the cheapest rung from which
+everything agrees, or that none does. Written as calibration.md, calibration.json and two plots;
+bench.study.reports reads the rungs' ledgers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from bench.files import atomic_write
+from bench.report import plots
+from bench.report.fidelity import FLIPPED, KEPT, UNDECIDED, decision_state, fidelity, verdicts
+from bench.report.formats import interval, md_table, settings, signed, two_places
+from bench.report.tables import is_missing, show_value
+from bench.schema import Status
+
+THRESHOLD = 0.8  # Kendall τ from which two rankings count as agreeing (NAS-Bench-201: ≈ 0.9, 12 vs 200 epochs)
+FILES = ("calibration.md", "calibration.json", "calibration_verdicts.png", "calibration_agreement.png")
+
+
+@dataclass(frozen=True)
+class RungStudy:
+    """One rung as run: its label (``epochs=4``), the values it set, its study's name, records
+    and stored spec."""
+
+    label: str
+    study: str
+    frame: pd.DataFrame
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    sets: Mapping[str, Any] = field(default_factory=dict)
+
+
+def rung_cost(frame: pd.DataFrame) -> dict[str, Any]:
+    """What a rung cost: its finished trials, their measured train time (seconds, summed), and
+    the train MACs they counted (PMACs: each trial's counted train MACs per image — fvcore's
+    forward + backward — times the images it trained, steps × batch size; evaluation and
+    profiling left out). NaN where the records do not say."""
+    ok = frame[frame["status"].isin([Status.COMPLETE.value, Status.DIVERGED.value])] if "status" in frame else frame
+    seconds = pd.to_numeric(ok.get("train_time_s", pd.Series(dtype=float)), errors="coerce")
+    batch = [((c or {}).get("train") or {}).get("batch_size") if isinstance(c, dict) else None
+             for c in ok.get("config", pd.Series([None] * len(ok), index=ok.index))]
+    images = pd.to_numeric(ok.get("steps", pd.Series(dtype=float)), errors="coerce").to_numpy(float) * \
+        np.array([math.nan if b is None else b for b in batch], float) if len(ok) else np.array([])
+    macs = pd.to_numeric(ok.get("train_gmacs", pd.Series(dtype=float)), errors="coerce").to_numpy(float) * images \
+        if len(ok) else np.array([])
+    return {"trials": len(ok), "train_s": float(seconds.sum()) if seconds.notna().all() and len(ok) else math.nan,
+            "train_pmacs": float(macs.sum()) / 1e6 if len(macs) and np.isfinite(macs).all() else math.nan}
+
+
+def agreement(rung: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
+              resamples: int = 1000) -> dict[str, Any]:
+    """``rung`` against ``reference`` (fidelity's comparison) with ``agrees``: τ ≥ THRESHOLD and
+    every decision kept (its sign agrees and the reference's interval excludes 0), and ``why``
+    not in words ("" when it agrees)."""
+    found = fidelity(rung, reference, compare, resamples=resamples)
+    a, d = found["agreement"], found["decisions"]
+    why = []
+    if a is None or not math.isfinite(a.tau):
+        why.append("no ranking to compare" if a is None else "a constant ranking")
+    elif a.tau < THRESHOLD:
+        why.append(f"τ {two_places(a.tau)} < {THRESHOLD}")
+    states = d["state"].tolist() if len(d) else []
+    for state in (FLIPPED, UNDECIDED):
+        if state in states:
+            why.append(f"{states.count(state)} decision(s) {state}")
+    return {**found, "agrees": not why, "why": ", ".join(why)}
+
+
+def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resamples: int = 1000) -> dict[str, Any]:
+    """Read a ladder's rungs (cheapest first, the last the reference): a row per rung (cost,
+    τ/ρ against the largest and against the next rung, decisions kept/flipped/undecided against
+    the largest, ``agrees``), every rung's own verdicts (Δtop-1 with its interval, iso-cost
+    verdict, state against the largest), ``stable_from`` (the first rung from which every rung
+    below the largest agrees with it; None when none does) and the conclusion in one sentence."""
+    if len(rungs) < 2:
+        raise ValueError("a calibration compares at least two rungs")
+    top = rungs[-1]
+    by = list((compare or {}).get("by") or [])
+    costs = [rung_cost(r.frame) for r in rungs]
+    first = costs[0]["train_pmacs"]
+    against_top = [agreement(r.frame, top.frame, compare, resamples) for r in rungs[:-1]]
+    against_next = [agreement(a.frame, b.frame, compare, resamples) for a, b in zip(rungs, rungs[1:])]
+    rows = []
+    for i, (r, cost) in enumerate(zip(rungs, costs, strict=True)):
+        t = against_top[i] if i < len(rungs) - 1 else None
+        n = against_next[i] if i < len(rungs) - 1 else None
+        states = t["decisions"]["state"].tolist() if t is not None and len(t["decisions"]) else []
+        rows.append({"rung": r.label, "study": r.study, **cost,
+                     "cost_x": cost["train_pmacs"] / first if first and math.isfinite(first) else math.nan,
+                     **_ranks("top", t), **_ranks("next", n),
+                     **{s: states.count(s) for s in (KEPT, FLIPPED, UNDECIDED)},
+                     "agrees": None if t is None else t["agrees"], "why": None if t is None else t["why"],
+                     "agrees_next": None if n is None else n["agrees"]})
+    table = _verdict_table(rungs, compare, by) if compare else pd.DataFrame()
+    stable = None
+    for i in range(len(rungs) - 2, -1, -1):  # the first rung from which every rung agrees with the largest
+        if not rows[i]["agrees"]:
+            break
+        stable = i
+    return {"rows": rows, "verdicts": table, "by": by, "stable_from": stable,
+            "conclusion": conclusion(rows, table, by, stable)}
+
+
+def _ranks(prefix: str, found: dict[str, Any] | None) -> dict[str, Any]:
+    a = None if found is None else found["agreement"]
+    names = ("tau", "tau_low", "tau_high", "rho", "rho_low", "rho_high")
+    return {f"{n}_{prefix}": (math.nan if a is None or getattr(a, n) is None else getattr(a, n)) for n in names}
+
+
+def _verdict_table(rungs: list[RungStudy], compare: Mapping[str, Any], by: list[str]) -> pd.DataFrame:
+    """Every rung's own verdicts, one row per rung × group × arm, each with its state against the
+    largest rung's."""
+    found = [verdicts(r.frame, compare).assign(rung=r.label, order=i) for i, r in enumerate(rungs)]
+    table = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    if table.empty:
+        return table
+    top = {(*[r[f] for f in by], r["arm"]): r for r in found[-1].to_dict("records")}
+    table["state"] = [decision_state(r["d_top1"], top[k]) if (k := (*[r[f] for f in by], r["arm"])) in top
+                      else None for r in table.to_dict("records")]
+    table["iso_top"] = [(top.get((*[r[f] for f in by], r["arm"])) or {}).get("iso") for r in table.to_dict("records")]
+    return table
+
+
+def _arm_name(r: Mapping[str, Any], by: list[str]) -> str:
+    return " ".join([*(f"{f}={show_value(f, r[f])}" for f in by), str(r["arm"])])
+
+
+def conclusion(rows: list[dict[str, Any]], table: pd.DataFrame, by: list[str], stable: int | None) -> str:
+    """The calibration in one sentence, and what keeps it from more: arms undecided at the largest
+    rung, arms whose sign or iso-cost verdict flips against it."""
+    n, found = len(rows), table.to_dict("records") if len(table) else []
+
+    def arms(test: Any, lo: int = 0, hi: int = n - 1) -> list[str]:  # arms for which test holds at rungs lo..hi-1
+        return sorted({_arm_name(r, by) for r in found if lo <= r["order"] < hi and test(r)})
+
+    flips = lambda r: r["state"] == FLIPPED  # noqa: E731
+    iso = lambda r: not (is_missing(r["iso"]) or is_missing(r["iso_top"])) and r["iso"] != r["iso_top"]  # noqa: E731
+    if stable is not None:
+        r = rows[stable]
+        cost = f" (×{r['cost_x']:.3g} the cost of the first)" if math.isfinite(r["cost_x"]) else ""
+        text = (f"From rung {r['rung']} on{cost}, the ranking agrees with the largest rung (τ ≥ {THRESHOLD}) and "
+                f"every decision keeps its sign — a proxy at {r['rung']} is worth running.")
+        notes = [f"the cheaper route at equal GMACs still changes for {', '.join(x)}" for x in [arms(iso, stable)] if x]
+        notes += [f"below it the sign flips for {', '.join(x)}" for x in [arms(flips, 0, stable)] if x]
+        return text + (f" ({'; '.join(notes)}.)" if notes else "")
+    top = [r for r in found if r["order"] == n - 1]
+    undecided = [_arm_name(r, by) for r in top
+                 if is_missing(r["d_low"]) or is_missing(r["d_high"]) or r["d_low"] <= 0 <= r["d_high"]]
+    notes = [f"undecided at the largest rung (its 95 % interval spans 0): {', '.join(undecided)}"] if undecided else []
+    notes += [f"the sign flips against the largest rung for {', '.join(x)}" for x in [arms(flips)] if x]
+    notes += [f"the cheaper route at equal GMACs changes for {', '.join(x)}" for x in [arms(iso)] if x]
+    taus = [r["tau_top"] for r in rows[:-1] if math.isfinite(r["tau_top"])]
+    if taus and max(taus) < THRESHOLD:
+        notes.append(f"no rung's ranking reaches τ {THRESHOLD} against the largest (best {two_places(max(taus))})")
+    return ("No rung agrees with the largest: the verdict is still moving; spend more before reading it"
+            + (f" ({'; '.join(notes)})." if notes else "."))
+
+
+# --- the files ----------------------------------------------------------------------------------
+
+def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[str, list[Any]],
+                         spec: Mapping[str, Any], stopped: str | None = None) -> str:
+    """calibration.md from ``calibration``'s result; ``ladder``: key → values (those run),
+    ``spec``: the first rung's stored spec, ``stopped``: why the climb stopped early, if it did."""
+    rows, table, by = result["rows"], result["verdicts"], result["by"]
+    keys = ", ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in ladder.items())
+    lines = [f"# Calibration: {name} over {', '.join(ladder)}", "",
+             f"**Ladder:** {keys} — {len(rows)} rungs, each its own study (`{rows[0]['study']}` … "
+             f"`{rows[-1]['study']}`); the last is the reference.  ",
+             f"**Sweep (first rung):** data {settings(spec.get('data'))}; train {settings(spec.get('train'))}", "",
+             f"**{result['conclusion']}**", ""]
+    if stopped:
+        lines += [f"Stopped climbing (`--stop-when-stable`): {stopped}", ""]
+    cells = []
+    for r in rows:
+        top = "–" if not math.isfinite(r["tau_top"]) else (
+            f"{two_places(r['tau_top'])}{interval(r['tau_low_top'], r['tau_high_top'], two_places)}")
+        nxt = "–" if not math.isfinite(r["tau_next"]) else (
+            f"{two_places(r['tau_next'])}{interval(r['tau_low_next'], r['tau_high_next'], two_places)}")
+        rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else f"{r[f'rho_{p}']:.2f}"  # noqa: E731
+        decided = "–" if r["agrees"] is None else (
+            f"{r[KEPT]} kept, {r[FLIPPED]} flipped, {r[UNDECIDED]} undecided")
+        agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
+        cells.append([r["rung"], str(r["trials"]), _minutes(r["train_s"]),
+                      "–" if not math.isfinite(r["train_pmacs"]) else f"{r['train_pmacs']:.3g}",
+                      "–" if not math.isfinite(r["cost_x"]) else f"×{r['cost_x']:.3g}", top, rho("top"), nxt,
+                      rho("next"), decided, agrees])
+    lines += ["## Cost and agreement per rung", "",
+              md_table(["rung", "trials", "train time", "train PMACs", "cost", "τ vs largest [95 % CI]",
+                        "ρ vs largest", "τ vs next [95 % CI]", "ρ vs next", "decisions vs largest",
+                        "agrees with largest"], cells, left=1), "",
+              f"τ and ρ: over the variants both rungs measured (mean top-1 over seeds), 95 % bootstrap intervals "
+              f"over variants. A rung agrees with the largest when τ ≥ {THRESHOLD} and every decision is kept: "
+              "the sign of its Δtop-1 is the largest rung's *and* the largest rung's 95 % interval excludes 0; "
+              "where that interval spans 0 the decision is undecided, never counted as agreement. Train time: "
+              "the trials' measured training, summed; train PMACs: counted train MACs per image (forward + "
+              "backward) × images trained, summed (evaluation and profiling left out); cost: against the first "
+              "rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
+    if len(table):
+        labels = [r["rung"] for r in rows]
+        groups = table.drop_duplicates([*by, "arm"])[[*by, "arm"]].to_dict("records")
+        marks = {KEPT: "", FLIPPED: " ✗", UNDECIDED: " ?", None: ""}
+        delta_rows, iso_rows = [], []
+        for g in groups:
+            mine = table[np.logical_and.reduce([table[f] == g[f] for f in [*by, "arm"]])].set_index("rung")
+            head = [show_value(f, g[f]) for f in by] + [g["arm"]]
+            delta_rows.append(head + [
+                signed(mine.loc[x, "d_top1"]) + interval(mine.loc[x, "d_low"], mine.loc[x, "d_high"])
+                + marks[mine.loc[x, "state"]] if x in mine.index else "–" for x in labels])
+            if mine["iso"].notna().any():
+                iso_rows.append(head + [mine.loc[x, "iso"] or "–" if x in mine.index else "–" for x in labels])
+        lines += ["## Verdict against budget", "", "![Δtop-1 against cost per rung](calibration_verdicts.png)", "",
+                  "Δtop-1 against the baseline, percentage points (95 % t-interval over seeds) at each rung; ✗: the "
+                  "sign differs from the largest rung's, ?: the largest rung cannot tell the sign (its interval "
+                  "spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
+        if iso_rows:
+            lines += ["The cheaper route at equal GMACs per rung (re: re-attention beats what widening buys for "
+                      "the same cost; width: widening matches it for less):", "",
+                      md_table([*by, "arm", *labels], iso_rows, left=len(by) + 1), ""]
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def write_calibration(result: Mapping[str, Any], *, name: str, ladder: Mapping[str, list[Any]],
+                      spec: Mapping[str, Any], out_dir: Path, stopped: str | None = None) -> dict[str, Path]:
+    """calibration.md, calibration.json and the two plots into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, table = result["rows"], result["verdicts"]
+    x = [r["train_pmacs"] for r in rows]
+    axis = "train PMACs (counted)"
+    if not all(math.isfinite(v) and v > 0 for v in x):
+        x, axis = list(range(1, len(rows) + 1)), "rung"
+    at = dict(zip([r["rung"] for r in rows], x, strict=True))
+    paths = plots.calibration_figures(
+        table.assign(cost=table["rung"].map(at)) if len(table) else table,
+        pd.DataFrame(rows).assign(cost=x), result["by"], out, axis)
+    text = calibration_markdown(result, name, ladder, spec, stopped)
+    atomic_write(out / FILES[0], lambda f: f.write(text))
+    record = {"name": name, "ladder": ladder, "stopped": stopped, "conclusion": result["conclusion"],
+              "stable_from": None if result["stable_from"] is None else rows[result["stable_from"]]["rung"],
+              "rungs": rows, "verdicts": table.to_dict("records") if len(table) else []}
+    atomic_write(out / FILES[1], lambda f: json.dump(_plain(record), f, indent=1, allow_nan=False))
+    return {FILES[0]: out / FILES[0], FILES[1]: out / FILES[1], **{p.name: p for p in paths}}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: numpy scalars as Python's, NaN as null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)

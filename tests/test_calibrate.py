@@ -1,0 +1,224 @@
+"""bench calibrate: a budget ladder's rungs read together (hand-made studies whose τ, ρ and
+decisions are computed by hand), the stopping rule, and real tiny ladders (each rung run once,
+a rerun runs nothing, a new rung runs alone)."""
+import json
+
+import pandas as pd
+import pytest
+
+from bench import api, spec
+from bench.cli import main
+from bench.errors import SpecError
+from bench.report.calibration import RungStudy, agreement, calibration, rung_cost, write_calibration
+from bench.variant import Variant
+
+MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
+                num_classes=10).to_dict()
+COMPARE = {"by": ["depth"], "baseline": {"attention": "self", "embed_dim": 64},
+           "arms": {"wider ×1.5": {"embed_dim": 96}, "re-attention": {"attention": "re"}}}
+ARMS = {"base": {}, "wide": {"embed_dim": 96}, "re": {"attention": "re"}}
+GMACS = {"base": 0.001, "wide": 0.002, "re": 0.00101}
+ORDER = [(2, "base"), (2, "wide"), (2, "re"), (4, "base"), (4, "wide"), (4, "re")]
+TOP = [50.0, 52.0, 55.0, 60.0, 62.0, 66.0]  # every arm above its baseline, ranked in ORDER
+
+
+def study(means, epochs=2, noise=None):
+    """Records of the six variants of ORDER with ``means`` (the same order), three seeds whose
+    offsets (−1, 0, +1) are shared by every variant (paired deltas without spread: intervals of
+    zero width) unless ``noise`` gives a variant its own."""
+    rows = []
+    for (depth, arm), mean in zip(ORDER, means, strict=True):
+        for seed, offset in enumerate((noise or {}).get((depth, arm), (-1.0, 0.0, 1.0))):
+            rows.append({**MICRO, **ARMS[arm], "depth": depth, "trial": len(rows), "key": f"{depth}{arm}-s{seed}",
+                         "seed": seed, "status": "complete", "top1": mean + offset, "infer_gmacs": GMACS[arm] * depth,
+                         "param_count": 0.1 * depth, "train_gmacs": 3 * GMACS[arm] * depth, "steps": 10 * epochs,
+                         "train_time_s": 1.5 * epochs, "config": {"train": {"batch_size": 32, "epochs": epochs}},
+                         "train_samples_per_sec": 1000.0})
+    return pd.DataFrame(rows)
+
+
+def rungs(*means_and_noise):
+    out = []
+    for i, item in enumerate(means_and_noise):
+        means, noise = item if isinstance(item, tuple) else (item, None)
+        epochs = 2 ** (i + 1)
+        out.append(RungStudy(f"epochs={epochs}", f"hand@epochs={epochs}", study(means, epochs, noise),
+                             {"compare": COMPARE}, {"train.epochs": epochs}))
+    return out
+
+
+SWAP = [50.0, 52.0, 61.0, 60.0, 62.0, 66.0]  # depth 2's re-attention and depth 4's baseline swapped: 1 of 15 pairs
+REVERSED = [50.0, 52.0, 55.0, 60.0, 58.0, 57.0]  # depth 4's arms fall below their baseline: 3 of 15 pairs
+
+
+def test_the_cost_of_a_rung_is_its_measured_train_time_and_counted_train_macs():
+    cost = rung_cost(study(TOP, epochs=4))
+    images = 10 * 4 * 32  # steps × batch size
+    macs = sum(3 * GMACS[arm] * depth for depth, arm in ORDER) * 3 * images  # 3 seeds
+    assert cost == {"trials": 18, "train_s": pytest.approx(18 * 6.0), "train_pmacs": pytest.approx(macs / 1e6)}
+
+
+def test_stable_from_the_second_rung_with_tau_rho_and_decisions_by_hand():
+    result = calibration(rungs(REVERSED, SWAP, TOP), COMPARE, resamples=100)
+    first, second, top = result["rows"]
+    assert first["tau_top"] == pytest.approx(1 - 2 * 3 / 15) and first["rho_top"] == pytest.approx(1 - 6 * 8 / 210)
+    assert second["tau_top"] == pytest.approx(1 - 2 * 1 / 15) and second["rho_top"] == pytest.approx(1 - 6 * 2 / 210)
+    # the first against the next (SWAP): depth 4's three pairs, and depth 2's re-attention against depth 4's
+    # baseline (55 < 60 there, 61 > 60 here): 4 discordant of 15
+    assert first["tau_next"] == pytest.approx(1 - 2 * 4 / 15)
+    assert (first["kept"], first["flipped"], first["undecided"]) == (2, 2, 0)  # depth 4's two arms flip
+    assert (second["kept"], second["flipped"], second["undecided"]) == (4, 0, 0)
+    assert [first["agrees"], second["agrees"], top["agrees"]] == [False, True, None]
+    assert [r["cost_x"] for r in result["rows"]] == pytest.approx([1, 2, 4])
+    assert result["stable_from"] == 1
+    assert result["conclusion"] == ("From rung epochs=4 on (×2 the cost of the first), the ranking agrees with the "
+                                    "largest rung (τ ≥ 0.8) and every decision keeps its sign — a proxy at epochs=4 "
+                                    "is worth running. (below it the sign flips for depth=4 re-attention, depth=4 "
+                                    "wider ×1.5.)")
+    v = result["verdicts"].set_index(["rung", "depth", "arm"])
+    assert v.loc[("epochs=2", 4, "re-attention"), "d_top1"] == pytest.approx(-3.0)
+    assert v.loc[("epochs=2", 4, "re-attention"), "state"] == "flipped"
+
+
+def test_never_stable_when_a_middle_rung_flips_even_if_the_first_agrees():
+    flip = [50.0, 49.0, 55.0, 60.0, 62.0, 66.0]  # depth 2's wider arm below its baseline
+    result = calibration(rungs(TOP, flip, TOP), COMPARE, resamples=100)
+    assert [r["agrees"] for r in result["rows"]] == [True, False, None]
+    assert result["rows"][1]["tau_top"] == pytest.approx(1 - 2 / 15)  # τ alone would pass
+    assert result["stable_from"] is None
+    assert result["conclusion"] == ("No rung agrees with the largest: the verdict is still moving; spend more before "
+                                    "reading it (the sign flips against the largest rung for depth=2 wider ×1.5).")
+
+
+def test_an_arm_the_largest_rung_cannot_decide_is_never_agreement():
+    noisy = {(4, "re"): (-5.0, 0.0, 5.0)}  # paired deltas 1, 6, 11 against (−1, 0, 1): t-interval spans 0
+    result = calibration(rungs(TOP, TOP, (TOP, noisy)), COMPARE, resamples=100)
+    assert [r["tau_top"] for r in result["rows"][:2]] == [pytest.approx(1.0)] * 2  # identical rankings
+    assert [(r["kept"], r["undecided"]) for r in result["rows"][:2]] == [(3, 1), (3, 1)]
+    assert result["stable_from"] is None
+    assert "undecided at the largest rung (its 95 % interval spans 0): depth=4 re-attention" in result["conclusion"]
+
+
+def test_no_rung_reaches_tau_says_so():
+    shuffled = [66.0, 62.0, 60.0, 55.0, 52.0, 50.0]  # reversed: τ = −1, every delta negative
+    result = calibration(rungs(shuffled, TOP), COMPARE, resamples=100)
+    assert result["rows"][0]["tau_top"] == pytest.approx(-1.0)
+    assert "no rung's ranking reaches τ 0.8 against the largest (best −1.00)" in result["conclusion"]
+
+
+def test_the_stopping_rule_is_agreement_of_two_successive_rungs():
+    assert agreement(study(SWAP), study(TOP), COMPARE, resamples=50)["agrees"]
+    found = agreement(study(REVERSED), study(TOP), COMPARE, resamples=50)
+    assert not found["agrees"] and found["why"] == "τ 0.60 < 0.8, 2 decision(s) flipped"
+
+
+def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tmp_path):
+    """run_sweep and the ledgers stood in for: rungs 1–2 disagree, 2–3 agree, so rung 4 never runs."""
+    frames = {"hand@epochs=2": study(REVERSED, 2), "hand@epochs=4": study(SWAP, 4), "hand@epochs=8": study(TOP, 8),
+              "hand@epochs=16": study(TOP, 16)}
+    ran = []
+    monkeypatch.setattr(api, "run_sweep", lambda sweep, context=None, **o: ran.append(sweep.name) or {"ran": 18})
+    monkeypatch.setattr(api, "rung_study", lambda rung, name, **o: RungStudy(rung.label, name, frames[name],
+                                                                             {"compare": COMPARE}, rung.sets))
+    path = tmp_path / "hand.yaml"
+    path.write_text("name: hand\ndata: {name: shapes, train_size: 48, test_size: 24}\n"
+                    "model: {img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2}\ngrid: {depth: [1]}\n")
+    out = api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]), stop_when_stable=True,
+                        results_dir=tmp_path / "results", quiet=True)
+    assert ran == ["hand@epochs=2", "hand@epochs=4", "hand@epochs=8"]
+    assert out["stopped"].startswith("rungs epochs=4 and epochs=8 agree (τ 0.87, every decision kept); epochs=16 not run")
+    text = (tmp_path / "results" / "hand" / "calibration.md").read_text()
+    assert "Stopped climbing (`--stop-when-stable`): rungs epochs=4 and epochs=8 agree" in text
+    assert json.loads((tmp_path / "results" / "hand" / "calibration.json").read_text())["stable_from"] == "epochs=4"
+    ran.clear()
+    api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]), results_dir=tmp_path / "results", quiet=True)
+    assert ran == ["hand@epochs=2", "hand@epochs=4", "hand@epochs=8", "hand@epochs=16"]  # without it: every rung
+
+
+def test_files_name_the_ladder_keys(tmp_path):
+    ladder = rungs(REVERSED, SWAP, TOP)
+    result = calibration(ladder, COMPARE, resamples=50)
+    paths = write_calibration(result, name="hand", ladder={"train.epochs": [2, 4, 8]}, spec={}, out_dir=tmp_path)
+    assert sorted(paths) == ["calibration.json", "calibration.md", "calibration_agreement.png",
+                             "calibration_verdicts.png"]
+    assert all(p.stat().st_size > 1000 for p in paths.values() if p.suffix == ".png")
+    text = paths["calibration.md"].read_text()
+    assert text.startswith("# Calibration: hand over train.epochs\n") and "`train.epochs` = 2, 4, 8" in text
+    assert "| depth | arm | epochs=2 | epochs=4 | epochs=8 |" in text
+    assert "| 4 | re-attention | −3.0 [−3.0, −3.0] ✗ | +6.0 [+6.0, +6.0] | +6.0 [+6.0, +6.0] |" in text
+    record = json.loads(paths["calibration.json"].read_text())  # strict JSON: no NaN
+    assert [r["rung"] for r in record["rungs"]] == ["epochs=2", "epochs=4", "epochs=8"]
+    assert record["rungs"][-1]["tau_top"] is None
+
+
+# --- the ladder itself ------------------------------------------------------------------------
+
+def test_ladders_zip_rung_by_rung_and_name_their_studies():
+    rs = spec.parse_ladder(["train.epochs=2,4", "data.train_size=1000,3000"])
+    assert [(r.label, r.sets) for r in rs] == [("epochs=2,train_size=1000", {"train.epochs": 2, "data.train_size": 1000}),
+                                               ("epochs=4,train_size=3000", {"train.epochs": 4, "data.train_size": 3000})]
+    assert rs[0].study("q") == "q@epochs=2,train_size=1000"
+    assert [r.label for r in spec.parse_ladder(["a.x=1,2", "b.x=3,4"])] == ["a.x=1,b.x=3", "a.x=2,b.x=4"]
+
+
+@pytest.mark.parametrize("items, says", [
+    (["train.epochs"], "expected KEY=V1,V2,…"),
+    (["train.epochs=2"], "1 rung(s): a ladder needs 2 to 12"),
+    (["train.epochs=2,4", "data.train_size=1,2,3"], "each needs as many values (train.epochs: 2, data.train_size: 3)"),
+    (["train.epochs=2,2"], "two rungs are alike"),
+    (["train.epochs=2,[4]"], "each rung's value must be a number or a word"),
+    (["train.epochs=2,"], "each rung's value must be a number or a word"),
+    (["train.epochs=2,4", "train.epochs=3,5"], "is climbed twice"),
+    (["train.epochs=" + ",".join(map(str, range(1, 14)))], "13 rung(s)"),
+])
+def test_a_bad_ladder_is_one_message_naming_it(items, says):
+    with pytest.raises(SpecError) as err:
+        spec.parse_ladder(items)
+    assert str(err.value).startswith("--ladder: ") and says in str(err.value)
+
+
+def test_a_rung_the_spec_refuses_fails_before_anything_runs(sweep_file, tmp_path, capsys):
+    code = main(["calibrate", str(sweep_file), "--ladder", "train.epochs=1,0", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ladder: train.epochs=0: must be at least 1" in err
+    assert not (tmp_path / "r").exists()
+    code = main(["calibrate", str(sweep_file), "--ladder", "train.epochs=1,2", "--set", "train.epochs=3",
+                 "--results", str(tmp_path / "r")])
+    assert code == 2 and "is both set (--set) and climbed (--ladder)" in capsys.readouterr().err
+    code = main(["calibrate", str(sweep_file), "--ladder", "data.name=shapes,a/b", "--results", str(tmp_path / "r")])
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
+# --- real tiny ladders ------------------------------------------------------------------------
+
+def test_each_rung_runs_once_a_rerun_runs_nothing_and_a_new_rung_runs_alone(make_spec, tmp_path, capsys):
+    path = make_spec(seeds=[0, 1])
+    results = str(tmp_path / "results")
+    args = ["calibrate", str(path), "--device", "cpu", "--quiet", "--results", results]
+    assert main([*args, "--ladder", "train.epochs=1,2"]) == 0
+    out = json.loads((tmp_path / "results" / "tiny" / "calibration.json").read_text())
+    assert [r["study"] for r in out["rungs"]] == ["tiny@epochs=1", "tiny@epochs=2"]
+    assert all(r["trials"] == 8 for r in out["rungs"])
+    capsys.readouterr()
+
+    def ran(ladder):
+        found = api.calibrate(path, spec.parse_ladder(ladder), results_dir=results, device="cpu", quiet=True)
+        return [r["ran"] for r in found["rungs"]], found
+
+    assert ran(["train.epochs=1,2"])[0] == [0, 0]  # a rerun runs nothing
+    counts, found = ran(["train.epochs=1,2,3"])
+    assert counts == [0, 0, 8]  # one more rung: only it
+    assert [r["rung"] for r in found["result"]["rows"]] == ["epochs=1", "epochs=2", "epochs=3"]
+    text = (tmp_path / "results" / "tiny" / "calibration.md").read_text()
+    assert "# Calibration: tiny over train.epochs" in text and "| epochs=3 | 8 |" in text
+    assert (tmp_path / "results" / "tiny@epochs=3" / "report.md").is_file()  # each rung is a study with its report
+
+
+def test_plan_states_the_ladders_cost_before_anything_runs(sweep_file, tmp_path, capsys):
+    code = main(["plan", str(sweep_file), "--ladder", "train.epochs=1,2,4", "--no-estimate", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["rung"] for r in rows] == ["epochs=1", "epochs=2", "epochs=4"]
+    assert [r["trials"] for r in rows] == [4, 4, 4]
+    assert rows[1]["train_pmacs"] == pytest.approx(2 * rows[0]["train_pmacs"])
+    assert rows[2]["train_pmacs"] == pytest.approx(4 * rows[0]["train_pmacs"]) and rows[0]["train_pmacs"] > 0
+    assert not (tmp_path / "results").exists()
