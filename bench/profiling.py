@@ -34,6 +34,7 @@ from bench import __version__
 from bench.config import DTYPES, ProfileConfig, resolve_dtype
 from bench.errors import BenchError, did_you_mean
 from bench.models import VARIANTS, Variant, build_model, resolve
+from bench.utilisation import utilisation
 
 _AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
 LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's convention for an affine norm
@@ -391,5 +392,8 @@ def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig,
         say(f"timing train step (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
         record.update(measure_speed(model, size, timed, mode="train", device=device, on_retry=say))
         record.update(warmup=warmup, iters=iters)
+        say(f"measuring this device's {dtype} GEMM peak (once per device, dtype and torch version)")
+        record.update(utilisation(record["infer_gmacs"], record.get("train_samples_per_sec"), device=device,
+                                  dtype=dtype, device_name=device_name(device)))
     record.update(environment(device, dtype))
     return record

@@ -31,7 +31,8 @@ COLLAPSE_SUMMARY = ("similar_blocks", "adjacent_similarity_mean", "cross_head_si
 IDENTITY_COLS = ["trial", "key", "status", "seed", "error"]
 COST_COLS = ["param_count", "infer_gmacs", "infer_macts", "train_gmacs", "infer_samples_per_sec",
              "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
-             "train_batch_size"]
+             "train_batch_size", "train_tflops", "train_mfu"]
 COLLAPSE_COLS = list(COLLAPSE_SUMMARY)
 ACCURACY_COLS = ["top1", "top1_per_epoch", "train_loss", "epochs", "train_time_s"]
-ENV_COLS = ["device", "device_name", "dtype", "torch_version", "timm_version", "bench_version"]
+ENV_COLS = ["device", "device_name", "dtype", "peak_tflops", "datasheet_tflops", "torch_version", "timm_version",
+            "bench_version"]

@@ -82,6 +82,10 @@ _LOCK = re.compile(rf"({_CACHE.pattern})\.lock")
 _STAMP_TMP = re.compile(r"verified\.json\.[0-9]+-[0-9a-f]+")  # a verified.json being replaced
 
 
+PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks, kept beside the caches
+OWN_FILES = (PEAKS_FILE,)  # bench's own, not caches: never listed, pruned or called foreign
+
+
 def default_dir() -> Path:
     """``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/bench``, else ``~/.cache/bench``."""
     if os.environ.get("BENCH_CACHE_DIR"):
@@ -525,6 +529,8 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
         kept.append({"cache": path.name, "path": str(path), "why": why})
 
     for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.name in OWN_FILES and path.is_file():
+            continue
         kind, why = _whose(path)
         if kind is None:
             keep(path, f"not a bench cache ({why})")

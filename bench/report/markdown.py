@@ -54,6 +54,8 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
     headers = [*by, "arm"] + (["top-1 %", "Δtop-1 [95 % CI]", "P(arm > base)"] if accuracy else [])
     headers += ["GMACs", "ΔGMACs", "M params", "Δparams"]
     headers += ["train samples/s", "Δtrain samples/s"] if speed else []
+    mfu = speed and cmp["train_mfu"].notna().any()
+    headers += ["train TFLOP/s (MFU)"] if mfu else []
     rows = []
     for r in cmp.to_dict("records"):
         d = signed if r["arm"] != BASELINE else (lambda v, **kw: "")  # the baseline has no deltas
@@ -69,6 +71,8 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
         if speed:
             noisy = " ⚠" if not is_missing(r["train_spread"]) and r["train_spread"] > NOISY else ""
             cells += [num(r["train_samples_per_sec"]) + noisy, d(r["d_train_sps_pct"], unit=" %")]
+        if mfu:
+            cells += ["–" if is_missing(r["train_mfu"]) else f"{num(r['train_tflops'])} ({r['train_mfu']:.0%})"]
         rows.append(cells)
     lines += [md_table(headers, rows, left=len(by) + 1), ""]
     notes = []
@@ -92,6 +96,10 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
             notes.append("Train samples/s: timed inside each trial, minutes apart from its comparison, so drift "
                          "on a shared machine can masquerade as a difference; `bench time NAME` times every "
                          "variant side by side.")
+    if mfu:
+        notes.append("Train TFLOP/s: 2 FLOPs per counted forward MAC, a train step 3× the forward (nanoGPT's and "
+                     "PaLM's convention), at the train samples/s shown; MFU: its share of this device's measured "
+                     "GEMM peak in the same dtype (bench.utilisation).")
     return lines + [" ".join(notes), ""] if notes else lines
 
 

@@ -19,7 +19,7 @@ from bench.errors import did_you_mean
 from bench.schema import COLLAPSE_COLS, COST_COLS, Status
 from bench.spec import BASELINE, variant_of
 from bench.stats import Delta, delta, holm, iso_cost, mean_interval
-from bench.variant import FIELD_TYPES
+from bench.variant import FIELD_TYPES, train_tflops
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
 _FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
@@ -67,6 +67,9 @@ def _work(df: pd.DataFrame) -> pd.DataFrame:
     for mode in ("infer", "train"):
         side = num(f"side_{mode}_samples_per_sec")
         cols[f"{mode}_samples_per_sec"] = side.where(side.notna(), cols[f"{mode}_samples_per_sec"])
+    # utilisation from the speed compared (side by side where timed so) against the record's measured peak
+    cols["train_tflops"] = train_tflops(cols["infer_gmacs"], cols["train_samples_per_sec"])
+    cols["train_mfu"] = cols["train_tflops"] / num("peak_tflops")
     cols["_side"] = num("side_train_samples_per_sec").notna()
     cols["train_spread"] = num("side_train_spread")  # p90/p10 over rounds
     return df[[f for f in VARIANT_FIELDS if f in df]].assign(**cols)
@@ -154,7 +157,8 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     by = list(compare.get("by") or [])
     cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "d_low", "d_high", "paired", "pairs",
             "p_improve", "p_value", "p_holm", "significant", "infer_gmacs", "d_gmacs_pct", "param_count",
-            "d_params_pct", "train_samples_per_sec", "d_train_sps_pct", "side_by_side", "train_spread",
+            "d_params_pct", "train_samples_per_sec", "d_train_sps_pct", "train_tflops", "train_mfu", "side_by_side",
+            "train_spread",
             "trials", Status.DIVERGED.value, Status.FAILED.value]
     if rows.empty:
         return pd.DataFrame(columns=cols)

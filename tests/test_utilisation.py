@@ -1,0 +1,90 @@
+"""Utilisation: achieved train FLOP/s from counted MACs, against a measured GEMM peak that is
+measured once and cached, and the report's MFU column."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import utilisation
+from bench.data.cache import PEAKS_FILE, prune
+from bench.report.markdown import markdown
+from bench.report.tables import comparison
+from bench.variant import train_tflops
+
+
+def test_six_flops_per_counted_forward_mac_per_image():
+    assert train_tflops(1.0, 1000.0) == pytest.approx(6.0)  # 1 GMAC × 2 FLOPs × 3 passes × 1000 images/s
+    assert train_tflops(0.0111, 335.0) == pytest.approx(6 * 0.0111e9 * 335 / 1e12)
+
+
+def test_datasheet_peaks_for_known_gpus_only():
+    assert utilisation.datasheet_tflops("NVIDIA H200", "bf16") == 989.0
+    assert utilisation.datasheet_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert utilisation.datasheet_tflops("NVIDIA A100-SXM4-80GB", "bf16") == 312.0
+    assert utilisation.datasheet_tflops("Intel(R) Xeon(R) Processor (2 threads)", "bf16") is None
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """No peak remembered by this process; gemm_tflops counted and fixed at 0.2 TFLOP/s."""
+    monkeypatch.setattr(utilisation, "_measured", {})
+    calls = []
+    monkeypatch.setattr(utilisation, "gemm_tflops", lambda device, dtype, size, reps: calls.append(size) or 0.2)
+    return calls
+
+
+def test_the_peak_is_measured_once_per_device_dtype_and_torch_then_read(fresh, cache_dir, monkeypatch):
+    cpu = torch.device("cpu")
+    assert utilisation.measured_peak(cpu, "fp32", "cpu A") == 0.2
+    assert fresh == [1024, 2048]  # the sizes tried, the best kept
+    stored = json.loads((cache_dir / PEAKS_FILE).read_text())
+    assert stored == {f"cpu A | fp32 | torch {torch.__version__}": 0.2}
+    monkeypatch.setattr(utilisation, "_measured", {})  # a new process: from the file, nothing measured
+    assert utilisation.measured_peak(cpu, "fp32", "cpu A") == 0.2 and len(fresh) == 2
+    utilisation.measured_peak(cpu, "bf16", "cpu A")  # another dtype: measured, and kept beside the first
+    assert len(fresh) == 4 and len(json.loads((cache_dir / PEAKS_FILE).read_text())) == 2
+
+
+@pytest.mark.parametrize("junk", ["not json", "[1, 2]", '{"cpu A | fp32 | torch X": -1}', ""])
+def test_a_damaged_peak_file_is_measured_over(fresh, cache_dir, junk):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / PEAKS_FILE).write_text(junk.replace("X", torch.__version__))
+    assert utilisation.measured_peak(torch.device("cpu"), "fp32", "cpu A") == 0.2 and fresh
+    assert json.loads((cache_dir / PEAKS_FILE).read_text())[f"cpu A | fp32 | torch {torch.__version__}"] == 0.2
+
+
+def test_utilisation_columns(fresh):
+    got = utilisation.utilisation(0.001, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
+    assert got == {"train_tflops": pytest.approx(0.006), "train_mfu": pytest.approx(0.03), "peak_tflops": 0.2,
+                   "datasheet_tflops": None}
+    assert utilisation.utilisation(0.001, None, device=torch.device("cpu"), dtype="fp32", device_name="A") == {}
+
+
+def test_a_real_gemm_measures_a_plausible_rate():
+    rate = utilisation.gemm_tflops(torch.device("cpu"), "fp32", 256, 2)
+    assert 1e-4 < rate < 100  # TFLOP/s: more than a 1990s PC, less than a GPU
+
+
+def test_prune_leaves_the_peak_file_alone_and_quiet(cache_dir):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / PEAKS_FILE).write_text("{}")
+    removed, kept = prune(0, cache_dir)
+    assert removed == [] and kept == [] and (cache_dir / PEAKS_FILE).read_text() == "{}"
+
+
+def test_the_report_shows_mfu_from_the_speed_it_compares():
+    base = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 4, "num_heads": 4,
+            "mlp_ratio": 2.0, "num_classes": 10, "status": "complete", "peak_tflops": 0.05}
+    rows = [{**base, "attention": a, "seed": s, "key": f"{a}-s{s}", "trial": i, "top1": 50.0 + s,
+             "infer_gmacs": 0.001, "param_count": 0.1, "train_samples_per_sec": sps}
+            for i, (a, s, sps) in enumerate([("self", 0, 1000.0), ("self", 1, 1000.0), ("re", 0, 500.0),
+                                              ("re", 1, 500.0)])]
+    df = pd.DataFrame(rows)
+    compare = {"baseline": {"attention": "self"}, "arms": {"re-attention": {"attention": "re"}}}
+    c = comparison(df, compare).set_index("arm")
+    assert c.loc["baseline", "train_tflops"] == pytest.approx(0.006)
+    assert c.loc["baseline", "train_mfu"] == pytest.approx(0.12) and c.loc["re-attention", "train_mfu"] == \
+        pytest.approx(0.06)
+    text = markdown(df, {"name": "m", "compare": compare}, {"generated": "now", "storage": "x"})
+    assert "train TFLOP/s (MFU)" in text and "| 0.006 (12%) |" in text and "| 0.003 (6%) |" in text
