@@ -38,6 +38,20 @@ def timing_steps(warmup: int | None, iters: int | None, device: Any) -> tuple[in
     return (default[0] if warmup is None else warmup, default[1] if iters is None else iters)
 
 
+COMPILE_SETTINGS = (False, True, "auto")  # auto: torch.compile on CUDA, eager elsewhere
+
+
+def resolve_compile(setting: bool | str, device: Any) -> bool:
+    """Whether to compile: ``auto`` on CUDA only (on a CPU, inductor's compile takes longer than
+    a proxy's training gains), else as given."""
+    return _device_type(device) == "cuda" if setting == "auto" else bool(setting)
+
+
+def _check_compile(value: Any) -> None:
+    if not any(value is c if isinstance(c, bool) else value == c for c in COMPILE_SETTINGS):
+        raise SpecError("compile", value, "expected false, true or auto")
+
+
 def _check_dtype(value: str) -> None:
     if value not in DTYPE_SETTINGS:
         raise SpecError("dtype", value, f"expected {', '.join(DTYPE_SETTINGS)}")
@@ -213,10 +227,12 @@ class TrainConfig:
     dtype: str = "auto"         # auto: bf16 autocast on CUDA, fp32 on CPU
     eval_batch_size: int = 500
     check_every: int = 20       # steps between divergence checks / progress updates (a GPU sync each)
+    compile: bool | str = "auto"  # torch.compile (inductor) the model: auto = on CUDA only
 
     def __post_init__(self) -> None:
         check_fields(self)
         _check_dtype(self.dtype)
+        _check_compile(self.compile)
         for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
             if getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be at least 1")
@@ -247,9 +263,11 @@ class ProfileConfig:
     iters: int | None = None   # None: TIMING_STEPS (5 on CPU, 50 on CUDA)
     speed: bool = True         # false: count params and MACs only
     rounds: int = 5            # side-by-side pass after the sweep: interleaved rounds (0: off; see bench.timing)
+    compile: bool | str = "auto"  # time the torch.compile'd model (compile time apart): auto = on CUDA only
 
     def __post_init__(self) -> None:
         check_fields(self)
+        _check_compile(self.compile)
         if self.rounds < 0:
             raise SpecError("rounds", self.rounds, "must be at least 0 (0 turns the side-by-side pass off)")
         if self.batch_size < 1:

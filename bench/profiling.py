@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import gc
 import math
+import os
 import platform
 import statistics
 import time
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import __version__
-from bench.config import DTYPES, ProfileConfig, resolve_dtype
+from bench.config import DTYPES, ProfileConfig, resolve_compile, resolve_dtype
 from bench.errors import BenchError, did_you_mean
 from bench.models import VARIANTS, Variant, build_model, resolve
 from bench.utilisation import utilisation
@@ -216,6 +217,21 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str,
     return step
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model, fullgraph=True)`` (inductor): a graph break is an error, not a slow
+    path (re-attention has none: bench.reattention traces plain ops when compiling). Inductor's
+    cache lives in bench's cache folder ($TORCHINDUCTOR_CACHE_DIR when set), so the next trial
+    of the same shapes, in any process, compiles from it."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # on use: compiling only
+
+    from bench.data.cache import INDUCTOR_DIR, default_dir
+
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default here on first use
+    if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(default_dir() / INDUCTOR_DIR)
+    return torch.compile(model, fullgraph=True)
+
+
 def is_oom(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
@@ -239,9 +255,10 @@ def measure_speed(model: nn.Module, input_size: tuple[int, ...], cfg: ProfileCon
     """
     dtype, batch_size = resolve_dtype(cfg.dtype, device), cfg.batch_size
     warmup, iters = cfg.steps(device)
+    compiled = resolve_compile(cfg.compile, device)
     while True:
         try:
-            return _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, iters)
+            return _measure_once(model, input_size, mode, device, dtype, batch_size, (warmup, iters), compiled)
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
             if not is_oom(err):
                 raise
@@ -254,18 +271,24 @@ def measure_speed(model: nn.Module, input_size: tuple[int, ...], cfg: ProfileCon
                 on_retry(f"{mode}: out of memory, retrying at batch size {batch_size}")
 
 
-def _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, iters):
+def _measure_once(model, input_size, mode, device, dtype, batch_size, steps, compiled):
+    warmup, iters = steps
     num_classes = getattr(model, "num_classes", 0) or 1000
     x = torch.randn(batch_size, *input_size, device=device)
-    if mode == "infer":
-        step = inference_step(model, x, dtype)
-    elif mode == "train":
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode={mode!r}: expected 'infer' or 'train'")
+    if mode == "train":
         model = copy.deepcopy(model)  # the caller's weights and norm statistics stay as they were
+    net = compile_model(model) if compiled else model
+    if mode == "infer":
+        step = inference_step(net, x, dtype)
+    else:
         y = torch.randint(num_classes, (batch_size,), device=device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        step = train_step(model, x, y, dtype, optimizer)
-    else:
-        raise ValueError(f"mode={mode!r}: expected 'infer' or 'train'")
+        step = train_step(net, x, y, dtype, optimizer)
+    extra = {}
+    if compiled:  # the first call compiles: timed apart, never in the throughput
+        extra[f"{mode}_compile_s"] = time_steps(step, warmup=0, iters=1, device=device).median / 1e3
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -278,6 +301,7 @@ def _measure_once(model, input_size, mode, device, dtype, batch_size, warmup, it
         f"{mode}_step_time_p90": timing.quantile(0.9),
         f"{mode}_batch_size": batch_size,
         f"{mode}_peak_mem_mb": peak,
+        **extra,
     }
 
 

@@ -109,6 +109,10 @@ class ReAttention(Attention):
         a = attn.reshape(B, H, N * N)
         params = self._norm_params()
         dropout = self.training and self.attn_drop.p > 0
+        if torch.compiler.is_compiling():  # _Remix's nested autograd.grad cannot be traced: plain ops, fused
+            stats = _head_stats(a, dropout) if self._batch_stats_needed() else None  # by inductor instead
+            W, b = self._fold(stats, *params)
+            return _mix_heads(W, a).view_as(attn), b
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, *params)):
             mixed, b = _Remix.apply(a, self._fold, self._batch_stats_needed(), dropout, *params)
         else:

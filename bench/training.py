@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from bench import __version__, console
-from bench.config import DataConfig, TrainConfig
+from bench.config import DataConfig, TrainConfig, resolve_compile
 from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.data.loader import Loader, residency
 from bench.data.sources import Dataset
 from bench.errors import first_line
 from bench.files import atomic_write
-from bench.profiling import autocast
+from bench.profiling import autocast, compile_model
 
 
 def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
@@ -193,6 +193,17 @@ def evaluate(model: nn.Module, loader: Loader, dtype: str) -> float:
     return 100.0 * correct.item() / max(1, total)
 
 
+def _apart(result: dict[str, Any], steps: int) -> None:
+    """Compile time out of train_time_s: ``compile_s`` becomes the first step's time less a
+    typical step's (the others' mean), and train_time_s the run without it."""
+    first = result.get("compile_s")
+    if first is None or steps < 2:
+        return
+    typical = (result["train_time_s"] - first) / (steps - 1)
+    result["compile_s"] = max(0.0, first - typical)
+    result["train_time_s"] -= result["compile_s"]
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
           recipe: DataConfig | None = None, hooks: Hooks | None = None,
           checkpoint: Checkpoint | None = None) -> dict[str, Any]:
@@ -241,28 +252,36 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         optimizer, lambda s: lr_lambda(s, total=total, warmup=warmup, floor=floor))
     params = [p for p in model.parameters() if p.requires_grad]
     parts = Parts(model, optimizer, schedule, train_loader)
+    compiled = resolve_compile(cfg.compile, device)
+    net = compile_model(model) if compiled else model  # evaluation stays eager: one compile, not two
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False,
                               "resumed": state is not None, "epochs": 0, "steps": 0,
-                              "train_dtype": dtype, "data_residency": where}
+                              "train_dtype": dtype, "data_residency": where, "compiled": compiled}
     start = time.perf_counter()
     step, first = 0, 0
     try:
         if state is not None:
             first, step = _resume(state, parts, result)
+            result.pop("compile_s", None)  # this run compiles again
             del state  # its tensors: not held through the run
             if hooks.on_resume:  # after every stream is restored: the hook cannot move them
                 hooks.on_resume(list(result["top1_per_epoch"]))
+        first_step = step
         for epoch in range(first, cfg.epochs):
             model.train()
             loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
             for i, (x, y) in enumerate(train_loader, 1):
                 if aug.active:
                     x, y = aug(x, y)
+                t0 = time.perf_counter() if compiled and step == first_step else None
                 with autocast(device, dtype):
-                    loss = aug.loss(model(x), y)
+                    loss = aug.loss(net(x), y)
                 loss.backward()
+                if t0 is not None:  # the first step compiled: its time, less a step's, is compile_s
+                    loss.item()  # waits for the device
+                    result["compile_s"] = time.perf_counter() - t0
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
                 optimizer.step()
@@ -291,6 +310,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         test_loader.close()
     result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
                   epochs=len(result["top1_per_epoch"]), steps=step, train_time_s=time.perf_counter() - start)
+    _apart(result, step - first_step)
     if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check
         result.update(diverged=True, top1=None)
     return result

@@ -83,7 +83,8 @@ _STAMP_TMP = re.compile(r"verified\.json\.[0-9]+-[0-9a-f]+")  # a verified.json 
 
 
 PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks, kept beside the caches
-OWN_FILES = (PEAKS_FILE,)  # bench's own, not caches: never listed, pruned or called foreign
+INDUCTOR_DIR = "inductor"  # torch.compile's cache (bench.profiling.compile_model)
+OWN_FILES = (PEAKS_FILE, INDUCTOR_DIR)  # bench's own, not caches: never listed, pruned or called foreign
 
 
 def default_dir() -> Path:
@@ -529,7 +530,7 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
         kept.append({"cache": path.name, "path": str(path), "why": why})
 
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.name in OWN_FILES and path.is_file():
+        if path.name in OWN_FILES and not path.is_symlink():
             continue
         kind, why = _whose(path)
         if kind is None:

@@ -1,0 +1,69 @@
+"""torch.compile: both attention types compile with fullgraph=True (no graph break: re-attention
+traces plain ops instead of its custom autograd Function) and give eager's loss, gradients and
+BatchNorm statistics; train.compile and profile.compile time the compile apart."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.config import ProfileConfig, TrainConfig, resolve_compile
+from bench.data.cache import INDUCTOR_DIR
+from bench.data.sources import Dataset, make_shapes
+from bench.errors import SpecError
+from bench.models import build_model
+from bench.profiling import compile_model, measure_speed
+from bench.training import train
+from bench.variant import Variant
+
+TINY = Variant(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+
+
+def test_compile_settings():
+    assert [resolve_compile(s, "cpu") for s in (False, True, "auto")] == [False, True, False]
+    assert [resolve_compile(s, torch.device("cuda")) for s in (False, True, "auto")] == [False, True, True]
+    assert TrainConfig().compile == "auto" and ProfileConfig(compile=True).compile is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(SpecError, match="compile"):
+            TrainConfig(compile=bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["self", "re"])
+def test_compiled_fullgraph_gives_eagers_loss_and_gradients(attention, cache_dir):
+    torch.manual_seed(0)
+    eager = build_model(TINY.replace(attention=attention))
+    twin = copy.deepcopy(eager)
+    compiled = compile_model(twin)  # fullgraph=True: a graph break raises
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(10, (8,))
+    for _ in range(2):  # twice: the second step runs the compiled graph with updated BatchNorm statistics
+        losses = [F.cross_entropy(m(x), y) for m in (eager, compiled)]
+        for loss in losses:
+            loss.backward()
+        assert losses[1].item() == pytest.approx(losses[0].item(), abs=1e-5)
+        for (name, a), b in zip(eager.named_parameters(), twin.parameters(), strict=True):
+            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+            a.grad = b.grad = None
+    for a, b in zip(eager.buffers(), twin.buffers(), strict=True):  # re-attention's running mean and variance
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    assert (cache_dir / INDUCTOR_DIR).is_dir()  # inductor's cache in bench's cache folder
+
+
+@pytest.mark.slow
+def test_train_and_profile_compile_time_it_apart(cache_dir):
+    torch.manual_seed(0)
+    data = Dataset("shapes", make_shapes(48, img_size=16, seed=0), make_shapes(16, img_size=16, seed=1),
+                   [str(i) for i in range(10)])
+    cfg = TrainConfig(epochs=1, batch_size=6, compile=True)  # shapes no other test compiles
+    result = train(build_model(TINY.replace(attention="re")), data, cfg, device=torch.device("cpu"), seed=0)
+    assert result["compiled"] and result["compile_s"] > 1 and result["train_time_s"] > 0
+    again = train(build_model(TINY.replace(attention="re")), data, cfg, device=torch.device("cpu"), seed=0)
+    assert again["compile_s"] < result["compile_s"] / 4  # the next trial of the same shapes: from the caches
+    assert again["top1"] == result["top1"]
+    figures = measure_speed(build_model(TINY), (3, 16, 16), ProfileConfig(batch_size=4, warmup=1, iters=2,
+                                                                         compile=True),
+                            mode="train", device=torch.device("cpu"))
+    assert figures["train_compile_s"] > 0 and figures["train_samples_per_sec"] > 0
+    eager = train(build_model(TINY.replace(attention="re")), data, TrainConfig(epochs=1, batch_size=8, compile=False),
+                  device=torch.device("cpu"), seed=0)
+    assert not eager["compiled"] and "compile_s" not in eager
