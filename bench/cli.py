@@ -160,7 +160,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                         retry_failed=args.retry_failed, save_weights=args.save_weights,
                         keep_checkpoints=args.keep_checkpoints, workers=args.workers)
     if not args.quiet:
-        rows = [{**r, "tau": row["tau_top"], "agrees": row["agrees"]}
+        rows = [{**r, "tau": row["tau_top"] if row["tau_top"] == row["tau_top"] else None,  # NaN: the largest
+                 "agrees": {True: "yes", False: f"no: {row['why']}", None: "reference"}[row["agrees"]]}
                 for r, row in zip(out["rungs"], out["result"]["rows"], strict=True)]
         console.rows_table(rows, list(rows[0]), title=f"{out['name']}: calibration",
                            headers={"ran": "trials run now", "tau": "τ vs largest", "agrees": "agrees with largest"})

@@ -1,6 +1,7 @@
 """Files bench writes: whole or not at all."""
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -36,3 +37,28 @@ def check_writable(folder: Path) -> Path:
     except OSError as err:
         raise BenchError(f"cannot write results to {folder}: {err.strerror or err}") from None
     return folder
+
+
+def remembered(path: Path, key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -> Any:
+    """``key``'s value in the JSON object at ``path`` (a measurement kept across processes: a
+    GEMM peak, a kernel choice), else ``measure()``, then kept there. A file that cannot be read
+    or holds an invalid value is measured over; one that cannot be written is left as it was
+    (measured again next time): never an error."""
+    known = _json_object(path)
+    if key in known and valid(known[key]):
+        return known[key]
+    value = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: json.dump({**_json_object(path), key: value}, f, indent=1))
+    except OSError:
+        pass
+    return value
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -22,7 +22,6 @@ import platform
 import statistics
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,11 +32,12 @@ from torch import nn
 
 from bench import __version__
 from bench.config import DTYPES, ProfileConfig, resolve_compile, resolve_dtype
+from bench.data.cache import INDUCTOR_DIR, default_dir
 from bench.errors import BenchError, did_you_mean
+from bench.kernels import autocast, choose_kernels
 from bench.models import VARIANTS, Variant, build_model, resolve
 from bench.utilisation import utilisation
 
-_AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
 LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's convention for an affine norm
 
 
@@ -189,11 +189,6 @@ def time_steps(step: Callable[[], Any], *, warmup: int, iters: int, device: torc
     return Timing(samples)
 
 
-def autocast(device: torch.device, dtype: str):
-    amp = _AMP.get(dtype)
-    return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-
-
 def inference_step(model: nn.Module, x: torch.Tensor, dtype: str) -> Callable[[], Any]:
     model.eval()
 
@@ -223,8 +218,6 @@ def compile_model(model: nn.Module) -> nn.Module:
     cache lives in bench's cache folder ($TORCHINDUCTOR_CACHE_DIR when set), so the next trial
     of the same shapes, in any process, compiles from it."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # on use: compiling only
-
-    from bench.data.cache import INDUCTOR_DIR, default_dir
 
     given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default here on first use
     if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
@@ -410,6 +403,9 @@ def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig,
         if cuda:
             torch.backends.cudnn.benchmark = True
         model.to(device)
+        say("choosing the attention kernels (measured once per device, dtype and shape)")
+        record["attn_kernel"] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
+                                               device_name=device_name(device))
         timed = dataclasses.replace(cfg, dtype=dtype, warmup=warmup, iters=iters)  # resolved once, for both
         say(f"timing inference (batch {batch_size}, {warmup} warm-up + {iters} iterations)")
         record.update(measure_speed(model, size, timed, mode="infer", device=device, on_retry=say))

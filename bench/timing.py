@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from bench.models import build_model
+from bench.kernels import choose_kernels
 from bench.profiling import Timing, device_name, inference_step, is_oom, time_steps, train_step
 from bench.variant import Variant
 
@@ -58,11 +59,14 @@ def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype
     say = on_progress or (lambda _msg: None)
     steps: dict[str, Callable[[], Any]] = {}
     resident: dict[str, int] = {}
+    kernels: dict[str, str] = {}
     cuda = device.type == "cuda"
     for name, v in variants.items():
         before = torch.cuda.memory_allocated(device) if cuda else 0
         torch.manual_seed(0)
         model = build_model(v).to(device)
+        kernels[name] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
+                                       device_name=device_name(device))
         x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
         y = torch.randint(v.num_classes, (batch_size,), device=device)
         trained = copy.deepcopy(model)
@@ -92,7 +96,7 @@ def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype
                             f"{mode}_step_time": statistics.median(ms[f"{name}/{mode}"])})
             if cuda:
                 figures[f"{mode}_peak_mem_mb"] = (peaks.get(f"{name}/{mode}", 0) + resident[name]) / 2**20
-        out[name] = figures
+        out[name] = {**figures, "attn_kernel": kernels[name]}
     return {"variants": out, "device": device.type, "device_name": device_name(device), "dtype": dtype,
             "batch_size": batch_size, "rounds": rounds, "iters": iters, "warmup": warmup,
             "seconds": time.perf_counter() - t0,

@@ -26,7 +26,8 @@ from bench.data.loader import Loader, residency
 from bench.data.sources import Dataset
 from bench.errors import first_line
 from bench.files import atomic_write
-from bench.profiling import autocast, compile_model
+from bench.kernels import autocast, choose_kernels
+from bench.profiling import compile_model, device_name
 
 
 def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
@@ -252,13 +253,15 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
         optimizer, lambda s: lr_lambda(s, total=total, warmup=warmup, floor=floor))
     params = [p for p in model.parameters() if p.requires_grad]
     parts = Parts(model, optimizer, schedule, train_loader)
+    kernel = choose_kernels(model, device=device, dtype=dtype, batch=batch, device_name=device_name(device))
     compiled = resolve_compile(cfg.compile, device)
     net = compile_model(model) if compiled else model  # evaluation stays eager: one compile, not two
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False,
                               "resumed": state is not None, "epochs": 0, "steps": 0,
-                              "train_dtype": dtype, "data_residency": where, "compiled": compiled}
+                              "train_dtype": dtype, "data_residency": where, "compiled": compiled,
+                              "attn_kernel": kernel}
     start = time.perf_counter()
     step, first = 0, 0
     try:

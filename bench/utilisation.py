@@ -11,7 +11,6 @@ beside it. MFU is against the measured peak: what this machine's GEMM can do, no
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from bench.data.cache import PEAKS_FILE, default_dir
-from bench.files import atomic_write
+from bench.files import remembered
 from bench.variant import train_tflops
 
 # dense (no sparsity) peak TFLOP/s by GPU name and dtype; fp32 is the plain (non-tensor-core) rate
@@ -65,29 +64,13 @@ def measured_peak(device: torch.device, dtype: str, device_name: str, cache_dir:
     device × dtype × torch version, else measured now (under a second on a CPU) and cached. A
     cache file that cannot be read is measured over, never an error."""
     key = f"{device_name} | {dtype} | torch {torch.__version__}"
-    if key in _measured:
-        return _measured[key]
-    path = Path(cache_dir or default_dir()) / PEAKS_FILE
-    known = _read(path)
-    value = known.get(key)
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if key not in _measured:
         kind = "cuda" if device.type == "cuda" else "cpu"
-        value = max(gemm_tflops(device, dtype, n, _REPS[kind]) for n in _SIZES[kind])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: json.dump({**_read(path), key: value}, f, indent=1))
-        except OSError:
-            pass  # a read-only cache folder: measured again next time, nothing lost
-    _measured[key] = float(value)
-    return float(value)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
+        _measured[key] = float(remembered(
+            Path(cache_dir or default_dir()) / PEAKS_FILE, key,
+            lambda: max(gemm_tflops(device, dtype, n, _REPS[kind]) for n in _SIZES[kind]),
+            lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0))
+    return _measured[key]
 
 
 def utilisation(infer_gmacs: float, samples_per_sec: float | None, *, device: torch.device, dtype: str,

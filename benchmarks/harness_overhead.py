@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import VARIANTS, build_model
-from bench.profiling import autocast, time_steps, train_step
+from bench.kernels import autocast
+from bench.profiling import time_steps, train_step
 from benchmarks.common import header, parser, run_rounds
 
 

@@ -22,7 +22,7 @@ from bench.cli import parse_sets
 from bench.data.loader import MEAN, STD
 from bench.data.sources import Dataset, Split, make_shapes
 from bench.models import Variant, build_model
-from bench.profiling import autocast
+from bench.kernels import autocast
 from bench.config import DataConfig, TrainConfig
 from bench.training import Hooks, param_groups, train
 

@@ -7,7 +7,8 @@ from bench import api, config, spec
 from bench.cli import build_parser
 from bench.errors import SpecError, first_line
 from bench.models import build_model
-from bench.profiling import autocast, closed_form, profile_model
+from bench.kernels import autocast
+from bench.profiling import closed_form, profile_model
 from bench.study.trials import label
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 

@@ -84,7 +84,8 @@ _STAMP_TMP = re.compile(r"verified\.json\.[0-9]+-[0-9a-f]+")  # a verified.json 
 
 PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks, kept beside the caches
 INDUCTOR_DIR = "inductor"  # torch.compile's cache (bench.profiling.compile_model)
-OWN_FILES = (PEAKS_FILE, INDUCTOR_DIR)  # bench's own, not caches: never listed, pruned or called foreign
+KERNELS_FILE = "attention-kernels.json"  # bench.kernels' measured choices
+OWN_FILES = (PEAKS_FILE, INDUCTOR_DIR, KERNELS_FILE)  # bench's own, not caches: never listed, pruned or called foreign
 
 
 def default_dir() -> Path:

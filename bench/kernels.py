@@ -1,0 +1,117 @@
+"""Fair kernels: each attention type runs the fastest *exact* kernel this device has for its
+dtype and shape, so a speed comparison measures the architecture, not a kernel choice.
+
+Self-attention has two exact kernels in timm: fused ``scaled_dot_product_attention`` (SDPA) and
+the explicit product (softmax(QKᵀ)·V as two matmuls). Which is faster depends on the device and
+dtype: on a CPU with bf16 matrix units, SDPA's CPU kernel runs *slower* in bf16 than in fp32
+while the explicit matmuls run faster — left to defaults, a bf16 CPU sweep credits
+re-attention (always explicit: its map must exist to be mixed) with speed that says nothing
+about it. Like cuDNN's benchmark mode, the choice is made by measurement, once per device ×
+dtype × torch version × shape (an attention block's forward and backward, interleaved), kept
+in bench's cache folder, and recorded with the trial (``attn_kernel``). Re-attention runs its
+folded path (``folded``; ``materialised`` for ``re_norm: layer``, which needs the full map).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from timm.layers import Attention
+from torch import nn
+
+from bench.data.cache import KERNELS_FILE, default_dir
+from bench.files import remembered
+from bench.reattention import ReAttention
+
+SELF_KERNELS = ("sdpa", "explicit")
+_AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
+_chosen: dict[str, str] = {}  # this process's choices
+
+
+def autocast(device: torch.device, dtype: str) -> Any:
+    """The autocast context of ``dtype`` on ``device`` (bf16), or none (fp32): every timed or
+    trained step enters it."""
+    amp = _AMP.get(dtype)
+    return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+
+
+def _ms(run: Callable[[], Any], device: torch.device, iters: int = 2) -> float:
+    """The median ms of ``iters`` calls (synchronised on CUDA)."""
+    out = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(out)
+
+
+def _tokens(model: nn.Module) -> int | None:
+    embed = getattr(model, "patch_embed", None)
+    patches = getattr(embed, "num_patches", None)
+    return None if patches is None else patches + getattr(model, "num_prefix_tokens", 0)
+
+
+def time_kernels(dim: int, heads: int, tokens: int, batch: int, *, device: torch.device, dtype: str,
+                 rounds: int = 3) -> dict[str, float]:
+    """ms of one self-attention block's forward + backward with each kernel, the median over
+    ``rounds`` interleaved rounds (drift hits both alike)."""
+    torch.manual_seed(0)
+    block = Attention(dim, num_heads=heads, qkv_bias=True).to(device)
+    x = torch.randn(batch, tokens, dim, device=device, requires_grad=True)
+
+    def step(fused: bool):
+        def run() -> None:
+            block.fused_attn = fused
+            with autocast(device, dtype):
+                out = block(x)
+            out.float().sum().backward()
+        return run
+    steps = {k: step(k == "sdpa") for k in SELF_KERNELS}
+    for s in steps.values():
+        s()  # warm-up
+    ms: dict[str, list[float]] = {k: [] for k in SELF_KERNELS}
+    for r in range(rounds):
+        for k in (SELF_KERNELS if r % 2 == 0 else SELF_KERNELS[::-1]):
+            ms[k].append(_ms(steps[k], device))
+    return {k: statistics.median(v) for k, v in ms.items()}
+
+
+def choose_kernels(model: nn.Module, *, device: torch.device, dtype: str, batch: int, device_name: str,
+                   cache_dir: Path | None = None) -> str:
+    """Set every self-attention block of ``model`` to the faster exact kernel for ``device``,
+    ``dtype`` and this shape (measured once, then remembered), and name the kernels that run:
+    ``sdpa`` or ``explicit`` for self-attention, ``folded`` or ``materialised`` for
+    re-attention, joined by ``+`` in a model with both. A model whose token count is unknown
+    (not a ViT) keeps timm's default (``sdpa``)."""
+    selfs = [m for m in model.modules() if isinstance(m, Attention) and not isinstance(m, ReAttention)]
+    res = [m for m in model.modules() if isinstance(m, ReAttention)]
+    names = []
+    tokens = _tokens(model)
+    if selfs:
+        kernel = "sdpa" if selfs[0].fused_attn else "explicit"
+        if tokens is not None:
+            a = selfs[0]
+            key = (f"{device_name} | {dtype} | torch {torch.__version__} | dim {a.head_dim * a.num_heads} "
+                   f"heads {a.num_heads} tokens {tokens} batch {batch}")
+            if key not in _chosen:
+                def measure() -> str:
+                    times = time_kernels(a.head_dim * a.num_heads, a.num_heads, tokens, batch, device=device,
+                                         dtype=dtype)
+                    return min(times, key=times.get)
+                _chosen[key] = remembered(Path(cache_dir or default_dir()) / KERNELS_FILE, key, measure,
+                                          lambda v: v in SELF_KERNELS)
+            kernel = _chosen[key]
+            for m in selfs:
+                m.fused_attn = kernel == "sdpa"
+        names.append(kernel)
+    if res:
+        names.append("materialised" if any(m.re_norm == "layer" or m.materialize for m in res) else "folded")
+    return "+".join(names) or "none"

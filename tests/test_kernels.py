@@ -1,0 +1,81 @@
+"""Fair kernels: self-attention's two exact kernels give the same numbers, the faster is chosen by
+measurement once per device × dtype × shape and remembered, and the trial records which ran."""
+import json
+
+import pytest
+import torch
+
+from bench import kernels
+from bench.data.cache import KERNELS_FILE, prune
+from bench.models import build_model
+from bench.variant import Variant
+
+TINY = Variant(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+
+
+def fused(model):
+    return [m.fused_attn for m in model.modules() if type(m).__name__ == "Attention"]
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """time_kernels stood in for: explicit is the faster; each call counted."""
+    calls = []
+    monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(kernels, "time_kernels", lambda *a, **k: calls.append(a) or {"sdpa": 2.0, "explicit": 1.0})
+    return calls
+
+
+def test_the_two_self_attention_kernels_are_exact():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    x = torch.randn(4, 3, 16, 16)
+    outs = []
+    for flag in (True, False):
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = flag
+        outs.append(model(x))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_the_faster_kernel_is_chosen_once_and_remembered(timed, cache_dir, monkeypatch):
+    model = build_model(TINY)
+    assert fused(model) == [True, True]  # timm's default: SDPA
+    got = kernels.choose_kernels(model, device=torch.device("cpu"), dtype="bf16", batch=8, device_name="cpu A")
+    assert got == "explicit" and fused(model) == [False, False] and timed == [(16, 2, 17, 8)]  # 16 patches + cls
+    stored = json.loads((cache_dir / KERNELS_FILE).read_text())
+    assert list(stored.values()) == ["explicit"] and "bf16" in next(iter(stored))
+    monkeypatch.setattr(kernels, "_chosen", {})  # a new process: read back, not measured
+    assert kernels.choose_kernels(build_model(TINY), device=torch.device("cpu"), dtype="bf16", batch=8,
+                                  device_name="cpu A") == "explicit" and len(timed) == 1
+    kernels.choose_kernels(build_model(TINY), device=torch.device("cpu"), dtype="bf16", batch=16, device_name="cpu A")
+    assert len(timed) == 2  # another shape: measured
+
+
+def test_re_attention_names_its_path(timed):
+    kw = dict(device=torch.device("cpu"), dtype="fp32", batch=4, device_name="cpu A")
+    assert kernels.choose_kernels(build_model(TINY.replace(attention="re")), **kw) == "folded"
+    assert kernels.choose_kernels(build_model(TINY.replace(attention="re", re_norm="layer")), **kw) == "materialised"
+    mixed = build_model(TINY.replace(attention="re", re_blocks=1))  # the last block re-attends, the first not
+    assert kernels.choose_kernels(mixed, **kw) == "explicit+folded"
+    assert timed  # the self-attention block of the mixed model was measured
+
+
+def test_a_real_measurement_times_both(cache_dir):
+    times = kernels.time_kernels(16, 2, 17, 4, device=torch.device("cpu"), dtype="fp32", rounds=1)
+    assert set(times) == {"sdpa", "explicit"} and all(t > 0 for t in times.values())
+
+
+def test_the_choice_is_in_the_record(timed, cache_dir):
+    from bench.config import ProfileConfig
+    from bench.profiling import profile_model
+    record = profile_model(build_model(TINY), TINY, ProfileConfig(batch_size=4, warmup=0, iters=1),
+                           device=torch.device("cpu"))
+    assert record["attn_kernel"] == "explicit"
+
+
+def test_prune_leaves_the_choices_alone(cache_dir):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / KERNELS_FILE).write_text("{}")
+    assert prune(0, cache_dir) == ([], [])
