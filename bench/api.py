@@ -186,11 +186,9 @@ def plan_ladder(sweeps: list[Sweep], device: str | None = None, calibrate: bool 
     dev = resolve_device(device)
     first = sweeps[0]
     cheapest = min(first.variants, key=lambda v: closed_form(v)["macs"])
-    rate = _calibrate(cheapest, first, dev) if calibrate and first.search is None else None
+    rate = _calibrate(cheapest, first, dev) if calibrate else None
     rows = []
     for sweep in sweeps:
-        if sweep.search is not None:
-            raise BenchError(f"{sweep.name}: a ladder climbs grid sweeps (bench run), not studies (bench study)")
         n_train = split_sizes(sweep.data)[0] if sweep.train is not None else 0
         epochs = sweep.train.epochs if sweep.train is not None else 0
         seeds = len(sweep.seeds)

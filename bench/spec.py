@@ -628,5 +628,8 @@ def load_rungs(path: str | Path, sets: Mapping[str, Any], rungs: list[Rung], nam
             related = err.where == "--set" and err.key is not None and any(
                 err.key == k or err.key.startswith(k + ".") or k.startswith(err.key + ".") for k in climbed)
             raise (err.within("--ladder") if related else err) from None
+        if sweep.search is not None:
+            raise SpecError("search", None, "a ladder climbs a grid sweep (`bench run`'s): a search draws other "
+                            "variants at every rung, so rungs could not be compared", where=str(path))
         out.append(dataclasses.replace(sweep, name=rung.study(check_name(name or sweep.name))))
     return out

@@ -189,6 +189,14 @@ def test_a_rung_the_spec_refuses_fails_before_anything_runs(sweep_file, tmp_path
     assert code == 2 and not (tmp_path / "r").exists()
 
 
+def test_a_rung_that_cannot_name_a_study_or_a_search_is_refused(sweep_file, make_spec):
+    with pytest.raises(SpecError, match="cannot name a study: is too long"):
+        spec.load_rungs(sweep_file, {}, spec.parse_ladder(["train.epochs=1,2"]), name="n" * 195)
+    study = make_spec("searched", grid=None, compare=None, search={"embed_dim": [16, 32]})
+    with pytest.raises(SpecError, match="a ladder climbs a grid sweep"):
+        spec.load_rungs(study, {}, spec.parse_ladder(["train.epochs=1,2"]))
+
+
 # --- real tiny ladders ------------------------------------------------------------------------
 
 def test_each_rung_runs_once_a_rerun_runs_nothing_and_a_new_rung_runs_alone(make_spec, tmp_path, capsys):
