@@ -89,7 +89,8 @@ def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resam
     costs = [rung_cost(r.frame) for r in rungs]
     first = costs[0]["train_pmacs"]
     against_top = [agreement(r.frame, top.frame, compare, resamples) for r in rungs[:-1]]
-    against_next = [agreement(a.frame, b.frame, compare, resamples) for a, b in zip(rungs, rungs[1:])]
+    against_next = [agreement(a.frame, b.frame, compare, resamples) for a, b in zip(rungs, rungs[1:-1])]
+    against_next.append(against_top[-1])  # the rung below the largest: its next is the largest
     rows = []
     for i, (r, cost) in enumerate(zip(rungs, costs, strict=True)):
         t = against_top[i] if i < len(rungs) - 1 else None
