@@ -188,7 +188,7 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
             f"{two_places(r['tau_top'])}{interval(r['tau_low_top'], r['tau_high_top'], two_places)}")
         nxt = "–" if not math.isfinite(r["tau_next"]) else (
             f"{two_places(r['tau_next'])}{interval(r['tau_low_next'], r['tau_high_next'], two_places)}")
-        rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else f"{r[f'rho_{p}']:.2f}"  # noqa: E731
+        rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else two_places(r[f"rho_{p}"])  # noqa: E731
         decided = "–" if r["agrees"] is None else (
             f"{r[KEPT]} kept, {r[FLIPPED]} flipped, {r[UNDECIDED]} undecided")
         agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
