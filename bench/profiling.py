@@ -212,17 +212,24 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str,
     return step
 
 
-def compile_model(model: nn.Module) -> nn.Module:
-    """``torch.compile(model, fullgraph=True)`` (inductor): a graph break is an error, not a slow
-    path (re-attention has none: bench.reattention traces plain ops when compiling). Inductor's
-    cache lives in bench's cache folder ($TORCHINDUCTOR_CACHE_DIR when set), so the next trial
-    of the same shapes, in any process, compiles from it."""
+def compile_model(model: nn.Module, fresh: bool = True) -> nn.Module:
+    """``torch.compile(model, fullgraph=True, dynamic=False)`` (inductor): a graph break is an
+    error, not a slow path (re-attention has none: bench.reattention traces plain ops when
+    compiling), and every model is compiled for its own static shapes. ``fresh`` (the default:
+    one compiled model at a time, as in a trial) first clears this process's compiled code:
+    otherwise the next variant's other shapes would recompile the same ``forward`` as a
+    dynamic-shape graph (slower kernels, and no cache hit in the next process), and past
+    dynamo's recompile limit run eager. Inductor's cache lives in bench's cache folder
+    ($TORCHINDUCTOR_CACHE_DIR when set), so the next trial of the same shapes, in any
+    process, compiles from it."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # on use: compiling only
 
     given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default here on first use
     if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(default_dir() / INDUCTOR_DIR)
-    return torch.compile(model, fullgraph=True)
+    if fresh:
+        torch._dynamo.reset()
+    return torch.compile(model, fullgraph=True, dynamic=False)
 
 
 def is_oom(err: BaseException) -> bool:

@@ -11,16 +11,19 @@ re-attention. Train FLOPs = 6 × counted forward MACs per image (bench.variant.t
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
+from bench.kernels import choose_kernels
 from bench.models import Variant, build_model
-from bench.profiling import closed_form, time_steps, train_step
+from bench.profiling import closed_form, device_name, time_steps, train_step
 from bench.utilisation import gemm_tflops
 from bench.variant import train_tflops
 from benchmarks.common import header, parser, run_rounds
 
-GEMM_DIM, GEMM_LAYERS, GEMM_BATCH = 1024, 4, 256
+GEMM_DIM, GEMM_LAYERS, GEMM_BATCH = 1024, 4, 2048  # large GEMMs: M = 2048 in every pass
 
 
 class Gemms(nn.Module):
@@ -53,23 +56,26 @@ def main() -> None:
             models[f"{name} {attention}"] = (build_model(v), closed_form(v)["macs"] / 1e9, batch,
                                              (3, v.img_size, v.img_size))
     arms, info = {}, {}
-    for name, (model, gmacs, batch, shape) in models.items():
+    for name, (base, gmacs, batch, shape) in models.items():
         for d in dtypes:
-            model = model.to(dev)
+            model = copy.deepcopy(base).to(dev)  # one per dtype: each runs its own fastest kernel
+            kernel = choose_kernels(model, device=dev, dtype=d, batch=batch, device_name=device_name(dev))
             x = torch.randn(batch, *shape, device=dev, requires_grad=name == "gemm")  # every layer's input grad
             y = torch.randint(GEMM_DIM if name == "gemm" else 10, (batch,), device=dev)
             step = train_step(model, x, y, d, torch.optim.AdamW(model.parameters(), lr=1e-4))
             step()
             arms[f"{name} {d}"] = (lambda s=step: time_steps(s, warmup=args.warmup, iters=args.iters,
                                                              device=dev).median)
-            info[f"{name} {d}"] = (gmacs, batch, d)
+            info[f"{name} {d}"] = (gmacs, batch, d, kernel)
     ms = run_rounds(arms, args.rounds)
-    print(f"\n{'arm':<18}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
+    print(f"\n{'arm':<18}{'kernel':<10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'bf16/fp32':>11}")
     for arm, t in ms.items():
-        gmacs, batch, d = info[arm]
+        gmacs, batch, d, kernel = info[arm]
         sps = batch / (t / 1e3)
         tf = train_tflops(gmacs, sps)
-        print(f"{arm:<18}{sps:>10.0f}{tf:>10.4f}{tf / peaks[d]:>8.2f}")
+        fp32 = ms.get(arm.rsplit(" ", 1)[0] + " fp32")
+        gain = f"{fp32 / t:>11.2f}" if d != "fp32" and fp32 else f"{'':>11}"
+        print(f"{arm:<18}{kernel:<10}{sps:>10.0f}{tf:>10.4f}{tf / peaks[d]:>8.2f}{gain}")
 
 
 if __name__ == "__main__":
