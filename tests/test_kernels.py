@@ -79,3 +79,14 @@ def test_prune_leaves_the_choices_alone(cache_dir):
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / KERNELS_FILE).write_text("{}")
     assert prune(0, cache_dir) == ([], [])
+
+
+def test_the_report_says_which_kernels_ran():
+    import pandas as pd
+    from bench.report.markdown import markdown
+    rows = [{"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 4, "num_heads": 4,
+             "mlp_ratio": 2.0, "num_classes": 10, "status": "complete", "seed": 0, "key": f"{a}-s0", "trial": i,
+             "top1": 50.0, "infer_gmacs": 0.001, "param_count": 0.1, "attention": a, "attn_kernel": k}
+            for i, (a, k) in enumerate([("self", "explicit"), ("re", "folded")])]
+    text = markdown(pd.DataFrame(rows), {"name": "m"}, {"generated": "now"})
+    assert "attention kernels re: folded; self: explicit" in text

@@ -229,6 +229,10 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
                         ("timm_version", "timm "), ("bench_version", "bench ")):
         if col in df and df[col].notna().any():
             env.append(prefix + ", ".join(map(str, df[col].dropna().unique())))
+    if "attn_kernel" in df and df["attn_kernel"].notna().any():  # bench.kernels: the fastest exact, measured
+        by_type = df.dropna(subset=["attn_kernel"]).groupby("attention")["attn_kernel"].unique() \
+            if "attention" in df else {}
+        env.append("attention kernels " + "; ".join(f"{t}: {', '.join(map(str, k))}" for t, k in dict(by_type).items()))
     counts = df["status"].value_counts() if "status" in df else pd.Series({Status.COMPLETE.value: len(df)})
     trials = f"{len(df)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
     seeds = f" × {df['seed'].nunique()} seeds" if "seed" in df else ""
