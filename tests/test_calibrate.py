@@ -230,3 +230,23 @@ def test_plan_states_the_ladders_cost_before_anything_runs(sweep_file, tmp_path,
     assert rows[1]["train_pmacs"] == pytest.approx(2 * rows[0]["train_pmacs"])
     assert rows[2]["train_pmacs"] == pytest.approx(4 * rows[0]["train_pmacs"]) and rows[0]["train_pmacs"] > 0
     assert not (tmp_path / "results").exists()
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=40), min_size=0, max_size=3))
+def test_any_ladder_text_parses_or_is_one_spec_error(items):
+    """Whatever follows --ladder: rungs whose labels name a study, or one SpecError on --ladder."""
+    try:
+        rungs = spec.parse_ladder(items)
+    except SpecError as err:
+        assert str(err).startswith("--ladder") and "\n" not in str(err).strip()
+        return
+    assert 2 <= len(rungs) <= spec.MAX_RUNGS and len({r.label for r in rungs}) == len(rungs)
+    for r in rungs:
+        try:
+            assert r.study("q").startswith("q@")
+        except SpecError as err:
+            assert str(err).startswith("--ladder: rung ")

@@ -90,3 +90,16 @@ def test_the_report_says_which_kernels_ran():
             for i, (a, k) in enumerate([("self", "explicit"), ("re", "folded")])]
     text = markdown(pd.DataFrame(rows), {"name": "m"}, {"generated": "now"})
     assert "attention kernels re: folded; self: explicit" in text
+
+
+@pytest.mark.parametrize("junk", ["[1]", "not json", '{"%s": "fastest"}'])
+def test_a_damaged_choices_file_is_measured_over(timed, cache_dir, junk):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(TINY)
+    kernels.choose_kernels(build_model(TINY), device=torch.device("cpu"), dtype="fp32", batch=2, device_name="cpu B")
+    key = next(iter(json.loads((cache_dir / KERNELS_FILE).read_text())))
+    (cache_dir / KERNELS_FILE).write_text(junk % key if "%s" in junk else junk)
+    kernels._chosen.clear()
+    assert kernels.choose_kernels(model, device=torch.device("cpu"), dtype="fp32", batch=2,
+                                  device_name="cpu B") == "explicit" and len(timed) == 2
+    assert json.loads((cache_dir / KERNELS_FILE).read_text())[key] == "explicit"
