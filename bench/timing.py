@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from bench.models import build_model
 from bench.kernels import choose_kernels
+from bench.models import build_model
 from bench.profiling import Timing, device_name, inference_step, is_oom, time_steps, train_step
 from bench.variant import Variant
 
