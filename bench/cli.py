@@ -72,7 +72,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     with console.status(f"profiling {args.name}", quiet=args.json) as update:
         try:
             record = profile(args.name, overrides, Request(speed=not args.no_speed,
-                                                           **given(args, "dtype", "batch_size", "warmup", "iters")),
+                                                           **given(args, "dtype", "batch_size", "warmup", "iters",
+                                                                   "compile")),
                              device=args.device, on_progress=update)
         except SpecError as e:
             raise e.within("--set") from None
@@ -427,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 CPU, 10 CUDA)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default: 5 CPU, 50 CUDA)")
     p.add_argument("--no-speed", action="store_true", help="count only: skip timing")
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd model (fullgraph); the "
+                   "compile is timed apart (train_compile_s, infer_compile_s)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("run", parents=[sweep, device, storage, running, keep, quiet],

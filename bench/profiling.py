@@ -369,6 +369,7 @@ class Request:
     warmup: int | None = None  # None: config.TIMING_STEPS for the device
     iters: int | None = None
     speed: bool = True  # False: count only
+    compile: bool = False  # time the torch.compile'd model (compile time apart)
 
 
 def profile(name: str, overrides: dict[str, Any] | None = None, request: Request | None = None, *,

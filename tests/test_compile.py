@@ -67,3 +67,14 @@ def test_train_and_profile_compile_time_it_apart(cache_dir):
     eager = train(build_model(TINY.replace(attention="re")), data, TrainConfig(epochs=1, batch_size=8, compile=False),
                   device=torch.device("cpu"), seed=0)
     assert not eager["compiled"] and "compile_s" not in eager
+
+
+@pytest.mark.slow
+def test_bench_profile_compile_prints_the_compile_apart(capsys, cache_dir):
+    from bench.cli import main
+    assert main(["profile", "vit_micro", "--compile", "--device", "cpu", "--batch-size", "4", "--warmup", "1",
+                 "--iters", "1", "--json"]) == 0
+    import json
+    record = json.loads(capsys.readouterr().out)
+    assert record["train_compile_s"] > 0 and record["infer_compile_s"] > 0 and record["train_samples_per_sec"] > 0
+    assert record["attn_kernel"] in ("sdpa", "explicit") and record["train_mfu"] > 0
