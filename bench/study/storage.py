@@ -22,6 +22,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import optuna
 
+from bench import console
 from bench.errors import BenchError, first_line
 from bench.study.journal import check_journal, repair_journal
 
@@ -173,15 +174,60 @@ def _check_sqlite(path: Path, create: bool) -> None:
         raise BenchError(f"no study database at {path} (run `bench run` on the sweep first, "
                          "or pass --storage / --results)")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = _tables(path, "ro")
     except sqlite3.DatabaseError as err:
-        raise BenchError(f"cannot open study storage sqlite:///{path}: {err}") from None
+        if not _hot_journal(path):
+            raise BenchError(f"cannot open study storage sqlite:///{path}: {err}") from None
+        tables = _roll_back(path)
     if tables and "studies" not in tables:
         raise BenchError(f"{path} is an SQLite database, but not a study's (no Optuna tables); "
                          "left as it was")
     if not tables and not create:
         raise BenchError(f"{path} holds no study (an empty database); left as it was")
+
+
+def _tables(path: Path, mode: str) -> set[str]:
+    """The tables of the SQLite file ``path``, opened with ``mode`` (``ro``, ``rw``, or ``ro`` with
+    ``immutable=1``: the file as it lies, its journal and locks ignored)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode={mode}", uri=True)) as con:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # the header of a rollback journal that still holds a write
+
+
+def _hot_journal(path: Path) -> bool:
+    """Whether a writer died in a transaction on ``path`` (kill -9, a crash, a power cut): its
+    rollback journal is left, with its header. SQLite rolls it back at the next read-write
+    open; a read-only open cannot, and fails ("attempt to write a readonly database")."""
+    try:
+        with open(f"{path}-journal", "rb") as f:
+            return f.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC
+    except OSError:
+        return False
+
+
+def _roll_back(path: Path) -> set[str]:
+    """Roll back the write a killed process left in ``path``'s hot journal, as SQLite does at
+    the next read-write open, when the file is a study database (read first as it lies: a
+    foreign database is left as it was); its tables after. Says so in one line."""
+    journal = f"{path.name}-journal"
+    try:
+        tables = _tables(path, "ro&immutable=1")
+    except sqlite3.DatabaseError:
+        tables = None
+    if tables is None or (tables and "studies" not in tables):
+        what = "cannot be read" if tables is None else "is an SQLite database, but not a study's (no Optuna tables)"
+        raise BenchError(f"{path} {what}, and an interrupted write left {journal} beside it; left as it was")
+    try:
+        tables = _tables(path, "rw")
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"cannot open study storage sqlite:///{path}: a killed process left an interrupted write "
+                         f"({journal}) that only a read-write open can roll back, and that failed ({err}); give "
+                         "this user write access to the file and its folder, or run where it has it") from None
+    console.info(f"study database {path}: rolled back a write a killed process left unfinished ({journal}); "
+                 "the study is as it was before that write")
+    return tables
 
 
 # what SQLite says, under the wrappers of sqlalchemy and Optuna
