@@ -4,8 +4,11 @@ shows (messages, reports, a driver's words, workers' argv); SQLite is refused fo
 local workers; a missing driver is named; a failed open leaves no empty database behind."""
 import importlib.util
 import os
+import shutil
 import sqlite3
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote
 
@@ -358,3 +361,135 @@ def test_an_unknown_study_is_one_plain_line(tmp_path):
     with pytest.raises(BenchError) as caught:
         open_study(f"sqlite:///{db}", "other", create=False)
     assert str(caught.value) == f"no study named 'other' in sqlite:///{db} (studies there: tiny)"
+
+
+# --- SQLite after kill -9: a hot journal --------------------------------------------------------
+
+_HOLD_A_WRITE = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size=1")  # spill changed pages into the file before any commit
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE trial_user_attributes SET value_json = value_json || ' '")
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def _killed_mid_write(db):
+    """A process killed (SIGKILL) inside a write transaction on ``db``: its hot journal is left,
+    as a kill -9 of bench during any SQLite write leaves it."""
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_A_WRITE, str(db)], stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"holding\n"
+    child.kill()
+    child.wait()
+    journal = Path(f"{db}-journal")
+    assert journal.is_file() and journal.read_bytes()[:8] == bytes.fromhex("d9d505f920a163d7")  # hot
+    return journal
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny sweep run to the end on its default storage (SQLite): its folder, and its records."""
+    tmp = tmp_path_factory.mktemp("sqlite")
+    (tmp / "tiny.yaml").write_text(TINY)
+    env = os.environ.get("BENCH_CACHE_DIR")
+    os.environ["BENCH_CACHE_DIR"] = str(tmp / "cache")
+    try:
+        api.run_sweep(spec.load(tmp / "tiny.yaml"), results_dir=tmp / "results", device="cpu", quiet=True,
+                      report=False)
+    finally:
+        if env is None:
+            os.environ.pop("BENCH_CACHE_DIR")
+        else:
+            os.environ["BENCH_CACHE_DIR"] = env
+    return tmp, _by_number(Ledger.locate("tiny", None, tmp / "results"))
+
+
+@pytest.mark.parametrize("command", ["report", "run", "worker"])
+def test_a_study_killed_mid_write_reopens_with_every_result(finished, tmp_path, command, capsys):
+    src, before = finished
+    shutil.copytree(src / "results", tmp_path / "results")
+    db = tmp_path / "results" / "tiny" / "study.db"
+    journal = _killed_mid_write(db)
+    args = {"report": ["report", "tiny"], "run": ["run", str(src / "tiny.yaml"), "--device", "cpu", "--quiet"],
+            "worker": ["worker", "tiny", "--device", "cpu", "--quiet"]}[command]
+    code = main([*args, "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "rolled back a write a killed process left unfinished (study.db-journal)" in err
+    assert "readonly" not in err and not journal.exists()
+    assert _by_number(Ledger.locate("tiny", None, tmp_path / "results")) == before  # nothing redone, nothing lost
+
+
+def test_a_foreign_database_with_a_hot_journal_is_left_as_it_was(tmp_path, capsys):
+    db = tmp_path / "notes.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE trial_user_attributes (value_json TEXT)")  # not Optuna's: no studies table
+        con.executemany("INSERT INTO trial_user_attributes VALUES (?)", [(f"mine {i}",) for i in range(2000)])
+    journal = _killed_mid_write(db)
+    before = db.read_bytes(), journal.read_bytes()
+    code = main(["report", "tiny", "--storage", f"sqlite:///{db}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not a study's" in err and "left as it was" in err and len(err.strip().splitlines()) == 1
+    assert (db.read_bytes(), journal.read_bytes()) == before
+
+
+def _read_only(paths):
+    """Make ``paths`` read-only even for root (which writes through permission bits): the
+    immutable attribute where chattr works, else the permission bits (enough for a user)."""
+    if os.geteuid() != 0:
+        for p in paths:
+            p.chmod(0o444)
+        return lambda: [p.chmod(0o644) for p in paths]
+    if subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode:
+        pytest.skip("running as root, and chattr cannot make a file read-only here")
+    return lambda: subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def test_a_read_only_study_is_read_and_refuses_writes_with_the_permission_message(finished, tmp_path, capsys):
+    src, before = finished
+    shutil.copytree(src / "results", tmp_path / "results")
+    undo = _read_only([tmp_path / "results" / "tiny" / "study.db"])
+    try:
+        assert main(["report", "tiny", "--results", str(tmp_path / "results")]) == 0  # reading needs no write
+        capsys.readouterr()
+        code = main(["run", str(src / "tiny.yaml"), "--device", "cpu", "--quiet", "--retry-failed",
+                     "--results", str(tmp_path / "results")])
+    finally:
+        undo()
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "attempt to write a readonly database" in err, err
+
+
+def test_a_read_only_study_with_a_hot_journal_names_what_it_needs(finished, tmp_path, capsys):
+    src, _ = finished
+    shutil.copytree(src / "results", tmp_path / "results")
+    db = tmp_path / "results" / "tiny" / "study.db"
+    undo = _read_only([db, _killed_mid_write(db)])
+    try:
+        code = main(["report", "tiny", "--results", str(tmp_path / "results")])
+    finally:
+        undo()
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "only a read-write open can roll back" in err and "write access" in err
+
+
+@pytest.mark.parametrize("which", ["result", "claim"])
+def test_a_trial_state_cut_inside_its_worker_id_sets_aside_only_its_trial(written, tmp_path, capsys, which):
+    """Cut before its trial id, the record's kind was unreadable and every later record went aside
+    (trials #0–#3 lost, 27 records). Its kind is readable, its trial told by the records around it."""
+    data, before = written
+    lines = data.splitlines(keepends=True)
+    trial = 0 if which == "result" else 1
+    k = [i for i, line in enumerate(lines) if line.startswith(b'{"op_code":6,') and b'"trial_id":%d,' % trial in line]
+    k = k[-1] if which == "result" else k[0]  # trial 0's state COMPLETE, or trial 1's claim (RUNNING)
+    cut = lines[k][:lines[k].index(b'"worker_id":"') + 25] + b"\n"  # cut inside its worker_id
+    later = [i for i in range(k + 1, len(lines)) if b'"trial_id":%d,' % trial in lines[i]]
+    path, ledger, err, side = _repair(tmp_path, b"".join(lines[:k] + [cut] + lines[k + 1:]), capsys)
+    assert side == cut + b"".join(lines[i] for i in later)
+    assert f"trial #{trial} of study 'tiny': back as before" in err and "unknown kind" not in err
+    after = _by_number(ledger)
+    others = [n for n in before if n != trial]
+    assert all(after[n] == before[n] for n in others)  # every other trial's result kept

@@ -26,7 +26,10 @@ _OP_FIELDS = {0: ("study_name", str), 1: ("study_id", int), 2: ("study_id", int)
               4: ("study_id", int), 5: ("trial_id", int), 6: ("trial_id", int), 7: ("trial_id", int),
               8: ("trial_id", int), 9: ("trial_id", int), 10: (None, None)}
 _START = b'{"op_code":'  # how Optuna writes every record: op_code first, then worker_id, then the id
-_HEAD = re.compile(rb'\{"op_code":(\d+),"worker_id":"[^"\\]*"(?:,"(study_id|trial_id)":(\d+))?')
+_OP = re.compile(rb'\{"op_code":(\d+),')
+_ID = re.compile(rb'"(study_id|trial_id)":(\d+)[,}]')  # where it stands in a damaged line (quotes in strings are escaped)
+_WORKER = re.compile(rb'"worker_id":"([^"\\\n]*)')  # its readable start, even when cut inside it
+TRIAL_OPS = (5, 6, 7, 8, 9)  # set a trial's param, state and values, intermediate value, user and system attribute
 _FIRST_LINE_MAX = 1 << 20  # a journal's first record (a study's creation) is far shorter
 FAIL, WAITING = 3, 4  # optuna TrialState values, as the journal stores them
 
@@ -135,15 +138,18 @@ def plan_repair(data: bytes) -> Repair | None:
     A damaged line sets aside the least that keeps the journal consistent:
     - a write cut short (no newline), alone or followed by the next write on its line: the
       torn part only. No reader could read it, so nothing written later refers to it.
-    - a record on a trial: it, and the later records on that trial (which stays as it was before).
+    - a record on a trial: it, and the later records on that trial (which stays as it was before);
+      one cut before its trial id names its trial by the records around it (``_nearby_trials``).
     - a record on a study's attributes: it alone (it created nothing).
     - a trial's creation: it, replaced by a failed stand-in trial that keeps later trial ids
       and numbers right, and the later records on that trial.
     - a study's creation, or a record whose kind cannot be read: it and every later record
-      (study and trial ids after it cannot be trusted).
+      (study and trial ids after it cannot be trusted). A trial's creation cut before its study
+      id belongs to the journal's only study, when it has one.
     Raises BenchError when the data is not a journal (its first line is no record)."""
     lines = data.splitlines(keepends=True)
-    if all(_record(line) is not None for line in lines):
+    recs = [_record(line) for line in lines]
+    if all(rec is not None for rec in recs):
         return None
     if lines and _record(lines[0]) is None and not (len(lines) == 1 and lines[0].startswith(_START)
                                                     and not lines[0].endswith(b"\n")):
@@ -154,8 +160,8 @@ def plan_repair(data: bytes) -> Repair | None:
     dead: set[int] = set()  # trials whose later records go aside
     touched: set[int] = set()
 
-    for line in lines:
-        rec = _record(line)
+    for at, line in enumerate(lines):
+        rec = recs[at]
         if rec is None and not rep.unreadable:
             cut = _salvage(line)
             if cut or not line.endswith(b"\n"):  # a write cut short: a whole record may follow on its line
@@ -167,13 +173,15 @@ def plan_repair(data: bytes) -> Repair | None:
             else:
                 rep.damaged += 1
                 aside.append(line)
-                head = _HEAD.match(line)
-                op = int(head[1]) if head else None
-                ident = int(head[3]) if head and head[3] is not None else None
-                kind = head[2].decode() if head and head[2] else None
-                if op in (5, 6, 7, 8, 9) and kind == "trial_id":
-                    dead.add(ident)
-                    touched.add(ident)
+                op, kind, ident = _readable(line)
+                if op in TRIAL_OPS and kind is None:  # cut before its trial id: which trial, from around it
+                    kind, ident = "trial_id", _nearby_trials(recs, at, line)
+                if op == CREATE_TRIAL and kind is None and len(replay.names) == 1:  # one study: its trial
+                    kind, ident = "study_id", next(iter(replay.names))
+                ids = ident if isinstance(ident, set) else {ident} - {None}
+                if op in TRIAL_OPS and kind == "trial_id" and ids:
+                    dead.update(ids)
+                    touched.update(ids)
                 elif op in (1, 2, 3) and kind == "study_id":
                     study = replay.names.get(ident, f"study {ident}")
                     rep.studies[study] = rep.studies.get(study, 0) + 1
@@ -214,6 +222,39 @@ def plan_repair(data: bytes) -> Repair | None:
     rep.keep, rep.aside = b"".join(out), b"".join(aside)
     rep.tail = rep.intact and rep.cut_short == 1 and data == rep.keep + rep.aside
     return rep
+
+
+def _readable(line: bytes) -> tuple[int | None, str | None, int | None]:
+    """What a damaged line still says: its operation, and the id it refers to (study or trial)."""
+    head = _OP.match(line)
+    found = _ID.search(line, head.end()) if head else None
+    return (int(head[1]) if head else None, found[1].decode() if found else None,
+            int(found[2]) if found else None)
+
+
+def _nearby_trials(recs: list[dict[str, Any] | None], at: int, line: bytes) -> set[int]:
+    """The trial a trial operation cut before its id most likely wrote to, from the whole
+    records around it by the same worker (its id's readable start): bench writes a trial's
+    result (user attribute ``record``) just before the state that finishes it, and claims a
+    trial (its state) just before signing it (user attribute ``worker``); failing those, the
+    trials of the nearest records before and after it (both, when they differ)."""
+    found = _WORKER.search(line)
+    prefix = found[1].decode("utf-8", "replace").rstrip("\ufffd") if found else ""
+
+    def near(step: int) -> dict[str, Any] | None:
+        i = at + step
+        while 0 <= i < len(recs):
+            r = recs[i]
+            if r is not None and "trial_id" in r and r["worker_id"].startswith(prefix):
+                return r
+            i += step
+        return None
+    before, after = near(-1), near(+1)
+    if before is not None and before["op_code"] == 8 and "record" in before.get("user_attr", {}):
+        return {before["trial_id"]}
+    if after is not None and after["op_code"] == 8 and "worker" in after.get("user_attr", {}):
+        return {after["trial_id"]}
+    return {r["trial_id"] for r in (before, after) if r is not None}
 
 
 def _salvage(line: bytes) -> int | None:
