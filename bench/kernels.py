@@ -13,6 +13,7 @@ folded path (``folded``; ``materialised`` for ``re_norm: layer``, which needs th
 """
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -24,12 +25,14 @@ from timm.layers import Attention
 from torch import nn
 
 from bench.data.cache import KERNELS_FILE, default_dir
-from bench.files import remembered
+from bench.files import Memo, remembered
 from bench.reattention import ReAttention
 
 SELF_KERNELS = ("sdpa", "explicit")
 _AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
 _chosen: dict[str, str] = {}  # this process's choices
+CHOICES = Memo("attention-kernel", re.compile(r".+ \| (fp32|bf16) \| torch \S+ \| dim \d+ heads \d+ tokens \d+ "
+                                              r"batch \d+"), lambda v: v in SELF_KERNELS)
 
 
 def autocast(device: torch.device, dtype: str) -> Any:
@@ -63,9 +66,10 @@ def time_kernels(dim: int, heads: int, tokens: int, batch: int, *, device: torch
                  rounds: int = 3) -> dict[str, float]:
     """ms of one self-attention block's forward + backward with each kernel, the median over
     ``rounds`` interleaved rounds (drift hits both alike)."""
-    torch.manual_seed(0)
-    block = Attention(dim, num_heads=heads, qkv_bias=True).to(device)
-    x = torch.randn(batch, tokens, dim, device=device, requires_grad=True)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's streams untouched
+        torch.manual_seed(0)
+        block = Attention(dim, num_heads=heads, qkv_bias=True).to(device)
+        x = torch.randn(batch, tokens, dim, device=device, requires_grad=True)
 
     def step(fused: bool):
         def run() -> None:
@@ -106,8 +110,7 @@ def choose_kernels(model: nn.Module, *, device: torch.device, dtype: str, batch:
                     times = time_kernels(a.head_dim * a.num_heads, a.num_heads, tokens, batch, device=device,
                                          dtype=dtype)
                     return min(times, key=times.get)
-                _chosen[key] = remembered(Path(cache_dir or default_dir()) / KERNELS_FILE, key, measure,
-                                          lambda v: v in SELF_KERNELS)
+                _chosen[key] = remembered(Path(cache_dir or default_dir()) / KERNELS_FILE, key, measure, CHOICES)
             kernel = _chosen[key]
             for m in selfs:
                 m.fused_attn = kernel == "sdpa"

@@ -12,6 +12,7 @@ beside it. MFU is against the measured peak: what this machine's GEMM can do, no
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from bench.data.cache import PEAKS_FILE, default_dir
-from bench.files import remembered
+from bench.files import Memo, remembered
 from bench.variant import train_tflops
 
 # dense (no sparsity) peak TFLOP/s by GPU name and dtype; fp32 is the plain (non-tensor-core) rate
@@ -29,6 +30,17 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}
 _REPS = {"cpu": 4, "cuda": 20}
 _measured: dict[str, float] = {}  # this process's measurements, whichever cache folder
+PEAK_RANGE = (1e-3, 1e5)  # TFLOP/s: slower than any computer bench runs on, faster than any chip made
+QUICK = {"cpu": 256, "cuda": 2048}  # a quick matmul's size: what a remembered peak is checked against
+QUICK_RANGE = (0.25, 200.0)  # a device's peak over its quick matmul's rate, at the extremes seen
+
+
+def plausible(value: object) -> bool:
+    """A peak bench could have measured: a number (not a bool), finite, within PEAK_RANGE."""
+    return type(value) in (int, float) and math.isfinite(value) and PEAK_RANGE[0] <= value <= PEAK_RANGE[1]
+
+
+PEAKS = Memo("GEMM peak", re.compile(r".+ \| (fp32|bf16) \| torch \S+"), plausible)
 
 
 def datasheet_tflops(device_name: str, dtype: str) -> float | None:
@@ -39,8 +51,9 @@ def datasheet_tflops(device_name: str, dtype: str) -> float | None:
 
 def gemm_tflops(device: torch.device, dtype: str, size: int, reps: int) -> float:
     """The best TFLOP/s of ``reps`` square ``size`` matmuls in ``dtype`` on ``device``."""
-    a = torch.randn(size, size, device=device, dtype=_DTYPES[dtype])
-    b = torch.randn(size, size, device=device, dtype=_DTYPES[dtype])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's streams untouched
+        a = torch.randn(size, size, device=device, dtype=_DTYPES[dtype])
+        b = torch.randn(size, size, device=device, dtype=_DTYPES[dtype])
     a @ b  # warm-up: kernel choice, page faults
     best = math.inf
     for _ in range(reps):
@@ -62,14 +75,23 @@ def gemm_tflops(device: torch.device, dtype: str, size: int, reps: int) -> float
 def measured_peak(device: torch.device, dtype: str, device_name: str, cache_dir: Path | None = None) -> float:
     """The device's GEMM peak in ``dtype`` (TFLOP/s): from the cache when measured before on this
     device × dtype × torch version, else measured now (under a second on a CPU) and cached. A
-    cache file that cannot be read is measured over, never an error."""
+    remembered peak is trusted only when plausible for this device: within the datasheet's
+    reach where there is one, and within QUICK_RANGE of a quick matmul's rate (milliseconds);
+    anything else is measured over. A memo file that is not bench's is left alone, never an
+    error."""
     key = f"{device_name} | {dtype} | torch {torch.__version__}"
     if key not in _measured:
         kind = "cuda" if device.type == "cuda" else "cpu"
+
+        def trust(peak: float) -> bool:
+            sheet = datasheet_tflops(device_name, dtype)
+            if sheet is not None and peak > 2 * sheet:
+                return False
+            quick = gemm_tflops(device, dtype, QUICK[kind], 2)
+            return QUICK_RANGE[0] <= peak / quick <= QUICK_RANGE[1]
         _measured[key] = float(remembered(
             Path(cache_dir or default_dir()) / PEAKS_FILE, key,
-            lambda: max(gemm_tflops(device, dtype, n, _REPS[kind]) for n in _SIZES[kind]),
-            lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0))
+            lambda: max(gemm_tflops(device, dtype, n, _REPS[kind]) for n in _SIZES[kind]), PEAKS, trust))
     return _measured[key]
 
 

@@ -71,3 +71,65 @@ def test_no_command_touches_a_foreign_file(tmp_path, foreign, capsys):
         if argv[0] != "cache":
             assert code != 0, (argv, out, err)  # refused, not silently worked around
             assert len(err.strip().splitlines()) == 1, (argv, err)  # one line
+
+
+# --- bench's memo files (GEMM peaks, kernel choices) in the cache folder -------------------------
+
+MEMOS = ("peak-flops.json", "attention-kernels.json")
+
+
+@pytest.fixture(autouse=True)
+def new_process(monkeypatch):
+    """Each test as a new process: nothing measured or said yet."""
+    from bench import files, kernels, utilisation
+    monkeypatch.setattr(utilisation, "_measured", {})
+    monkeypatch.setattr(kernels, "_chosen", {})
+    monkeypatch.setattr(files, "_warned", set())
+
+
+def _profile(cache_dir):
+    """A model profiled with speed (a GEMM peak and a kernel choice are looked up), as a user runs it."""
+    return main(["profile", "vit_micro", "--device", "cpu", "--warmup", "0", "--iters", "1", "--batch-size", "2",
+                 "--json"])
+
+
+@pytest.mark.parametrize("content", ["my notes, not json", '["a list", 1]', '{"owner": "me", "peak": 3}', ""])
+@pytest.mark.parametrize("memo", MEMOS)
+def test_a_foreign_memo_file_is_left_byte_identical(cache_dir, memo, content, capsys):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / memo).write_text(content)
+    assert _profile(cache_dir) == 0
+    assert (cache_dir / memo).read_text() == content
+    err = capsys.readouterr().err
+    assert err.count(f"{cache_dir / memo}:") == 1 and "left as it was" in err  # said once
+
+
+@pytest.mark.parametrize("memo", MEMOS)
+def test_a_memo_link_is_never_followed_nor_replaced(cache_dir, tmp_path, memo):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "foreign.json"
+    target.write_text('{"mine": 1}')
+    (cache_dir / memo).symlink_to(target)
+    assert _profile(cache_dir) == 0
+    assert (cache_dir / memo).is_symlink() and target.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "huge"])
+def test_a_memo_that_is_a_device_a_fifo_or_huge_is_not_read(cache_dir, special, capsys):
+    """``ln -s /dev/zero peak-flops.json`` made every trial fail with MemoryError (and, without a
+    memory limit, ate the machine): memo files are read as regular files only, with a size cap."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for memo in MEMOS:
+        path = cache_dir / memo
+        if special == "/dev/zero":
+            path.symlink_to("/dev/zero")
+        elif special == "fifo":
+            os.mkfifo(path)  # a reader with no writer would wait for ever
+        else:
+            with open(path, "wb") as f:
+                f.truncate(8 << 30)  # 8 GiB, sparse
+    started = time.monotonic()
+    assert _profile(cache_dir) == 0
+    assert time.monotonic() - started < 120
+    err = capsys.readouterr().err
+    assert all(f"{cache_dir / memo}:" in err for memo in MEMOS) and "MemoryError" not in err

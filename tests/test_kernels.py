@@ -44,7 +44,7 @@ def test_the_faster_kernel_is_chosen_once_and_remembered(timed, cache_dir, monke
     assert fused(model) == [True, True]  # timm's default: SDPA
     got = kernels.choose_kernels(model, device=torch.device("cpu"), dtype="bf16", batch=8, device_name="cpu A")
     assert got == "explicit" and fused(model) == [False, False] and timed == [(16, 2, 17, 8)]  # 16 patches + cls
-    stored = json.loads((cache_dir / KERNELS_FILE).read_text())
+    stored = json.loads((cache_dir / KERNELS_FILE).read_text())["entries"]
     assert list(stored.values()) == ["explicit"] and "bf16" in next(iter(stored))
     monkeypatch.setattr(kernels, "_chosen", {})  # a new process: read back, not measured
     assert kernels.choose_kernels(build_model(TINY), device=torch.device("cpu"), dtype="bf16", batch=8,
@@ -92,14 +92,29 @@ def test_the_report_says_which_kernels_ran():
     assert "attention kernels re: folded; self: explicit" in text
 
 
-@pytest.mark.parametrize("junk", ["[1]", "not json", '{"%s": "fastest"}'])
-def test_a_damaged_choices_file_is_measured_over(timed, cache_dir, junk):
+@pytest.mark.parametrize("junk", ["[1]", "not json", '["a list", 1]', '{"%s": "fastest"}'])
+def test_a_foreign_choices_file_is_left_byte_identical_and_measured_for_the_run(timed, cache_dir, junk, capsys):
     cache_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(TINY)
     kernels.choose_kernels(build_model(TINY), device=torch.device("cpu"), dtype="fp32", batch=2, device_name="cpu B")
-    key = next(iter(json.loads((cache_dir / KERNELS_FILE).read_text())))
+    memo = json.loads((cache_dir / KERNELS_FILE).read_text())
+    assert memo["format"] == "bench-memo" and memo["kind"] == "attention-kernel"
+    key = next(iter(memo["entries"]))
     (cache_dir / KERNELS_FILE).write_text(junk % key if "%s" in junk else junk)
+    before = (cache_dir / KERNELS_FILE).read_bytes()
     kernels._chosen.clear()
     assert kernels.choose_kernels(model, device=torch.device("cpu"), dtype="fp32", batch=2,
                                   device_name="cpu B") == "explicit" and len(timed) == 2
-    assert json.loads((cache_dir / KERNELS_FILE).read_text())[key] == "explicit"
+    assert (cache_dir / KERNELS_FILE).read_bytes() == before
+    assert "not bench's attention-kernel memo; left as it was" in capsys.readouterr().err
+
+
+def test_measuring_kernels_or_a_peak_leaves_the_callers_random_stream_alone():
+    """The kernel choice is measured inside a trial's training the first time a shape is seen: a
+    reseed there made that trial's numbers depend on whether the memo existed."""
+    from bench.utilisation import gemm_tflops
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    kernels.time_kernels(16, 2, 17, 4, device=torch.device("cpu"), dtype="fp32", rounds=1)
+    gemm_tflops(torch.device("cpu"), "fp32", 64, 1)
+    assert torch.equal(torch.get_rng_state(), before)

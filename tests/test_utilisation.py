@@ -34,24 +34,60 @@ def fresh(monkeypatch):
     return calls
 
 
+def _entries(path):
+    memo = json.loads(path.read_text())
+    assert memo["format"] == "bench-memo" and memo["kind"] == "GEMM peak"
+    return memo["entries"]
+
+
 def test_the_peak_is_measured_once_per_device_dtype_and_torch_then_read(fresh, cache_dir, monkeypatch):
     cpu = torch.device("cpu")
     assert utilisation.measured_peak(cpu, "fp32", "cpu A") == 0.2
     assert fresh == [1024, 2048]  # the sizes tried, the best kept
-    stored = json.loads((cache_dir / PEAKS_FILE).read_text())
-    assert stored == {f"cpu A | fp32 | torch {torch.__version__}": 0.2}
-    monkeypatch.setattr(utilisation, "_measured", {})  # a new process: from the file, nothing measured
-    assert utilisation.measured_peak(cpu, "fp32", "cpu A") == 0.2 and len(fresh) == 2
+    assert _entries(cache_dir / PEAKS_FILE) == {f"cpu A | fp32 | torch {torch.__version__}": 0.2}
+    monkeypatch.setattr(utilisation, "_measured", {})  # a new process: from the file, checked by a quick matmul
+    assert utilisation.measured_peak(cpu, "fp32", "cpu A") == 0.2 and fresh == [1024, 2048, 256]
     utilisation.measured_peak(cpu, "bf16", "cpu A")  # another dtype: measured, and kept beside the first
-    assert len(fresh) == 4 and len(json.loads((cache_dir / PEAKS_FILE).read_text())) == 2
+    assert fresh[3:] == [1024, 2048] and len(_entries(cache_dir / PEAKS_FILE)) == 2
 
 
-@pytest.mark.parametrize("junk", ["not json", "[1, 2]", '{"cpu A | fp32 | torch X": -1}', ""])
-def test_a_damaged_peak_file_is_measured_over(fresh, cache_dir, junk):
+@pytest.mark.parametrize("junk", ["not json", "[1, 2]", '{"cpu A | fp32 | torch X": -1}', "", '{"notes": 1}'])
+def test_a_foreign_peak_file_is_left_byte_identical_and_the_peak_measured(fresh, cache_dir, junk, capsys):
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / PEAKS_FILE).write_text(junk.replace("X", torch.__version__))
+    before = (cache_dir / PEAKS_FILE).read_bytes()
     assert utilisation.measured_peak(torch.device("cpu"), "fp32", "cpu A") == 0.2 and fresh
-    assert json.loads((cache_dir / PEAKS_FILE).read_text())[f"cpu A | fp32 | torch {torch.__version__}"] == 0.2
+    assert (cache_dir / PEAKS_FILE).read_bytes() == before
+    assert "left as it was" in capsys.readouterr().err
+
+
+def test_a_peak_file_from_before_the_marker_is_read_and_upgraded(fresh, cache_dir):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"cpu A | fp32 | torch {torch.__version__}"
+    (cache_dir / PEAKS_FILE).write_text(json.dumps({key: 0.3}))
+    assert utilisation.measured_peak(torch.device("cpu"), "fp32", "cpu A") == 0.3 and fresh == [256]
+    utilisation.measured_peak(torch.device("cpu"), "bf16", "cpu A")
+    assert _entries(cache_dir / PEAKS_FILE) == {key: 0.3, key.replace("fp32", "bf16"): 0.2}
+
+
+@pytest.mark.parametrize("stored", [5e-324, 1e308, True, "0.2", 0.2 * 1000, 0.2 / 10, float("nan")])
+def test_a_remembered_peak_this_device_cannot_have_is_measured_over(fresh, cache_dir, stored):
+    """5e-324 made MFU infinite, 1e308 made it 7e-311, true read as 1 TFLOP/s: a peak is a
+    plausible number (finite, 0.001–100,000 TFLOP/s) within reach of a quick matmul's rate."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"cpu A | fp32 | torch {torch.__version__}"
+    (cache_dir / PEAKS_FILE).write_text(json.dumps({"format": "bench-memo", "version": 1, "kind": "GEMM peak",
+                                                    "entries": {key: stored}}))
+    got = utilisation.utilisation(0.001, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
+    assert got["peak_tflops"] == 0.2 and got["train_mfu"] == pytest.approx(0.03)
+    assert _entries(cache_dir / PEAKS_FILE) == {key: 0.2}
+
+
+def test_a_gpu_peak_above_its_datasheet_is_measured_over(fresh, cache_dir):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"NVIDIA H100 | bf16 | torch {torch.__version__}"
+    (cache_dir / PEAKS_FILE).write_text(json.dumps({key: 5000.0}))  # 5× the datasheet's 989
+    assert utilisation.measured_peak(torch.device("cpu"), "bf16", "NVIDIA H100") == 0.2
 
 
 def test_utilisation_columns(fresh):
