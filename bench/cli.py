@@ -269,7 +269,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import math
 
-    from bench.data.cache import caches, default_dir, prune
+    from bench.data.cache import INDUCTOR_DIR, caches, default_dir, prune
+    from bench.files import prune_folders
 
     where = Path(args.dir).expanduser() if args.dir else default_dir()
     if args.prune is not None:
@@ -277,11 +278,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
             raise SpecError(None, args.prune, f"{args.prune:g} is not a number of days: expected a finite number, "
                             "at least 0", where="--prune")
         gone, kept = prune(args.prune, where)
+        compiled, held = prune_folders(where, INDUCTOR_DIR, args.prune)
+        gone, kept = gone + compiled, kept + held
         for k in kept:  # never removed: not bench's own, or in use
             console.info(f"{k['path']}: {k['why']}; left alone")
-        n = {kind: sum(c["kind"] == kind for c in gone) for kind in ("cache", "partial", "lock")}
+        n = {kind: sum(c["kind"] == kind for c in gone) for kind in ("cache", "partial", "lock", "compile cache")}
         console.info(f"{where}: removed {n['cache']} cache(s) unused for {args.prune:g} days, {n['partial']} crashed "
-                     f"build(s) and {n['lock']} lock file(s), {sum(c['gib'] for c in gone):.2f} GiB freed")
+                     f"build(s), {n['lock']} lock file(s) and {n['compile cache']} torch.compile cache(s), "
+                     f"{sum(c['gib'] for c in gone):.2f} GiB freed")
     rows = caches(where)
     if args.json:
         console.print_json(rows)
@@ -321,7 +325,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     ctx = api.run_context(name, storage=args.storage, results_dir=args.results, device=args.device, quiet=args.quiet)
     result, paths = api.time_study(ctx, args.rounds)
     if not args.quiet:
-        rows = [{"variant": key, **{k: v for k, v in figures.items() if k.startswith("train_")}}
+        rows = [{"variant": result["labels"].get(key, key), **{k: v for k, v in figures.items() if k.startswith("train_")}}
                 for key, figures in result["variants"].items()]
         console.rows_table(rows, list(rows[0]), title=f"{args.name}: side by side on {result['device_name']}")
     said_report(paths)

@@ -23,17 +23,19 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import __version__
+from bench import __version__, console
 from bench.config import DTYPES, ProfileConfig, resolve_compile, resolve_dtype
 from bench.data.cache import INDUCTOR_DIR, default_dir
-from bench.errors import BenchError, did_you_mean
+from bench.errors import BenchError, did_you_mean, first_line
+from bench.files import hold_folder
 from bench.kernels import autocast, choose_kernels
 from bench.models import VARIANTS, Variant, build_model, resolve
 from bench.utilisation import utilisation
@@ -212,6 +214,19 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str,
     return step
 
 
+def inductor_dir() -> tuple[Path, bool]:
+    """Where torch.compile's cache goes, and whether that folder is bench's own: its cache folder's
+    ``inductor`` (unless $TORCHINDUCTOR_CACHE_DIR names another, the user's, which bench never
+    moves or prunes)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # on use: compiling only
+
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default here on first use
+    ours = default_dir() / INDUCTOR_DIR
+    if given is None or os.path.abspath(given) in (os.path.abspath(default_cache_dir()), os.path.abspath(ours)):
+        return ours, True
+    return Path(given), False
+
+
 def compile_model(model: nn.Module, fresh: bool = True) -> nn.Module:
     """``torch.compile(model, fullgraph=True, dynamic=False)`` (inductor): a graph break is an
     error, not a slow path (re-attention has none: bench.reattention traces plain ops when
@@ -221,15 +236,74 @@ def compile_model(model: nn.Module, fresh: bool = True) -> nn.Module:
     dynamic-shape graph (slower kernels, and no cache hit in the next process), and past
     dynamo's recompile limit run eager. Inductor's cache lives in bench's cache folder
     ($TORCHINDUCTOR_CACHE_DIR when set), so the next trial of the same shapes, in any
-    process, compiles from it."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # on use: compiling only
-
-    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default here on first use
-    if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(default_dir() / INDUCTOR_DIR)
+    process, compiles from it; this process holds it (``bench cache --prune`` passes over it).
+    The compile happens at the first call: ``compiled_call`` makes it and recovers from a
+    damaged or unwritable cache."""
+    folder, ours = inductor_dir()
+    if ours:
+        hold_folder(folder)  # made, marked as bench's, held while this process lives
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     if fresh:
         torch._dynamo.reset()
     return torch.compile(model, fullgraph=True, dynamic=False)
+
+
+T = TypeVar("T")
+
+
+def _compile_fault(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) came from compiling, not from the model: dynamo's or
+    inductor's errors (a cache file that does not import, a C++ build that fails) and the
+    file system's (a full disk, a folder that cannot be written)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) or type(err).__module__.startswith(("torch._inductor", "torch._dynamo")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def compiled_call(model: nn.Module, first: Callable[[nn.Module], T], reset: Callable[[], None] | None = None
+                  ) -> tuple[nn.Module, T, str | None]:
+    """Compile ``model`` and make its first call ``first(net)`` — where inductor compiles, reading
+    and writing its cache — so that a fault there never fails the run: a damaged cache (files
+    that no longer import) is set aside as ``inductor.damaged-<time>`` and the model compiled
+    afresh, once; a cache that cannot be written (a full disk), a folder that is not bench's,
+    or a second fault runs the model eager. ``reset()`` runs before a retry (the caller's
+    state as it was before the failed call). Returns (what ran, ``first``'s result, why it
+    runs eager — one line naming the folder — or None); each fault is said on stderr."""
+    for attempt in (0, 1):
+        try:
+            net = compile_model(model)
+            return net, first(net), None
+        except Exception as err:
+            if not _compile_fault(err):
+                raise
+            folder, ours = inductor_dir()
+            why = f"{type(err).__name__}: {first_line(err)[:200]}"
+            if reset is not None:
+                reset()
+            torch._dynamo.reset()
+            if attempt == 0 and ours and not isinstance(err, OSError) and _set_aside(folder):
+                console.info(f"torch.compile: the cache {folder} is damaged ({why}); set aside beside it, "
+                             "compiling afresh")
+                continue
+            note = f"torch.compile failed, the model runs eager: {why} (inductor's cache: {folder})"
+            console.info(note)
+            return model, first(model), note
+    raise AssertionError("unreachable")
+
+
+def _set_aside(folder: Path) -> bool:
+    """Rename bench's inductor folder to ``<folder>.damaged-<time>`` (pruned by ``bench cache
+    --prune``); False when it cannot be."""
+    side = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(folder, side)
+    except OSError:
+        return False
+    return True
 
 
 def is_oom(err: BaseException) -> bool:
@@ -279,16 +353,19 @@ def _measure_once(model, input_size, mode, device, dtype, batch_size, steps, com
         raise ValueError(f"mode={mode!r}: expected 'infer' or 'train'")
     if mode == "train":
         model = copy.deepcopy(model)  # the caller's weights and norm statistics stay as they were
-    net = compile_model(model) if compiled else model
-    if mode == "infer":
-        step = inference_step(net, x, dtype)
-    else:
-        y = torch.randint(num_classes, (batch_size,), device=device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        step = train_step(net, x, y, dtype, optimizer)
-    extra = {}
+    y = torch.randint(num_classes, (batch_size,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+
+    def make(net: nn.Module) -> Callable[[], Any]:
+        return inference_step(net, x, dtype) if mode == "infer" else train_step(net, x, y, dtype, optimizer)
+    step = make(model)
+    extra: dict[str, Any] = {}
     if compiled:  # the first call compiles: timed apart, never in the throughput
-        extra[f"{mode}_compile_s"] = time_steps(step, warmup=0, iters=1, device=device).median / 1e3
+        def first(net: nn.Module) -> float:
+            return time_steps(make(net), warmup=0, iters=1, device=device).median / 1e3
+        net, seconds, why = compiled_call(model, first)
+        step = make(net)
+        extra[f"{mode}_compile_s" if why is None else "compile_error"] = seconds if why is None else why
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -353,10 +430,18 @@ def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Modul
 
 
 def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, int]:
+    """(C, H, W) of one input: the variant's, else what the timm model was built for. A ViT made
+    at another size (``--set img_size=32``) keeps its pretrained config's 224: its patch
+    embedding knows the size it was built for."""
     if variant is not None:
         return (variant.in_chans, variant.img_size, variant.img_size)
     from timm.data import resolve_model_data_config  # on use: only timm models by name need it
-    return tuple(resolve_model_data_config(model)["input_size"])
+    size = tuple(resolve_model_data_config(model)["input_size"])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    chans = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "in_channels", size[0])
+    if isinstance(built, (tuple, list)) and len(built) == 2 and all(isinstance(n, int) for n in built):
+        return (chans, *built)
+    return size
 
 
 @dataclass(frozen=True)

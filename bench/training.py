@@ -27,7 +27,7 @@ from bench.data.sources import Dataset
 from bench.errors import first_line
 from bench.files import atomic_write
 from bench.kernels import autocast, choose_kernels
-from bench.profiling import compile_model, device_name
+from bench.profiling import compiled_call, device_name
 
 
 def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
@@ -194,6 +194,26 @@ def evaluate(model: nn.Module, loader: Loader, dtype: str) -> float:
     return 100.0 * correct.item() / max(1, total)
 
 
+def _snapshot(model: nn.Module, device: torch.device) -> Callable[[], None]:
+    """What a training step changes besides the optimizer's state (gradients, BatchNorm
+    statistics, the random streams), kept now; the function returned puts it back (a first
+    step that failed to compile is redone as if it never ran)."""
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+
+    def restore() -> None:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        for p in model.parameters():
+            p.grad = None
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+    return restore
+
+
 def _apart(result: dict[str, Any], steps: int) -> None:
     """Compile time out of train_time_s: ``compile_s`` becomes the first step's time less a
     typical step's (the others' mean), and train_time_s the run without it."""
@@ -255,7 +275,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     parts = Parts(model, optimizer, schedule, train_loader)
     kernel = choose_kernels(model, device=device, dtype=dtype, batch=batch, device_name=device_name(device))
     compiled = resolve_compile(cfg.compile, device)
-    net = compile_model(model) if compiled else model  # evaluation stays eager: one compile, not two
+    net = model  # compiled at the first step (compiled_call); evaluation stays eager: one compile, not two
 
     result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False,
@@ -278,13 +298,21 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
             for i, (x, y) in enumerate(train_loader, 1):
                 if aug.active:
                     x, y = aug(x, y)
-                t0 = time.perf_counter() if compiled and step == first_step else None
-                with autocast(device, dtype):
-                    loss = aug.loss(net(x), y)
-                loss.backward()
-                if t0 is not None:  # the first step compiled: its time, less a step's, is compile_s
+                def forward_backward(n: nn.Module) -> torch.Tensor:
+                    with autocast(device, dtype):
+                        out = aug.loss(n(x), y)
+                    out.backward()
+                    return out
+                if compiled and step == first_step:  # the first step compiles: its time, less a step's, is compile_s
+                    t0 = time.perf_counter()
+                    net, loss, why = compiled_call(model, forward_backward, reset=_snapshot(model, device))
                     loss.item()  # waits for the device
-                    result["compile_s"] = time.perf_counter() - t0
+                    if why is None:
+                        result["compile_s"] = time.perf_counter() - t0
+                    else:  # a compile fault (bench.profiling.compiled_call): eager, and the trial says why
+                        result.update(compiled=False, compile_error=why)
+                else:
+                    loss = forward_backward(net)
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
                 optimizer.step()

@@ -78,3 +78,84 @@ def test_bench_profile_compile_prints_the_compile_apart(capsys, cache_dir):
     record = json.loads(capsys.readouterr().out)
     assert record["train_compile_s"] > 0 and record["infer_compile_s"] > 0 and record["train_samples_per_sec"] > 0
     assert record["attn_kernel"] in ("sdpa", "explicit") and record["train_mfu"] > 0
+
+
+# --- faults in inductor's cache: said in one line, recovered from ------------------------------------
+
+def train_compiled(data, compile=True):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=6, compile=compile)
+    return train(build_model(TINY.replace(depth=1)), data, cfg, device=torch.device("cpu"), seed=0)
+
+
+@pytest.fixture
+def shapes16():
+    return Dataset("shapes", make_shapes(24, img_size=16, seed=0), make_shapes(12, img_size=16, seed=1),
+                   [str(i) for i in range(10)])
+
+
+@pytest.mark.slow
+def test_a_damaged_inductor_cache_is_set_aside_and_compiled_afresh(cache_dir, shapes16, capsys):
+    """Cache files overwritten with random bytes made every rerun an "internal error: InductorError:
+    … Failed to import"; now the folder is set aside (kept, for `bench cache --prune`) and the
+    model compiled afresh, to the same result."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import sys, torch; sys.path.insert(0, {here!r}); from test_compile import *; "
+            "r = train_compiled(Dataset('shapes', make_shapes(24, img_size=16, seed=0), "
+            "make_shapes(12, img_size=16, seed=1), [str(i) for i in range(10)])); "
+            "print(r['top1'], r['compiled'], r.get('compile_error'))")
+    env = {**os.environ, "BENCH_CACHE_DIR": str(cache_dir)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR")  # bench's own folder, as for a user
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = cache_dir / INDUCTOR_DIR
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != ".bench-owned"]
+    assert files
+    for p in files:  # every file of the cache overwritten in place
+        p.write_bytes(os.urandom(max(1, p.stat().st_size)))
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.split() == first.stdout.split() == [first.stdout.split()[0], "True", "None"]
+    said = [line for line in again.stderr.splitlines() if line.startswith("torch.compile:")]
+    assert len(said) == 1 and f"the cache {folder} is damaged" in said[0] and "compiling afresh" in said[0]
+    assert len(list(cache_dir.glob(f"{INDUCTOR_DIR}.damaged-*"))) == 1 and folder.is_dir()
+
+
+@pytest.mark.slow
+def test_a_cache_that_cannot_be_written_runs_eager_and_the_trial_says_why(tmp_path, monkeypatch, shapes16, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(blocked / "cache"))  # as a full or read-only disk: nothing written
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    result = train_compiled(shapes16)
+    eager = train_compiled(shapes16, compile=False)
+    assert not result["compiled"] and result["top1"] == eager["top1"]  # eager's numbers, from the same start
+    assert result["compile_error"].startswith("torch.compile failed, the model runs eager: NotADirectoryError")
+    assert str(blocked / "cache" / INDUCTOR_DIR) in result["compile_error"]
+    assert capsys.readouterr().err.count("torch.compile failed") == 1
+
+
+def test_prune_removes_only_bench_s_unused_compile_caches(tmp_path, capsys):
+    import os
+    import time
+    from bench.cli import main
+    from bench.files import MARK, hold_folder
+    root = tmp_path / "cache"
+    old = time.time() - 40 * 86400
+    for name in ("inductor", "inductor.damaged-20260101-000000-1"):
+        (root / name / "ab").mkdir(parents=True)
+        (root / name / "ab" / "x.so").write_bytes(b"x" * 1000)
+        (root / name / MARK).touch()
+    (root / "inductor.damaged-20260101-000000-2" / "ab").mkdir(parents=True)  # no mark: not provably bench's
+    for p in root.rglob("*"):
+        os.utime(p, (old, old))
+    assert main(["cache", "--dir", str(root), "--prune", "30"]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in root.iterdir()) == ["inductor.damaged-20260101-000000-2"]
+    assert "2 torch.compile cache(s)" in err and "no .bench-owned in it" in err
+    hold_folder(root / "inductor")  # a process compiling with it right now
+    assert main(["cache", "--dir", str(root), "--prune", "0"]) == 0
+    assert (root / "inductor").is_dir() and "in use" in capsys.readouterr().err

@@ -162,3 +162,14 @@ def test_profile_rejects_bad_requests():
     if not torch.cuda.is_available():
         with pytest.raises(BenchError, match="CUDA is not available"):
             profile("vit_micro", device="cuda")
+
+
+def test_a_timm_vit_built_at_another_size_is_counted_at_that_size():
+    """`bench profile vit_tiny_patch16_224 --set img_size=32` fed it 224² images (its pretrained
+    config's) and failed with an AssertionError: the model's own patch embedding says its size."""
+    from bench.profiling import profile
+    from bench.variant import Variant
+    record = profile("vit_tiny_patch16_224", {"img_size": 32}, Request(speed=False), device="cpu")
+    same = Variant(img_size=32, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, num_classes=1000)
+    assert record["img_size"] == 32
+    assert record["infer_gmacs"] == pytest.approx(closed_form(same)["macs"] / 1e9, rel=1e-9)

@@ -420,7 +420,7 @@ def test_prune_removes_lock_files_nothing_needs(tmp_path, capsys):
     assert not orphan.exists() and not Path(f"{stale}.lock").exists() and not stale.exists()
     assert held.exists() and foreign.read_text() == "not empty: not bench's" and other.exists()
     assert Path(f"{fresh.path}.lock").exists() and fresh.path.is_dir()  # its cache is there
-    assert "removed 1 cache(s) unused for 30 days, 0 crashed build(s) and 2 lock file(s)" in capsys.readouterr().err
+    assert "removed 1 cache(s) unused for 30 days, 0 crashed build(s), 2 lock file(s) and 0 torch.compile cache(s)" in capsys.readouterr().err
 
 
 def test_a_builder_waiting_on_a_lock_that_prune_removes_takes_a_new_one(tmp_path):

@@ -86,6 +86,7 @@ PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks, kept 
 INDUCTOR_DIR = "inductor"  # torch.compile's cache (bench.profiling.compile_model)
 KERNELS_FILE = "attention-kernels.json"  # bench.kernels' measured choices
 OWN_FILES = (PEAKS_FILE, INDUCTOR_DIR, KERNELS_FILE)  # bench's own, not caches: never listed, pruned or called foreign
+_OWN_NAME = re.compile(rf"{re.escape(PEAKS_FILE)}|{re.escape(KERNELS_FILE)}|{INDUCTOR_DIR}(\.damaged-[0-9-]+)?")
 
 
 def default_dir() -> Path:
@@ -93,6 +94,23 @@ def default_dir() -> Path:
     if os.environ.get("BENCH_CACHE_DIR"):
         return Path(os.environ["BENCH_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "bench"
+
+
+def host_memory() -> int:
+    """Bytes of host memory a new allocation can have now without swapping (Linux's
+    MemAvailable: free memory plus what the page cache would give back), else the free pages,
+    else 0 (unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def cores() -> int:
@@ -531,7 +549,7 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
         kept.append({"cache": path.name, "path": str(path), "why": why})
 
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.name in OWN_FILES and not path.is_symlink():
+        if _OWN_NAME.fullmatch(path.name) and not path.is_symlink():  # memos; the compile cache (files.prune_folders)
             continue
         kind, why = _whose(path)
         if kind is None:
