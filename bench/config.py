@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import SpecError, check_fields, check_keys, check_seed, check_type
-from bench.variant import FIELD_TYPES, is_re_option
+from bench.variant import FIELD_TYPES, MAX_SIZE, is_re_option
+
+def check_sizes(obj: Any) -> None:
+    """Every integer field of the config ``obj`` at most MAX_SIZE (2³¹−1): a count past it builds
+    nothing and only overflows later (an 800 GB allocation, a float MAC count)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name != "seed" and isinstance(value, int) and not isinstance(value, bool) and value > MAX_SIZE:
+            raise SpecError(f.name, value, f"must be at most {MAX_SIZE:,}")
+
 
 # --- numerics and timing ----------------------------------------------------------------
 
@@ -89,6 +98,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_sizes(self)
         if self.resized_crop is not None and not 0 < self.resized_crop <= 1:
             raise SpecError("resized_crop", self.resized_crop, "must be in (0, 1]: the smallest share of the image "
                             "a crop keeps (or null: pad + crop)")
@@ -163,6 +173,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", AugmentConfig.parse(self.augment))
         check_fields(self)
+        check_sizes(self)
         if self.residency not in RESIDENCIES:
             raise SpecError("residency", self.residency, f"expected one of: {', '.join(RESIDENCIES)}")
         if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
@@ -182,8 +193,8 @@ class DataConfig:
         if self.name not in DATASETS:
             raise SpecError("name", self.name, f"expected one of: {', '.join(DATASETS)}")
         for key in ("train_size", "test_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise SpecError(key, getattr(self, key), "must be at least 1")
+            if getattr(self, key) is not None and not 1 <= getattr(self, key) <= MAX_SIZE:
+                raise SpecError(key, getattr(self, key), f"must be in 1…{MAX_SIZE:,}")
         if not 0 <= self.difficulty <= 1:
             raise SpecError("difficulty", self.difficulty, "must be in [0, 1]")
         check_seed("seed", self.seed)
@@ -212,6 +223,9 @@ class DataConfig:
 
 # --- training ------------------------------------------------------------------------------
 
+MAX_LR = 10.0  # AdamW steps by about lr per weight: past this every model here diverges in a step
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -231,12 +245,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_sizes(self)
         _check_dtype(self.dtype)
         _check_compile(self.compile)
         for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
             if getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be at least 1")
-        checks = [("lr", self.lr > 0, "must be positive"),
+        checks = [("lr", 0 < self.lr <= MAX_LR, f"must be in (0, {MAX_LR:g}]: past that a step overflows"),
                   ("min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]"),
                   ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"must be in [0, epochs={self.epochs}]"),
                   ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
@@ -267,6 +282,7 @@ class ProfileConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_sizes(self)
         _check_compile(self.compile)
         if self.rounds < 0:
             raise SpecError("rounds", self.rounds, "must be at least 0 (0 turns the side-by-side pass off)")
@@ -306,6 +322,7 @@ class CollapseConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_sizes(self)
         if self.images < 1:
             raise SpecError("images", self.images, "must be at least 1")
         if self.which not in ("v", "raw"):
@@ -363,8 +380,8 @@ class StudyConfig:
             if objectives != ["top1"]:
                 raise SpecError("pruner", self.pruner, "prunes on per-epoch top-1: needs objectives: [top1]")
         check_type("n_trials", self.n_trials, (int, None))
-        if self.n_trials is not None and self.n_trials < 1:
-            raise SpecError("n_trials", self.n_trials, "must be at least 1")
+        if self.n_trials is not None and not 1 <= self.n_trials <= MAX_SIZE:
+            raise SpecError("n_trials", self.n_trials, f"must be in 1…{MAX_SIZE:,}")
         check_type("timeout", self.timeout, (float, None))
         if self.timeout is not None and self.timeout <= 0:
             raise SpecError("timeout", self.timeout, "must be positive (seconds)")

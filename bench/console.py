@@ -48,6 +48,8 @@ def fmt(value: Any) -> str:
             return "0"
         if not math.isfinite(value):
             return str(value)
+        if not 1e-6 <= abs(value) < 1e15:  # past these, four significant digits need an exponent
+            return f"{value:.4g}"
         digits = max(0, 3 - int(math.floor(math.log10(abs(value)))))
         text = f"{value:,.{min(digits, 6)}f}"
         text = text.rstrip("0").rstrip(".") if "." in text else text

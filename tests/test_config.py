@@ -61,3 +61,29 @@ def test_one_set_of_dtypes_for_specs_profiling_and_the_cli():
 def test_first_line_of_an_error():
     assert first_line(RuntimeError("\n  boom in [x]  \nsecond line")) == "boom in [x]"
     assert first_line("") == "" and first_line(ValueError()) == ""
+
+
+@pytest.mark.parametrize("key, value", [("data.train_size", 99999999999), ("data.test_size", 2**31),
+                                        ("train.batch_size", 2**40), ("train.epochs", 2**31),
+                                        ("profile.iters", 2**33), ("collapse.images", 2**31)])
+def test_a_size_past_two_to_the_31_is_refused_where_it_is_given(sweep_file, key, value):
+    with pytest.raises(SpecError) as err:
+        spec.load(sweep_file, {key: value})
+    assert str(err.value) == f"--set: {key}={value}: must be at most 2,147,483,647"
+
+
+def test_a_size_the_machine_cannot_hold_is_refused_before_it_is_allocated(sweep_file, tmp_path, capsys):
+    from bench.cli import main
+    code = main(["run", str(sweep_file), "--device", "cpu", "--quiet", "--set", f"data.train_size={2**31 - 1}",
+                 "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "GiB of memory" in err and "data.train_size" in err
+    assert not (tmp_path / "r").exists()  # nothing made: the study is not left behind
+
+
+def test_a_learning_rate_that_overflows_is_refused_and_huge_numbers_print_short(sweep_file):
+    with pytest.raises(SpecError, match=r"train.lr=1e\+300: must be in \(0, 10\]"):
+        spec.load(sweep_file, {"train.lr": 1.0e300})
+    from bench.console import fmt
+    assert fmt(1e300) == "1e+300" and fmt(123456.0) == "123,456" and fmt(0.0001234) == "0.000123"
+    assert fmt(-2.5e-9) == "-2.5e-09"

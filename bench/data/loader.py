@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import DataConfig
-from bench.data.cache import cores
+from bench.data.cache import cores, host_memory
 from bench.data.sources import Dataset, Split, mapped_file, read_rows
 
 MEAN = (0.5, 0.5, 0.5)  # images are scaled to [-1, 1]: the datasets here are not ImageNet-like
@@ -39,14 +39,6 @@ def to_device(split: Split, device: torch.device) -> torch.Tensor:
     for a in range(0, len(split), step):
         out[a:a + step] = split.rows(slice(a, a + step)).to(device)
     return out
-
-
-def host_memory() -> int:
-    """Bytes of host memory available now (Linux), else 0."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def residency(ds: Dataset, device: torch.device, setting: str = "auto", budget_gb: float | None = None,

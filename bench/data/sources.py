@@ -217,7 +217,15 @@ def make_shapes(n: int, *, img_size: int = 32, difficulty: float = 0.5, seed: in
 
 def shapes(*, train_size: int, test_size: int, img_size: int = 32, difficulty: float = 0.5,
            seed: int = 0) -> Dataset:
-    """The built-in dataset; train and test come from disjoint random streams."""
+    """The built-in dataset; train and test come from disjoint random streams. Held in memory:
+    a size this machine cannot hold is one error before anything is allocated."""
+    need = (train_size + test_size + 16 * min(4096, max(train_size, test_size))) * 3 * img_size ** 2  # the
+    # images (uint8), and a chunk drawn in float32 with its few temporaries
+    have = cache.host_memory()
+    if have and need > have:
+        raise BenchError(f"data: {train_size:,} + {test_size:,} shapes images at {img_size}px need "
+                         f"{need / 2**30:,.1f} GiB of memory, {have / 2**30:,.1f} GiB is available; lower "
+                         "data.train_size / data.test_size")
     return Dataset("shapes", make_shapes(train_size, img_size=img_size, difficulty=difficulty, seed=seed),
                    make_shapes(test_size, img_size=img_size, difficulty=difficulty, seed=seed + 1_000_003),
                    list(SHAPES))
