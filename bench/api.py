@@ -32,7 +32,7 @@ from bench.report import plots
 from bench.report.calibration import agreement
 from bench.report.formats import two_places
 from bench.schema import Status
-from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs
+from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs, variant_key
 from bench.study import runner, workers
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
@@ -99,8 +99,10 @@ def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None =
         ran.append({"rung": rung.label, "study": sweep.name, "ran": summary["ran"]})
         if summary.get("failure"):
             failures.append(f"rung {rung.label}: {summary['failure']}")
-        done.append(rung_study(rung, sweep.name, storage=ctx.replace(study=sweep.name).url(),
-                               results_dir=ctx.results_dir))
+        done.append(rung_study(rung, sweep, storage=ctx.replace(study=sweep.name).url(), results_dir=ctx.results_dir))
+        if done[-1].left_out and not ctx.quiet:
+            console.info(f"rung {rung.label}: {done[-1].left_out} trial(s) of study {sweep.name} are not in this sweep "
+                         "(another ladder's, or a grid or seeds edited since): left out")
         if stop_when_stable and 0 < i < len(rungs) - 1:
             found = agreement(done[-2].frame, done[-1].frame, (done[-1].spec or {}).get("compare"))
             if found["agrees"]:
@@ -144,7 +146,8 @@ def time_study(context: RunContext, rounds: int | None = None) -> tuple[dict[str
     rounds = rounds or sweep.profile.rounds or ProfileConfig.rounds
     result = runner.time_side_by_side(ledger, sweep, context.device, rounds=rounds, again=True,
                                       quiet=context.quiet, variants=variants)
-    return result, report_ledger(ledger, context.study, context.results_dir)
+    labels = {variant_key(v): label(v, variants) for v in variants}  # as the report names them
+    return {**result, "labels": labels}, report_ledger(ledger, context.study, context.results_dir)
 
 
 def record_variant(record: dict[str, Any]) -> Variant:

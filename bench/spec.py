@@ -70,6 +70,7 @@ class Sweep:
     search: dict[str, Dim] | None = None  # a study: searched fields instead of a grid
     study: StudyConfig | None = None
     search_raw: dict[str, Any] | None = None  # the search section as written
+    rung: dict[str, Any] | None = None  # a ladder's rung (bench calibrate): the values it sets, by dotted key
 
     def trials(self) -> list[Trial]:
         if self.search is not None:
@@ -622,14 +623,51 @@ def load_rungs(path: str | Path, sets: Mapping[str, Any], rungs: list[Rung], nam
                         where="--ladder")
     out = []
     for rung in rungs:
-        try:
-            sweep = load(path, {**sets, **rung.sets})
-        except SpecError as err:
-            related = err.where == "--set" and err.key is not None and any(
-                err.key == k or err.key.startswith(k + ".") or k.startswith(err.key + ".") for k in climbed)
-            raise (err.within("--ladder") if related else err) from None
+        sweep = _rung_sweep(path, {**sets, **rung.sets}, climbed)
         if sweep.search is not None:
             raise SpecError("search", None, "a ladder climbs a grid sweep (`bench run`'s): a search draws other "
                             "variants at every rung, so rungs could not be compared", where=str(path))
-        out.append(dataclasses.replace(sweep, name=rung.study(check_name(name or sweep.name))))
+        out.append(dataclasses.replace(sweep, name=rung.study(check_name(name or sweep.name)), rung=dict(rung.sets)))
+    _check_rungs_differ(path, sets, rungs, out)
     return out
+
+
+def _rung_sweep(path: str | Path, sets: Mapping[str, Any], climbed: set[str]) -> Sweep:
+    try:
+        return load(path, sets)
+    except SpecError as err:
+        related = err.where == "--set" and err.key is not None and any(
+            err.key == k or err.key.startswith(k + ".") or k.startswith(err.key + ".") for k in climbed)
+        raise (err.within("--ladder") if related else err) from None
+
+
+def resolved(sweep: Sweep) -> str:
+    """What a sweep trains, whatever its file says: its settings and its trials' keys."""
+    return json.dumps({"settings": sweep.settings(), "trials": sorted(t.key for t in sweep.trials())},
+                      sort_keys=True, default=str)
+
+
+def _check_rungs_differ(path: str | Path, sets: Mapping[str, Any], rungs: list[Rung], sweeps: list[Sweep]) -> None:
+    """Rungs are compared as budgets, so each must train something else: two rungs that resolve
+    to the same trials (a grid that fixes the climbed key, say), or a climbed key that changes
+    nothing while the others climb, are refused."""
+    found = [resolved(s) for s in sweeps]
+    keys = ", ".join(rungs[0].sets)
+    if len(set(found)) == 1:
+        raise SpecError(None, None, f"{keys} changes nothing this sweep trains: every rung would run the same trials "
+                        "(the grid or another setting fixes it); a ladder must change what is trained",
+                        where="--ladder")
+    for i, j in itertools.combinations(range(len(rungs)), 2):
+        if found[i] == found[j]:
+            raise SpecError(None, None, f"rungs {rungs[i].label} and {rungs[j].label} would run the same trials (the "
+                            f"grid or another setting overrides {keys}); each rung must change what is trained",
+                            where="--ladder")
+    if len(rungs[0].sets) < 2:
+        return
+    first = dict(rungs[0].sets)
+    for key in first:  # zipped ladders: each key must change something with the others held
+        alone = {resolved(_rung_sweep(path, {**sets, **first, key: r.sets[key]}, {key})) for r in rungs}
+        if len(alone) == 1:
+            values = ",".join(_shown(r.sets[key]) for r in rungs)
+            raise SpecError(None, None, f"{key}={values}: changes nothing this sweep trains (the grid or another "
+                            "setting fixes it); a ladder must change what is trained", where="--ladder")

@@ -22,13 +22,16 @@ ORDER = [(2, "base"), (2, "wide"), (2, "re"), (4, "base"), (4, "wide"), (4, "re"
 TOP = [50.0, 52.0, 55.0, 60.0, 62.0, 66.0]  # every arm above its baseline, ranked in ORDER
 
 
+OFFSETS = {"base": (-1.0, 0.0, 1.0), "wide": (-1.1, 0.1, 1.0), "re": (-0.9, -0.1, 1.0)}  # each seed's, by arm
+
+
 def study(means, epochs=2, noise=None):
     """Records of the six variants of ORDER with ``means`` (the same order), three seeds whose
-    offsets (−1, 0, +1) are shared by every variant (paired deltas without spread: intervals of
-    zero width) unless ``noise`` gives a variant its own."""
+    offsets (OFFSETS: about −1, 0, +1, a little apart between arms, so paired deltas spread by
+    about 0.1) are each variant's unless ``noise`` gives it others."""
     rows = []
     for (depth, arm), mean in zip(ORDER, means, strict=True):
-        for seed, offset in enumerate((noise or {}).get((depth, arm), (-1.0, 0.0, 1.0))):
+        for seed, offset in enumerate((noise or {}).get((depth, arm), OFFSETS[arm])):
             rows.append({**MICRO, **ARMS[arm], "depth": depth, "trial": len(rows), "key": f"{depth}{arm}-s{seed}",
                          "seed": seed, "status": "complete", "top1": mean + offset, "infer_gmacs": GMACS[arm] * depth,
                          "param_count": 0.1 * depth, "train_gmacs": 3 * GMACS[arm] * depth, "steps": 10 * epochs,
@@ -118,8 +121,8 @@ def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tm
               "hand@epochs=16": study(TOP, 16)}
     ran = []
     monkeypatch.setattr(api, "run_sweep", lambda sweep, context=None, **o: ran.append(sweep.name) or {"ran": 18})
-    monkeypatch.setattr(api, "rung_study", lambda rung, name, **o: RungStudy(rung.label, name, frames[name],
-                                                                             {"compare": COMPARE}, rung.sets))
+    monkeypatch.setattr(api, "rung_study", lambda rung, sweep, **o: RungStudy(
+        rung.label, sweep.name, frames[sweep.name], {"compare": COMPARE}, rung.sets))
     path = tmp_path / "hand.yaml"
     path.write_text("name: hand\ndata: {name: shapes, train_size: 48, test_size: 24}\n"
                     "model: {img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2}\ngrid: {depth: [1]}\n")
@@ -145,7 +148,7 @@ def test_files_name_the_ladder_keys(tmp_path):
     text = paths["calibration.md"].read_text()
     assert text.startswith("# Calibration: hand over train.epochs\n") and "`train.epochs` = 2, 4, 8" in text
     assert "| depth | arm | epochs=2 | epochs=4 | epochs=8 |" in text
-    assert "| 4 | re-attention | −3.0 [−3.0, −3.0] ✗ | +6.0 [+6.0, +6.0] | +6.0 [+6.0, +6.0] |" in text
+    assert "| 4 | re-attention | −3.0 [−3.2, −2.8] ✗ | +6.0 [+5.8, +6.2] | +6.0 [+5.8, +6.2] |" in text
     record = json.loads(paths["calibration.json"].read_text())  # strict JSON: no NaN
     assert [r["rung"] for r in record["rungs"]] == ["epochs=2", "epochs=4", "epochs=8"]
     assert record["rungs"][-1]["tau_top"] is None
@@ -230,6 +233,66 @@ def test_plan_states_the_ladders_cost_before_anything_runs(sweep_file, tmp_path,
     assert rows[1]["train_pmacs"] == pytest.approx(2 * rows[0]["train_pmacs"])
     assert rows[2]["train_pmacs"] == pytest.approx(4 * rows[0]["train_pmacs"]) and rows[0]["train_pmacs"] > 0
     assert not (tmp_path / "results").exists()
+
+
+def test_a_ladder_whose_key_changes_nothing_is_refused(make_spec, tmp_path, capsys):
+    """A grid that fixes depth makes `--ladder model.depth=1,2` train depth-1 models at both rungs:
+    the rungs are compared by what they would train, not by their labels."""
+    path = make_spec(grid={"depth": [1], "attention": ["self", "re"]})
+    base = ["calibrate", str(path), "--device", "cpu", "--quiet", "--results", str(tmp_path / "r")]
+    assert main([*base, "--ladder", "model.depth=1,2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --ladder: model.depth changes nothing this sweep trains: every rung would run the same "
+                   "trials (the grid or another setting fixes it); a ladder must change what is trained")
+    assert main([*base, "--ladder", "train.epochs=1,2", "--ladder", "model.depth=1,2"]) == 2  # zipped: one idle key
+    err = capsys.readouterr().err.strip()
+    assert "model.depth=1,2: changes nothing this sweep trains" in err and len(err.splitlines()) == 1
+    assert main([*base, "--ladder", "profile.rounds=1,2"]) == 2  # the pass after the trials: the same trials
+    capsys.readouterr()
+    assert main([*base, "--ladder", "model.depth=1,2,3", "--set", "grid={depth: [1, 3], attention: [self]}"]) == 2
+    assert "rungs depth=1 and depth=3 would run the same trials" not in capsys.readouterr().err  # 1 and 3 differ
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_rung_study_of_another_ladder_is_refused(make_spec, tmp_path, capsys):
+    path = make_spec(grid=None, model={"depth": 1})
+    base = ["calibrate", str(path), "--device", "cpu", "--quiet", "--results", str(tmp_path / "r"),
+            "--set", "grid={attention: [self, re]}"]
+    assert main([*base, "--ladder", "model.depth=1,2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--ladder", "grid.depth=1,2"]) == 2  # the same study names, depth=1 and depth=2
+    err = capsys.readouterr().err
+    assert "the rung model.depth=1 of another ladder, not grid.depth=1" in err and "--name NEW" in err
+
+
+def test_a_rung_reads_only_the_trials_of_the_current_sweep(make_spec, tmp_path, capsys):
+    """Seeds edited from [0, 1] to [0] between two calibrations: each rung's study keeps the seed-1
+    trials, but its verdict and cost come from this sweep's trials alone, and that is said."""
+    results = tmp_path / "results"
+    args = ["calibrate", "--device", "cpu", "--quiet", "--results", str(results), "--ladder", "train.epochs=1,2"]
+    assert main([args[0], str(make_spec(seeds=[0, 1])), *args[1:]]) == 0
+    before = json.loads((results / "tiny" / "calibration.json").read_text())
+    assert [r["trials"] for r in before["rungs"]] == [8, 8]
+    found = api.calibrate(make_spec(seeds=[0]), spec.parse_ladder(["train.epochs=1,2"]), results_dir=results,
+                          device="cpu", quiet=False)
+    err = capsys.readouterr().err
+    assert "rung epochs=1: 4 trial(s) of study tiny@epochs=1 are not in this sweep" in err
+    rows = found["result"]["rows"]
+    assert [(r["trials"], r["left_out"]) for r in rows] == [(4, 4), (4, 4)]
+    assert rows[1]["train_pmacs"] == pytest.approx(2 * rows[0]["train_pmacs"])  # ×2, not ×2 against a mix
+    assert rows[0]["train_pmacs"] == pytest.approx(before["rungs"][0]["train_pmacs"] / 2)
+    text = (results / "tiny" / "calibration.md").read_text()
+    assert "Left out: trials of the rung's study that are not in this sweep" in text and "epochs=1 (4)" in text
+
+
+def test_a_reference_rung_with_no_usable_trial_says_so():
+    failed = study(TOP).assign(status="failed", top1=float("nan"))
+    ladder = rungs(TOP, TOP)
+    ladder[-1] = RungStudy("epochs=4", "hand@epochs=4", failed, {"compare": COMPARE}, {"train.epochs": 4})
+    result = calibration(ladder, COMPARE, resamples=20)
+    assert result["conclusion"].startswith("The largest rung (epochs=4) has no usable trial (18 failed): there is "
+                                           "nothing to calibrate against.")
+    assert "spend more" not in result["conclusion"]
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

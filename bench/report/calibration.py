@@ -19,9 +19,9 @@ import pandas as pd
 
 from bench.files import atomic_write
 from bench.report import plots
-from bench.report.fidelity import FLIPPED, KEPT, UNDECIDED, decision_state, fidelity, verdicts
+from bench.report.fidelity import FLIPPED, KEPT, UNDECIDED, UNSIGNED, decision_state, fidelity, verdicts
 from bench.report.formats import interval, md_table, settings, signed, two_places
-from bench.report.tables import is_missing, show_value
+from bench.report.tables import has_accuracy, is_missing, show_value
 from bench.schema import Status
 
 THRESHOLD = 0.8  # Kendall τ from which two rankings count as agreeing (NAS-Bench-201: ≈ 0.9, 12 vs 200 epochs)
@@ -38,6 +38,7 @@ class RungStudy:
     frame: pd.DataFrame
     spec: Mapping[str, Any] = field(default_factory=dict)
     sets: Mapping[str, Any] = field(default_factory=dict)
+    left_out: int = 0  # trials of the study outside the sweep at this rung (another ladder's, an edited grid)
 
 
 def rung_cost(frame: pd.DataFrame) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def agreement(rung: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
     elif a.tau < THRESHOLD:
         why.append(f"τ {two_places(a.tau)} < {THRESHOLD}")
     states = d["state"].tolist() if len(d) else []
-    for state in (FLIPPED, UNDECIDED):
+    for state in (FLIPPED, UNSIGNED, UNDECIDED):
         if state in states:
             why.append(f"{states.count(state)} decision(s) {state}")
     return {**found, "agrees": not why, "why": ", ".join(why)}
@@ -96,10 +97,10 @@ def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resam
         t = against_top[i] if i < len(rungs) - 1 else None
         n = against_next[i] if i < len(rungs) - 1 else None
         states = t["decisions"]["state"].tolist() if t is not None and len(t["decisions"]) else []
-        rows.append({"rung": r.label, "study": r.study, **cost,
+        rows.append({"rung": r.label, "study": r.study, **cost, "left_out": r.left_out,
                      "cost_x": cost["train_pmacs"] / first if first and math.isfinite(first) else math.nan,
                      **_ranks("top", t), **_ranks("next", n),
-                     **{s: states.count(s) for s in (KEPT, FLIPPED, UNDECIDED)},
+                     **{s: states.count(s) for s in (KEPT, FLIPPED, UNSIGNED, UNDECIDED)},
                      "agrees": None if t is None else t["agrees"], "why": None if t is None else t["why"],
                      "agrees_next": None if n is None else n["agrees"]})
     table = _verdict_table(rungs, compare, by) if compare else pd.DataFrame()
@@ -108,8 +109,16 @@ def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resam
         if not rows[i]["agrees"]:
             break
         stable = i
-    return {"rows": rows, "verdicts": table, "by": by, "stable_from": stable,
-            "conclusion": conclusion(rows, table, by, stable)}
+    said = conclusion(rows, table, by, stable) if has_accuracy(top.frame) else reference_failed(top)
+    return {"rows": rows, "verdicts": table, "by": by, "stable_from": stable, "conclusion": said}
+
+
+def reference_failed(top: RungStudy) -> str:
+    """The conclusion when the largest rung has no top-1 to compare with: why, not "spend more"."""
+    counts = top.frame["status"].value_counts().to_dict() if "status" in top.frame else {}
+    how = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no finished trial"
+    return (f"The largest rung ({top.label}) has no usable trial ({how}): there is nothing to calibrate against. "
+            f"Its report (study {top.study}) says why; fix that, then rerun (--retry-failed reruns failed trials).")
 
 
 def _ranks(prefix: str, found: dict[str, Any] | None) -> dict[str, Any]:
@@ -182,6 +191,11 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
              f"**{result['conclusion']}**", ""]
     if stopped:
         lines += [f"Stopped climbing (`--stop-when-stable`): {stopped}", ""]
+    outside = [f"{r['rung']} ({r['left_out']})" for r in rows if r.get("left_out")]
+    if outside:
+        lines += ["Left out: trials of the rung's study that are not in this sweep (another ladder's, or a grid or "
+                  f"seeds edited since): {', '.join(outside)}. Every figure below comes from this sweep's own trials.",
+                  ""]
     cells = []
     for r in rows:
         top = "–" if not math.isfinite(r["tau_top"]) else (
@@ -190,7 +204,8 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
             f"{two_places(r['tau_next'])}{interval(r['tau_low_next'], r['tau_high_next'], two_places)}")
         rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else two_places(r[f"rho_{p}"])  # noqa: E731
         decided = "–" if r["agrees"] is None else (
-            f"{r[KEPT]} kept, {r[FLIPPED]} flipped, {r[UNDECIDED]} undecided")
+            f"{r[KEPT]} kept, {r[FLIPPED]} flipped, {r[UNDECIDED]} undecided"
+            + (f", {r[UNSIGNED]} with Δ = 0" if r[UNSIGNED] else ""))
         agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
         cells.append([r["rung"], str(r["trials"]), _minutes(r["train_s"]),
                       "–" if not math.isfinite(r["train_pmacs"]) else f"{r['train_pmacs']:.3g}",
@@ -210,20 +225,20 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
     if len(table):
         labels = [r["rung"] for r in rows]
         groups = table.drop_duplicates([*by, "arm"])[[*by, "arm"]].to_dict("records")
-        marks = {KEPT: "", FLIPPED: " ✗", UNDECIDED: " ?", None: ""}
+        marks = {KEPT: "", FLIPPED: " ✗", UNSIGNED: " ∅", UNDECIDED: " ?", None: ""}
         delta_rows, iso_rows = [], []
         for g in groups:
             mine = table[np.logical_and.reduce([table[f] == g[f] for f in [*by, "arm"]])].set_index("rung")
             head = [show_value(f, g[f]) for f in by] + [g["arm"]]
             delta_rows.append(head + [
                 signed(mine.loc[x, "d_top1"]) + interval(mine.loc[x, "d_low"], mine.loc[x, "d_high"])
-                + marks[mine.loc[x, "state"]] if x in mine.index else "–" for x in labels])
+                + marks.get(None if is_missing(mine.loc[x, "state"]) else mine.loc[x, "state"], "") if x in mine.index else "–" for x in labels])
             if mine["iso"].notna().any():
                 iso_rows.append(head + [mine.loc[x, "iso"] or "–" if x in mine.index else "–" for x in labels])
         lines += ["## Verdict against budget", "", "![Δtop-1 against cost per rung](calibration_verdicts.png)", "",
                   "Δtop-1 against the baseline, percentage points (95 % t-interval over seeds) at each rung; ✗: the "
-                  "sign differs from the largest rung's, ?: the largest rung cannot tell the sign (its interval "
-                  "spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
+                  "sign differs from the largest rung's, ∅: Δ is exactly 0 at the rung (no sign), ?: the largest "
+                  "rung cannot tell the sign (its interval spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
         if iso_rows:
             lines += ["The cheaper route at equal GMACs per rung (re: re-attention beats what widening buys for "
                       "the same cost; width: widening matches it for less):", "",

@@ -165,6 +165,13 @@ class Ledger:
         if diffs:
             raise SpecError("name", sweep.name, "this study's records were made with other settings ("
                             + "; ".join(diffs[:5]) + "); pass --name NEW for a new study", sweep.path)
+        rung = self.study.user_attrs.get("rung")
+        if sweep.rung is not None and rung is not None and rung != sweep.rung:
+            shown = lambda sets: ", ".join(f"{k}={v}" for k, v in sets.items())  # noqa: E731
+            raise SpecError("name", sweep.name, f"this study is the rung {shown(rung)} of another ladder, not "
+                            f"{shown(sweep.rung)}; pass --name NEW for a new calibration", sweep.path)
+        if sweep.rung is not None and rung is None:  # new, or made before rungs were stored: the trials
+            self.study.set_user_attr("rung", sweep.rung)  # outside the current sweep are left out when read
         if stored != sweep.settings():
             self.study.set_user_attr("settings", sweep.settings())
         self.study.set_user_attr("spec", sweep.to_dict())

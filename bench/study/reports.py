@@ -20,7 +20,7 @@ from bench.report.calibration import RungStudy, calibration, write_calibration
 from bench.report.fidelity import write_fidelity
 from bench.report.markdown import Importances, study_objectives, write_report
 from bench.schema import DETAILS
-from bench.spec import Rung, check_name
+from bench.spec import Rung, Sweep, check_name
 from bench.study.ledger import Ledger
 from bench.study.storage import safe_url
 
@@ -111,14 +111,19 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
                           out_dir=Path(results_dir) / proxy)
 
 
-def rung_study(rung: Rung, study: str, *, storage: str | None = None, results_dir: str | Path = "results") -> RungStudy:
-    """A ladder's rung as run: study ``study``'s records and stored spec (``storage``: the
-    ladder's, or None for the study's own file under results_dir)."""
-    ledger = Ledger.locate(study, storage, results_dir)
+def rung_study(rung: Rung, sweep: Sweep, *, storage: str | None = None,
+               results_dir: str | Path = "results") -> RungStudy:
+    """A ladder's rung as run: the records of exactly the trials ``sweep`` (the rung's) runs, from
+    its study (``storage``: the ladder's, or None for the study's own file under results_dir),
+    and the stored spec. Trials the study holds beyond them (another ladder's, or a grid or
+    seeds edited since) are left out and counted (``left_out``)."""
+    ledger = Ledger.locate(sweep.name, storage, results_dir)
     frame = records_frame(ledger)
     if frame.empty:
-        raise BenchError(f"study {study!r} (rung {rung.label}) has no finished trials yet")
-    return RungStudy(rung.label, study, frame, ledger.spec or {}, rung.sets)
+        raise BenchError(f"study {sweep.name!r} (rung {rung.label}) has no finished trials yet")
+    ours = frame["key"].isin({t.key for t in sweep.trials()})
+    return RungStudy(rung.label, sweep.name, frame[ours].reset_index(drop=True), ledger.spec or {}, rung.sets,
+                     left_out=int((~ours).sum()))
 
 
 def calibration_report(name: str, rungs: list[RungStudy], *, results_dir: str | Path = "results",
