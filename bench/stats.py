@@ -32,7 +32,7 @@ class Delta:
     """arm − baseline in top-1 points."""
 
     mean: float
-    low: float | None = None     # the 95 % interval; None when a side has one seed
+    low: float | None = None     # the 95 % interval; None with one seed on a side, or no spread between seeds
     high: float | None = None
     p_value: float | None = None  # two-sided, of the test that gave the interval
     p_improve: float | None = None  # P(arm > baseline) over seed pairs, ties counting one half
@@ -65,8 +65,8 @@ def delta(arm: dict[int, float], base: dict[int, float], level: float = LEVEL) -
         else:
             return Delta(mean=mean, n=min(len(a), len(b)))
     p_improve = float(st.mannwhitneyu(a, b).statistic) / (len(a) * len(b))
-    if test is None:  # no spread between seeds: the interval is the point, and there is nothing to test
-        return Delta(mean, mean, mean, None, p_improve, paired, n)
+    if test is None:  # no spread between seeds: no evidence of the noise, so no interval and nothing decided
+        return Delta(mean, None, None, None, p_improve, paired, n)
     ci = test.confidence_interval(level)
     return Delta(mean, float(ci.low), float(ci.high), float(test.pvalue), p_improve, paired, n)
 

@@ -223,6 +223,28 @@ def test_time_times_exactly_the_studys_variants(studies, tmp_path, capsys):
     assert code == 0 and len(side["variants"]) == 1 and side["rounds"] == 1
 
 
+def test_time_names_variants_as_the_report_does(studies, tmp_path, capsys):
+    results = copy_results(studies, tmp_path)
+    code, out, err = cli(capsys, "time", "tiny", "--results", results, "--device", "cpu", "--rounds", "1")
+    assert code == 0, err
+    for name in ("depth=1 attention=self", "depth=1 attention=re", "depth=2 attention=self", "depth=2 attention=re"):
+        assert name in out
+    assert not any(spec.variant_key(v) in out for v in spec.load(studies.parent / "tiny.yaml").variants)
+
+
+def test_fidelity_against_a_study_whose_trials_all_failed_says_so(studies, tmp_path, capsys):
+    import sqlite3
+    results = copy_results(studies, tmp_path)
+    with sqlite3.connect(results / "one" / "study.db") as con:  # every record failed, as when the data vanished
+        for tid, value in con.execute("SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'record'"):
+            record = {**json.loads(value), "status": "failed", "top1": None, "error": "gone"}
+            con.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'record'",
+                        (json.dumps(record), tid))
+    code, out, err = cli(capsys, "fidelity", "tiny", "--reference", "one", "--results", results)
+    assert code == 1 and one_line_error(err) == ("error: study 'one' has no complete trial with a top-1 (1 failed): "
+                                                 "nothing to compare; its report says why")
+
+
 def test_time_on_a_study_with_no_finished_trials_is_one_line(tmp_path, capsys):
     from bench.study.ledger import Ledger
     from bench.study.storage import default_url

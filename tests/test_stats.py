@@ -40,9 +40,13 @@ def test_probability_of_improvement_counts_ties_as_half():
     assert delta({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0}).p_improve == pytest.approx(0.5 / 4)
 
 
-def test_the_same_difference_on_every_seed_is_a_point_not_a_test():
-    d = delta({0: 73.0, 1: 75.0}, {0: 70.0, 1: 72.0})
-    assert (d.low, d.high, d.p_value) == (3.0, 3.0, None)
+def test_the_same_difference_on_every_seed_is_no_evidence_so_nothing_is_decided():
+    """Two seeds, both re 8/8 against self 7/7: +1.0 [+1.0, +1.0] counted as decided before. A
+    spread of zero says nothing of the noise: no interval, no test, undecided."""
+    for arm, base in [({0: 73.0, 1: 75.0}, {0: 70.0, 1: 72.0}), ({0: 8.0, 1: 8.0}, {0: 7.0, 1: 7.0})]:
+        d = delta(arm, base)
+        assert (d.low, d.high, d.p_value) == (None, None, None) and not d.excludes_zero
+        assert d.mean == pytest.approx(3.0 if arm[0] == 73.0 else 1.0)
 
 
 def test_holm_by_hand():

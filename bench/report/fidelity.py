@@ -13,14 +13,16 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.files import atomic_write
 from bench.report.formats import interval, md_table, settings, signed, two_places
-from bench.report.tables import comparison, is_missing, iso_costs, show_value, variant_means
+from bench.report.tables import comparison, has_accuracy, is_missing, iso_costs, show_value, variant_means
 from bench.spec import BASELINE
 from bench.stats import rank_agreement
 
 MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
 VERDICT_COLS = ("d_top1", "d_low", "d_high", "significant")  # what a study decides per arm, with iso
 KEPT, FLIPPED, UNDECIDED = "kept", "flipped", "undecided"  # a decision against a reference (decision_state)
-STATE_CELLS = {KEPT: "✓", FLIPPED: "✗", UNDECIDED: "undecided"}
+UNSIGNED = "unsigned"  # Δ exactly 0 at the proxy: no sign to keep or flip
+STATES = (KEPT, FLIPPED, UNSIGNED, UNDECIDED)
+STATE_CELLS = {KEPT: "✓", FLIPPED: "✗", UNSIGNED: "Δ = 0", UNDECIDED: "undecided"}
 
 
 def verdicts(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
@@ -50,6 +52,8 @@ def decision_state(d_top1: float, reference: Mapping[str, Any]) -> str:
     low, high = reference["d_low"], reference["d_high"]
     if is_missing(low) or is_missing(high) or low <= 0 <= high:
         return UNDECIDED
+    if d_top1 == 0:
+        return UNSIGNED
     return KEPT if np.sign(d_top1) == np.sign(reference["d_top1"]) else FLIPPED
 
 
@@ -71,7 +75,7 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
         merged = verdicts(proxy, compare).merge(verdicts(reference, compare), on=[*by, "arm"],
                                                 suffixes=("_proxy", "_ref"))
         for r in merged.to_dict("records"):
-            iso = r["iso_proxy"], r["iso_ref"]
+            iso = tuple(None if is_missing(r[f"iso_{w}"]) else r[f"iso_{w}"] for w in ("proxy", "ref"))
             ref = {k: r[f"{k}_ref"] for k in VERDICT_COLS}
             decisions.append({**{f: r[f] for f in by}, "arm": r["arm"],
                               **{f"{k}_{w}": r[f"{k}_{w}"] for k in VERDICT_COLS for w in ("proxy", "ref")},
@@ -85,8 +89,9 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
 
 def states_said(d: pd.DataFrame) -> str:
     """``kept for 2 of 4 arm(s), 1 flipped, 1 undecided (the reference's interval spans 0)``."""
-    n = {s: int((d["state"] == s).sum()) for s in (KEPT, FLIPPED, UNDECIDED)}
+    n = {s: int((d["state"] == s).sum()) for s in STATES}
     return (f"kept for {n[KEPT]} of {len(d)} arm(s)" + (f", {n[FLIPPED]} flipped" if n[FLIPPED] else "")
+            + (f", {n[UNSIGNED]} with Δ = 0 (no sign)" if n[UNSIGNED] else "")
             + (f", {n[UNDECIDED]} undecided (the reference's interval spans 0)" if n[UNDECIDED] else ""))
 
 
@@ -139,6 +144,12 @@ def write_fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, *, names: tuple
     """Compare the two studies' records (``names``, ``specs``: proxy's, reference's) and write
     out_dir/fidelity-<reference>.md; returns (the comparison, its path)."""
     result = fidelity(proxy, reference, specs[0].get("compare"))
+    for name, frame in zip(names, (proxy, reference), strict=True):
+        if not has_accuracy(frame):
+            counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
+            raise BenchError(f"study {name!r} has no complete trial with a top-1 ("
+                             + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none finished")
+                             + "): nothing to compare; its report says why")
     if not result["variants"]:
         raise BenchError(f"studies {names[0]!r} and {names[1]!r} share no variant: a reference runs the proxy's "
                          f"variants (e.g. bench run SWEEP --name {names[1]} --set train.epochs=...)")

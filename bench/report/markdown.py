@@ -82,8 +82,8 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
         how = ("paired by seed (a seed fixes the data order and augmentation for every arm)" if paired.all()
                else "Welch's unequal-variance t (the arms share fewer than two seeds)" if not paired.any()
                else "paired by seed where the arms share two or more seeds, Welch's t otherwise")
-        notes.append(f"Δtop-1: mean over seeds with its 95 % t-interval, {how}; (—): a single seed on a side, "
-                     f"no interval. ✓: the difference holds after Holm's correction over the {len(tested)} arm(s) "
+        notes.append(f"Δtop-1: mean over seeds with its 95 % t-interval, {how}; (—): no interval, so nothing "
+                     "decided (a single seed on a side, or no spread between seeds: no evidence of the noise). ✓: the difference holds after Holm's correction over the {len(tested)} arm(s) "
                      "tested in this table (adjusted p < 0.05). P(arm > base): the chance that a seed of the arm "
                      "beats a seed of the baseline, over all seed pairs, ties counting one half (rliable's "
                      "probability of improvement).")
@@ -233,6 +233,11 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
         by_type = df.dropna(subset=["attn_kernel"]).groupby("attention")["attn_kernel"].unique() \
             if "attention" in df else {}
         env.append("attention kernels " + "; ".join(f"{t}: {', '.join(map(str, k))}" for t, k in dict(by_type).items()))
+    if "compiled" in df and df["compiled"].fillna(False).astype(bool).any():
+        env.append("torch.compile")
+    if "compile_error" in df and df["compile_error"].notna().any():
+        env.append(f"{int(df['compile_error'].notna().sum())} trial(s) ran eager: torch.compile failed "
+                   f"({first_line(str(df['compile_error'].dropna().iloc[0]))[:160]}; runs.csv's compile_error)")
     counts = df["status"].value_counts() if "status" in df else pd.Series({Status.COMPLETE.value: len(df)})
     trials = f"{len(df)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
     seeds = f" × {df['seed'].nunique()} seeds" if "seed" in df else ""
