@@ -168,3 +168,26 @@ def test_a_torn_journal_tail_is_set_aside_and_the_study_stays_usable(sweep_file,
     assert side.read_bytes() == whole[-200:-20]  # kept, never deleted
     finish_complete(again, start(again, second))
     assert len(Ledger.open(url, "tiny").records()) == 2
+
+
+@pytest.mark.parametrize("how", ["dead pid here", "silent heartbeat elsewhere"])
+def test_a_worker_killed_between_its_result_and_closing_its_trial_leaves_it_complete(how, sweep_file, tmp_path):
+    """kill -9 after the record is written but before the trial is told: the trial was closed as
+    failed with a complete record (the kill-anywhere test on SQLite found it: the point stayed
+    FAIL and was never completed). It is closed as its record says, with its values."""
+    lg, sweep = fresh(tmp_path, sweep_file)
+    trial = sweep.trials()[0]
+    handle = start(lg, trial)
+    lg.heartbeats.stop(Queries.id_of(handle))
+    handle.set_user_attr("record", {"status": "complete", "top1": 37.5, "seed": 0, "key": trial.key})
+    handle.set_user_attr("worker", "another-machine:123" if "elsewhere" in how else "localhost-gone:999999")
+    if "elsewhere" in how:
+        real = lg.queries.now
+        lg.queries.now = lambda: real() + timedelta(seconds=300)
+    else:
+        import socket
+        handle.set_user_attr("worker", f"{socket.gethostname()}:999999")  # no such pid
+    plan = lg.plan(sweep.trials())
+    t = lg.study.get_trials()[0]
+    assert t.state == TrialState.COMPLETE and t.value == 37.5
+    assert plan.done == 1 and trial not in plan.todo

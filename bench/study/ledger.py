@@ -174,6 +174,8 @@ class Ledger:
             self.study.set_user_attr("rung", sweep.rung)  # outside the current sweep are left out when read
         if stored != sweep.settings():
             self.study.set_user_attr("settings", sweep.settings())
+        if self.study.user_attrs.get("objective_columns") != sweep.objective_columns():  # for close_dead
+            self.study.set_user_attr("objective_columns", sweep.objective_columns())
         self.study.set_user_attr("spec", sweep.to_dict())
 
     def stored_sweep(self) -> spec.Sweep:
@@ -247,14 +249,29 @@ class Ledger:
     # --- the queue ----------------------------------------------------------------------
 
     def close_dead(self) -> int:
-        """Close (FAIL, no record: interrupted) every RUNNING trial whose worker died: a dead
-        pid on this host, a heartbeat silent past the grace period, a claim never signed."""
-        self.queries.close_stale()  # RUNNING, heartbeat silent: its worker died
+        """Close every RUNNING trial whose worker died (a dead pid on this host, a heartbeat
+        silent past the grace period, a claim never signed): FAIL with no record, interrupted —
+        unless its worker died between writing its result and closing it (its record says
+        complete, diverged or pruned): then closed as ``finish`` would have, with its values."""
+        stale = set(self.queries.stale())  # RUNNING, heartbeat silent: its worker died
         closed = 0
         for t in self.trials((TrialState.RUNNING,)):
-            if not _alive(t, self.queries.grace()):
-                closed += self.queries.set_state(self.queries.id_of(t), TrialState.FAIL)  # False: closed by another
+            if self.queries.id_of(t) in stale or not _alive(t, self.queries.grace()):
+                state, values = self._closing(t.user_attrs.get("record"))
+                closed += self.queries.set_state(self.queries.id_of(t), state, values)  # False: closed by another
         return closed
+
+    def _closing(self, record: dict[str, Any] | None) -> tuple[TrialState, list[float] | None]:
+        """The state (and values) a trial whose worker died with ``record`` written ends in."""
+        status = (record or {}).get("status")
+        if status in (Status.DIVERGED, Status.PRUNED):
+            return TrialState.PRUNED, None
+        if status == Status.COMPLETE:
+            cols = self.study.user_attrs.get("objective_columns") or []
+            values = [record.get(c) for c in cols]
+            if cols and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                return TrialState.COMPLETE, values
+        return TrialState.FAIL, None
 
     def plan(self, trials: Iterable[spec.Trial], retry_failed: bool = False) -> Plan:
         """Which of ``trials`` still need a run. Closes dead workers' trials first, so their
@@ -272,6 +289,8 @@ class Ledger:
                 plan.running_elsewhere += 1
             elif prev.state == TrialState.WAITING:
                 plan.queued += 1
+            elif (prev.user_attrs.get("record") or {}).get("status") in (Status.COMPLETE, Status.DIVERGED):
+                plan.done += 1  # closed as failed with its result written (a study from before close_dead kept it)
             elif interrupted(prev):  # never finished
                 plan.interrupted += 1
                 plan.todo.append(trial)

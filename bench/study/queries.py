@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,11 +54,12 @@ class Queries:
     def set_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.storage.set_trial_user_attr(trial_id, key, value)
 
-    def set_state(self, trial_id: int, state: TrialState) -> bool:
-        """Move the trial to ``state``; False when another worker changed it first (a finished
-        trial, or a queued one already claimed): the storage makes the move atomic."""
+    def set_state(self, trial_id: int, state: TrialState, values: list[float] | None = None) -> bool:
+        """Move the trial to ``state`` (with ``values``, for COMPLETE); False when another worker
+        changed it first (a finished trial, or a queued one already claimed): the storage makes
+        the move atomic."""
         try:
-            return self.storage.set_trial_state_values(trial_id, state=state)
+            return self.storage.set_trial_state_values(trial_id, state=state, values=values)
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
@@ -95,9 +95,9 @@ class Queries:
         of ``attrs``, by number; only those numbered ``numbers`` when given."""
         raise NotImplementedError
 
-    def close_stale(self) -> None:
-        """Close (FAIL) every running trial whose heartbeat fell silent past the grace period:
-        its worker died. Storages without heartbeats have none to close."""
+    def stale(self) -> list[int]:
+        """Ids of running trials whose heartbeat fell silent past the grace period: their worker
+        died. Storages without heartbeats have none."""
         raise NotImplementedError
 
 
@@ -121,10 +121,15 @@ class GenericQueries(Queries):
                 out.append((t.number, found))
         return out
 
-    def close_stale(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+    def stale(self) -> list[int]:
+        """Ids of RUNNING trials whose heartbeat fell silent past the grace period (their worker
+        died), as Optuna's ``fail_stale_trials`` finds them; none without heartbeats."""
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # its own finder
+
+        storage = self.storage
+        if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+            return []
+        return list(storage._get_stale_trial_ids(self.study_id))
 
 
 class RdbQueries(GenericQueries):
@@ -183,10 +188,10 @@ class RdbQueries(GenericQueries):
         with self.engine.connect() as con:
             return con.execute(select(func.now())).scalar()
 
-    def close_stale(self) -> None:
-        """Optuna's ``fail_stale_trials``, read in one query against ``now()``."""
+    def stale(self) -> list[int]:
+        """The generic path's answer, read in one query against the database's ``now()``."""
         if not self.backend.get_heartbeat_interval():
-            return
+            return []
         grace = timedelta(seconds=self.backend.grace_period or 2 * self.backend.get_heartbeat_interval())
         try:
             rows = self._rows(text(
@@ -197,10 +202,8 @@ class RdbQueries(GenericQueries):
         except Exception:
             rows = None
         if rows is None:
-            return super().close_stale()
-        for trial_id, beat in rows:
-            if now - beat > grace:
-                self.set_state(trial_id, TrialState.FAIL)
+            return super().stale()
+        return [trial_id for trial_id, beat in rows if now - beat > grace]
 
 
 class Heartbeats:
