@@ -38,7 +38,7 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import TrialState
 
-from bench import spec
+from bench import sequential, spec
 from bench.errors import BenchError, SpecError
 from bench.schema import DETAILS, Status
 from bench.variant import Variant
@@ -189,6 +189,20 @@ class Ledger:
             raw["seeds"] = stored["seeds"]
         return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
 
+    @property
+    def sequential(self) -> dict[str, Any] | None:
+        """How the study grew seed by seed (``--until-decided``), or None (a fixed design)."""
+        return self.study.user_attrs.get("sequential")
+
+    def mark_sequential(self, max_seeds: int) -> None:
+        """Remember that the study grows seed by seed, up to ``max_seeds`` (the largest any run
+        asked for): its reports read it with the sequential interval from now on."""
+        before = self.sequential or {}
+        mark = {"max_seeds": max(int(max_seeds), int(before.get("max_seeds") or 0)), "first": sequential.FIRST,
+                "horizon": sequential.HORIZON, "share": sequential.SHARE, "level": sequential.LEVEL}
+        if mark != before:
+            self.study.set_user_attr("sequential", mark)
+
     def side_by_side(self) -> dict[str, Any] | None:
         """The last side-by-side timing pass (bench.timing) over the study's variants."""
         return self.study.user_attrs.get("side_by_side")
@@ -327,13 +341,17 @@ class Ledger:
                 q.set_state(won, TrialState.FAIL)
                 continue
             handle = optuna.Trial(self.study, won)
-            self._own(handle)
-            # checked after our claim: of two simultaneous claims, at least one sees the other and steps back
-            if any(tid != won for tid in self.holders(t.user_attrs["key"])):
-                self.heartbeats.stop(won)
-                handle.set_user_attr("dropped", "duplicate")
-                q.set_state(won, TrialState.FAIL)
-                continue
+            try:
+                self._own(handle)
+                # checked after our claim: of two simultaneous claims, at least one sees the other and steps back
+                if any(tid != won for tid in self.holders(t.user_attrs["key"])):
+                    self.heartbeats.stop(won)
+                    handle.set_user_attr("dropped", "duplicate")
+                    q.set_state(won, TrialState.FAIL)
+                    continue
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the trial ran: recorded, so a rerun redoes it
+                self.interrupt(handle)
+                raise
             a = t.user_attrs
             return handle, spec.Trial(a["key"], Variant.from_dict(a["variant"]), int(a["seed"]))
 
@@ -389,6 +407,10 @@ class Ledger:
         self.heartbeats.start(self.queries.id_of(handle))
         handle.set_user_attr("worker", WORKER)
         handle.set_user_attr("started_at", time.time())
+
+    def interrupt(self, handle: optuna.Trial, record: dict[str, Any] | None = None) -> None:
+        """Record the trial ``handle`` as interrupted (Ctrl-C, SIGTERM): its rerun redoes it."""
+        self.finish(handle, {**(record or {}), "status": Status.INTERRUPTED.value, "error": "interrupted"}, [])
 
     def finish(self, handle: optuna.Trial, record: dict[str, Any], objectives: str | list[str]) -> None:
         """Store ``record``; its ``status`` picks the trial state (complete; diverged or pruned:

@@ -232,9 +232,8 @@ def work(ledger: Ledger, sweep: Sweep, ctx: RunContext, *, total: int | None = N
                 if trial.variant not in variants:
                     variants.append(trial.variant)
                 name = label(trial.variant, variants, trial.seed)
-                progress.start(name)
                 record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress,
-                                   handle=handle)
+                                   handle=handle, name=name)
                 finished.append(record)
                 progress.finish(name, result_line(record))
                 continue

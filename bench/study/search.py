@@ -141,9 +141,8 @@ def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | Non
             if variant not in seen:
                 seen.append(variant)
             name = f"#{handle.number} " + label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)
-            progress.start(name)
             record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress, handle=handle,
-                               prune=bool(cfg.pruner))
+                               name=name)
             finished.append(record)
             progress.finish(name, result_line(record))
     return finished

@@ -152,13 +152,13 @@ def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
 
 
 def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, Dataset], ledger: Ledger,
-              progress: console.SweepProgress, handle: Any, prune: bool = False) -> dict[str, Any]:
+              progress: console.SweepProgress, handle: Any, name: str = "") -> dict[str, Any]:
     """Measure ``trial`` and record it under ``handle``: its result, or its failure (a failed
     trial does not stop the sweep), or, on Ctrl-C, its interruption (then re-raised).
     Each epoch's top-1 goes to the ledger as the epoch ends (``Ledger.report``: an intermediate
-    value at step = epoch, from 1); with ``prune`` (a study with a pruner), the pruner may stop
-    the trial there.
-    ``loaded``: datasets by image size, loaded once per worker. Training checkpoints every
+    value at step = epoch, from 1); in a study with a pruner, the pruner may stop the trial there.
+    ``loaded``: datasets by image size, loaded once per worker; ``name``: the trial as the
+    progress display shows it (told first, inside the interruption's handling). Training checkpoints every
     epoch (``ctx.checkpoint_path``); an interrupted trial leaves its checkpoint for whichever
     worker redoes it, a finished one removes it unless ``ctx.keep_checkpoints`` (a failed one
     keeps it: ``--retry-failed`` resumes it)."""
@@ -170,6 +170,7 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
     base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
             "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile", "collapse")}}
     try:
+        progress.start(name or label(trial.variant, [trial.variant], trial.seed))
         data = None
         if sweep.train is not None:
             img = trial.variant.img_size
@@ -177,12 +178,13 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
                 progress.phase("loading data")
                 loaded[img] = load_data(sweep.data, img)
             data = loaded[img]
+        prune = sweep.study is not None and bool(sweep.study.pruner)  # a study with a pruner may stop it early
         on_epoch, on_resume = _reporting(ledger, handle, prune)
         record = measure(trial, sweep, ctx, data=data, progress=progress, on_epoch=on_epoch, on_resume=on_resume)
         record = {**base, **record}
     except KeyboardInterrupt:
         with signals_held():  # a second Ctrl-C must not cut the write that records the first
-            ledger.finish(handle, {**base, "status": Status.INTERRUPTED.value, "error": "interrupted"}, objectives)
+            ledger.interrupt(handle, base)
         raise
     except BenchError as err:  # a dataset that vanished, OOM at batch 1: recorded, the sweep goes on
         record = {**base, "status": Status.FAILED.value, "error": str(err)}
