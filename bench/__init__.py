@@ -11,8 +11,9 @@ each sub-package's modules stand together (``tests/test_layers.py`` holds it to 
 
 1. base: ``errors``, ``console``, ``files``, ``schema`` — one-line errors, all terminal output,
    atomic writes, the record's vocabulary
-2. config: ``variant``, ``config``, ``stats`` — torch-free: an architecture, the spec's sections
-   with their defaults and rules; intervals and iso-cost readings
+2. config: ``variant``, ``config``, ``sequential``, ``stats`` — torch-free: an architecture, the
+   spec's sections with their defaults and rules; the sequential boundary; intervals and
+   iso-cost readings
 3. ``bench.data`` — datasets, the decoded cache, the loader, augmentation
 4. ``spec`` — the sweep file, validated (torch-free)
 5. the measuring core: ``reattention``, ``models``, ``kernels``, ``utilisation``, ``profiling``,

@@ -24,6 +24,8 @@ import numpy as np
 from scipy import optimize, special
 from scipy import stats as st
 
+from bench.sequential import repeated_interval
+
 LEVEL = 0.95
 
 
@@ -32,43 +34,148 @@ class Delta:
     """arm − baseline in top-1 points."""
 
     mean: float
-    low: float | None = None     # the 95 % interval; None with one seed on a side, or no spread between seeds
-    high: float | None = None
-    p_value: float | None = None  # two-sided, of the test that gave the interval
+    low: float | None = None     # the 95 % interval; None without one (one seed on a side, no spread, or too
+    high: float | None = None    # few seeds for a sequential look): nothing decided
+    p_value: float | None = None  # two-sided, of the fixed-n test that gave the interval (None: sequential)
     p_improve: float | None = None  # P(arm > baseline) over seed pairs, ties counting one half
     paired: bool | None = None    # True: by seed; False: Welch; None: no test
     n: int = 0                    # pairs (paired) or the smaller side's seeds
+    m: int = 0                    # test images both arms were scored on, one by one (0: not known)
+    seed_var: float | None = None  # of the paired difference between seeds, per seed (points²)
+    test_var: float | None = None  # the test set's share of the mean's variance: shared by every seed (points²)
+    sequential: bool = False      # the interval is the sequential boundary's (bench.sequential)
+    discordant: tuple[int, int] | None = None  # one seed: images only the arm / only the baseline got right
 
     @property
     def excludes_zero(self) -> bool:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
+    @property
+    def se(self) -> float | None:
+        """The standard error of the mean difference (both parts), when known."""
+        if self.seed_var is None or self.n < 2:
+            return None
+        return math.sqrt(max(self.seed_var / self.n + (self.test_var or 0.0), 0.0))
 
-def delta(arm: dict[int, float], base: dict[int, float], level: float = LEVEL) -> Delta:
+
+@dataclass(frozen=True)
+class TwoWay:
+    """A paired difference over seeds × test images (arm's correctness − the baseline's, on the
+    same images, by seed), split the way a crossed two-way random-effects model splits it:
+    D[s, i] = μ + a_s + b_i + e_si. ``seed_var``: the variance between seeds' mean differences
+    (σ²_a + σ²_e/m, what more seeds shrink); ``test_var``: the test set's share of the
+    mean's variance (σ²_b/m, shared by every seed: more seeds never shrink it, more images
+    do); ``var``: the mean's variance, unbiased: seed_var/n + test_var (estimated as
+    S²_seeds/n + S²_images/m − MS_residual/(n·m)); ``df``: Satterthwaite's."""
+
+    n: int
+    m: int
+    mean: float
+    seed_var: float
+    test_var: float
+    var: float
+    df: float
+
+
+def two_way(diffs: np.ndarray) -> TwoWay:
+    """``diffs``: (seeds, images) of arm − baseline correctness (−1, 0, 1; or means of several
+    variants), in points when multiplied by 100 — done here. At least two seeds."""
+    d = np.asarray(diffs, float) * 100.0
+    n, m = d.shape
+    grand = float(d.mean())
+    rows, cols = d.mean(1), d.mean(0)
+    s_seed = float(rows.var(ddof=1))
+    s_item = float(cols.var(ddof=1)) if m > 1 else 0.0
+    ss_res = float(((d - grand) ** 2).sum() - m * ((rows - grand) ** 2).sum() - n * ((cols - grand) ** 2).sum())
+    ms_res = max(ss_res, 0.0) / max((n - 1) * (m - 1), 1)
+    parts = (s_seed / n, s_item / m, -ms_res / (n * m))
+    var = max(sum(parts), 0.0)
+    dfs = (n - 1, max(m - 1, 1), max((n - 1) * (m - 1), 1))
+    denom = sum(p * p / f for p, f in zip(parts, dfs, strict=True))
+    df = var * var / denom if denom > 0 else math.inf
+    test = max(s_item - ms_res / n, 0.0) / m
+    return TwoWay(n, m, grand, s_seed, test, var, df)
+
+
+def delta(arm: dict[int, float], base: dict[int, float], level: float = LEVEL, *,
+          examples: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] | None = None,
+          sequential: bool = False) -> Delta:
     """Δ of two arms' top-1 by seed (``{seed: top1}``): paired over their common seeds when
-    there are at least two, else Welch's unequal-variance t over all seeds."""
+    there are at least two, else Welch's unequal-variance t over all seeds.
+
+    ``examples``: each seed's per-example correctness (arm's, baseline's: bool arrays over the
+    same test list): then the paired difference is taken image by image too, and its variance
+    holds the test set's share (``two_way``) — a fixed test set is one sample of images that
+    every seed shares. With one common seed it gives McNemar's discordant counts (no interval:
+    the seed part is unknown). ``sequential``: the interval is the repeated confidence interval
+    of bench.sequential's boundary at this many seeds (no p-value; at least 3 seeds).
+    No spread at all gives no interval: it is no evidence of the noise."""
     a, b = np.array(list(arm.values()), float), np.array(list(base.values()), float)
     if not len(a) or not len(b):
         return Delta(mean=math.nan)
     mean = float(a.mean() - b.mean())
     common = sorted(set(arm) & set(base))
+    p_improve = float(st.mannwhitneyu(a, b).statistic) / (len(a) * len(b)) if len(a) and len(b) else None
+    shared = [s for s in common if examples and s in examples[0] and s in examples[1]
+              and len(examples[0][s]) == len(examples[1][s])]
+    if examples is not None and shared and len(shared) == len(common):
+        return _per_example(examples, shared, p_improve, level, sequential)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: scipy says NaN, and so do we
         if len(common) >= 2:
             x, y = np.array([arm[s] for s in common]), np.array([base[s] for s in common])
-            paired, n, flat = True, len(common), np.ptp(x - y) == 0
-            mean = float((x - y).mean())
+            diff = x - y
+            paired, n, flat = True, len(common), np.ptp(diff) == 0
+            mean = float(diff.mean())
+            if sequential:
+                var = float(diff.var(ddof=1))
+                out = Delta(mean, None, None, None, p_improve, True, n, seed_var=var, test_var=0.0, sequential=True)
+                return _sequential(out)
             test = None if flat else st.ttest_rel(x, y)
+            seed_var = float(diff.var(ddof=1))
         elif len(a) >= 2 and len(b) >= 2:
             paired, n, flat = False, min(len(a), len(b)), np.ptp(a) == 0 and np.ptp(b) == 0
-            test = None if flat else st.ttest_ind(a, b, equal_var=False)
+            test = None if flat or sequential else st.ttest_ind(a, b, equal_var=False)
+            seed_var = None
         else:
-            return Delta(mean=mean, n=min(len(a), len(b)))
-    p_improve = float(st.mannwhitneyu(a, b).statistic) / (len(a) * len(b))
-    if test is None:  # no spread between seeds: no evidence of the noise, so no interval and nothing decided
-        return Delta(mean, None, None, None, p_improve, paired, n)
+            return Delta(mean=mean, n=min(len(a), len(b)), p_improve=p_improve)
+    if test is None:  # no spread between seeds (or unpaired seeds for a sequential look): nothing decided
+        return Delta(mean, None, None, None, p_improve, paired, n, seed_var=seed_var, test_var=0.0)
     ci = test.confidence_interval(level)
-    return Delta(mean, float(ci.low), float(ci.high), float(test.pvalue), p_improve, paired, n)
+    return Delta(mean, float(ci.low), float(ci.high), float(test.pvalue), p_improve, paired, n,
+                 seed_var=seed_var, test_var=0.0)
+
+
+def _per_example(examples: tuple[dict[int, np.ndarray], dict[int, np.ndarray]], seeds: list[int],
+                 p_improve: float | None, level: float, sequential: bool) -> Delta:
+    arm, base = examples
+    diffs = np.stack([np.asarray(arm[s], float) - np.asarray(base[s], float) for s in seeds])
+    m = diffs.shape[1]
+    if len(seeds) == 1:  # McNemar: the images only one of the two got right
+        only_arm, only_base = int((diffs[0] > 0).sum()), int((diffs[0] < 0).sum())
+        p = float(st.binomtest(only_arm, only_arm + only_base).pvalue) if only_arm + only_base else None
+        return Delta(float(diffs.mean() * 100), None, None, p, p_improve, True, 1, m, discordant=(only_arm, only_base))
+    w = two_way(diffs)
+    out = Delta(w.mean, None, None, None, p_improve, True, w.n, w.m, w.seed_var, w.test_var, sequential)
+    if w.var <= 0:
+        return out
+    if sequential:
+        return _sequential(out, var=w.var)
+    se = math.sqrt(w.var)
+    q = float(special.stdtrit(w.df, 0.5 + level / 2)) if math.isfinite(w.df) else float(st.norm.ppf(0.5 + level / 2))
+    p = float(2 * special.stdtr(w.df, -abs(w.mean) / se)) if math.isfinite(w.df) else \
+        float(2 * st.norm.sf(abs(w.mean) / se))
+    return Delta(w.mean, w.mean - q * se, w.mean + q * se, p, p_improve, True, w.n, w.m, w.seed_var, w.test_var)
+
+
+def _sequential(d: Delta, var: float | None = None) -> Delta:
+    """``d`` with the repeated confidence interval of its look (bench.sequential)."""
+    var = d.seed_var / d.n + d.test_var if var is None else var
+    found = repeated_interval(d.mean, math.sqrt(var), d.n) if var > 0 else None
+    if found is None:
+        return d
+    return Delta(d.mean, found[0], found[1], None, d.p_improve, d.paired, d.n, d.m, d.seed_var, d.test_var, True,
+                 d.discordant)
 
 
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
@@ -104,6 +211,50 @@ class Agreement:
     tau_high: float | None = None
     rho_low: float | None = None
     rho_high: float | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Kendall's τ over the pairs of variants the reference orders (the interval of their
+    difference excludes 0): concordant minus discordant pairs over those pairs, a tie in the
+    other ranking counting neither. A pair the reference cannot order is neither agreement nor
+    disagreement, as an undecided decision is never agreement. With a 95 % bootstrap interval
+    over variants."""
+
+    tau: float        # NaN when the reference orders no pair
+    ordered: int      # pairs the reference orders
+    pairs: int        # pairs of variants in all
+    low: float | None = None
+    high: float | None = None
+
+
+def resolved_tau(x: Sequence[float], order: np.ndarray, level: float = LEVEL, resamples: int = 1000,
+                 seed: int = 0) -> Resolved:
+    """τ of the ranking ``x`` (one value per variant) against the reference's ``order``: a
+    (variants × variants) matrix of sign(reference i − reference j) where the reference resolves
+    the pair, 0 where it does not (bench.report.fidelity builds it)."""
+    x = np.asarray(x, float)
+    ours = np.sign(x[:, None] - x[None, :])
+    upper = np.triu(np.ones_like(order, dtype=bool), 1)
+
+    def tau(idx: np.ndarray) -> float:
+        o, r = order[np.ix_(idx, idx)], ours[np.ix_(idx, idx)]
+        mask = upper[: len(idx), : len(idx)] & (o != 0)
+        return float((o * r)[mask].sum() / mask.sum()) if mask.any() else math.nan
+    n = len(x)
+    every = np.arange(n)
+    ordered = int(((order != 0) & upper).sum())
+    found = Resolved(tau(every), ordered, n * (n - 1) // 2)
+    if ordered == 0 or n < 4:
+        return found
+    rng = np.random.default_rng(seed)
+    boot = np.array([tau(np.sort(rng.integers(0, n, n))) for _ in range(resamples)])
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return found
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return Resolved(found.tau, ordered, found.pairs, float(low), float(high))
 
 
 def rank_agreement(x: Sequence[float], y: Sequence[float], level: float = LEVEL, resamples: int = 1000,

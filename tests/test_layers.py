@@ -16,14 +16,14 @@ PACKAGE = Path(bench.__file__).parent
 # modules are listed together, so its place in the order is the package's.
 LAYERS = [
     ("base", ["errors", "console", "files", "schema"]),
-    ("config", ["variant", "config", "stats"]),
+    ("config", ["variant", "config", "sequential", "stats"]),
     ("data", ["data.folders", "data.cache", "data.sources", "data.loader", "data.augment"]),
     ("spec", ["spec"]),
     ("core", ["reattention", "models", "kernels", "utilisation", "profiling", "timing", "training", "collapse"]),
-    ("report", ["report.tables", "report.formats", "report.plots", "report.markdown", "report.fidelity",
+    ("report", ["report.tables", "report.decide", "report.formats", "report.plots", "report.markdown", "report.fidelity",
                 "report.calibration"]),
     ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.context", "study.trials", "study.search",
-               "study.runner", "study.workers", "study.reports"]),
+               "study.runner", "study.workers", "study.reports", "study.grow"]),
     ("front", ["api", "cli"]),
 ]
 ORDER = [m for _, modules in LAYERS for m in modules]
