@@ -28,6 +28,7 @@ from bench.errors import first_line
 from bench.files import atomic_write
 from bench.kernels import autocast, choose_kernels
 from bench.profiling import compiled_call, device_name
+from bench.schema import PER_EXAMPLE, TEST_LIST, list_key, pack_bits
 
 
 def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
@@ -182,16 +183,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Loader, dtype: str) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, loader: Loader, dtype: str) -> tuple[float, torch.Tensor]:
+    """Top-1 accuracy in percent, and each test image's result (a bool per image, in the test
+    list's order: comparisons pair arms image by image)."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    total = 0
+    hits = []
     for x, y in loader:
         with autocast(x.device, dtype):
-            correct += (model(x).argmax(-1) == y).sum()
-        total += len(y)
-    return 100.0 * correct.item() / max(1, total)
+            hits.append(model(x).argmax(-1) == y)
+    right = torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+    return 100.0 * int(right.sum()) / max(1, len(right)), right
 
 
 def _snapshot(model: nn.Module, device: torch.device) -> Callable[[], None]:
@@ -277,7 +278,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     compiled = resolve_compile(cfg.compile, device)
     net = model  # compiled at the first step (compiled_call); evaluation stays eager: one compile, not two
 
-    result: dict[str, Any] = {"top1": None, "top1_per_epoch": [], "train_loss": None,
+    result: dict[str, Any] = {TEST_LIST: list_key(data.test.labels), "top1": None, "top1_per_epoch": [], "train_loss": None,
                               "train_loss_per_epoch": [], "diverged": False, "stopped": False,
                               "resumed": state is not None, "epochs": 0, "steps": 0,
                               "train_dtype": dtype, "data_residency": where, "compiled": compiled,
@@ -325,11 +326,13 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                     if not math.isfinite(mean):
                         result.update(diverged=True, train_loss=mean, steps=step, epochs=epoch + 1,
                                       train_time_s=time.perf_counter() - start)
+                        result.pop(PER_EXAMPLE, None)  # an earlier epoch's: not this run's result
                         return result
                     if hooks.on_step:
                         hooks.on_step(step, total, mean)
-            top1 = evaluate(model, test_loader, dtype)
+            top1, right = evaluate(model, test_loader, dtype)
             result["top1_per_epoch"].append(top1)
+            result[PER_EXAMPLE] = pack_bits(right.numpy())  # the last epoch's stands
             result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
             if path is not None and epoch + 1 < cfg.epochs:
                 _save(path, ident, epoch + 1, step, parts, result)
@@ -344,4 +347,5 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     _apart(result, step - first_step)
     if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check
         result.update(diverged=True, top1=None)
+        result.pop(PER_EXAMPLE, None)
     return result

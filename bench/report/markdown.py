@@ -22,12 +22,14 @@ from bench.config import NOISY, OBJECTIVES, StudyConfig
 from bench.errors import first_line
 from bench.files import atomic_write
 from bench.report import plots
+from bench.report.decide import needed_cell, projections, spread, spread_sentence, totals
 from bench.report.formats import (interval, md_table, multiplier, num, ratio, settings, signed, space,
                                   top1_cell)
 from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, is_missing, iso_costs,
                                  pareto_front, ranking_by_epoch, show_value, summarize, variant_label,
                                  varying_fields, width_and_re_arms)
-from bench.schema import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, Status
+from bench.sequential import HORIZON
+from bench.schema import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, PER_EXAMPLE, Status
 from bench.spec import BASELINE, variant_of
 from bench.variant import is_re_option
 
@@ -62,7 +64,7 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
         cells = [show_value(f, r[f]) for f in by] + [r["arm"]]
         if accuracy:
             mark = " ✓" if r["significant"] else ""
-            ci = interval(r["d_low"], r["d_high"]) or (" (—)" if r["arm"] != BASELINE
+            ci = interval(r["d_low"], r["d_high"]) or (_no_interval(r) if r["arm"] != BASELINE
                                                            and not is_missing(r["d_top1"]) else "")
             improve = "" if r["arm"] == BASELINE else "—" if is_missing(r["p_improve"]) else f"{r['p_improve']:.2f}"
             cells += [top1_cell(r), d(r["d_top1"]) + ci + mark if r["arm"] != BASELINE else "", improve]
@@ -77,16 +79,7 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
     lines += [md_table(headers, rows, left=len(by) + 1), ""]
     notes = []
     if accuracy:
-        tested = cmp[(cmp["arm"] != BASELINE) & cmp["p_value"].notna()]
-        paired = tested["paired"].astype(bool)
-        how = ("paired by seed (a seed fixes the data order and augmentation for every arm)" if paired.all()
-               else "Welch's unequal-variance t (the arms share fewer than two seeds)" if not paired.any()
-               else "paired by seed where the arms share two or more seeds, Welch's t otherwise")
-        notes.append(f"Δtop-1: mean over seeds with its 95 % t-interval, {how}; (—): no interval, so nothing "
-                     "decided (a single seed on a side, or no spread between seeds: no evidence of the noise). ✓: the difference holds after Holm's correction over the {len(tested)} arm(s) "
-                     "tested in this table (adjusted p < 0.05). P(arm > base): the chance that a seed of the arm "
-                     "beats a seed of the baseline, over all seed pairs, ties counting one half (rliable's "
-                     "probability of improvement).")
+        notes.append(_delta_note(cmp))
     if speed:
         if side is not None and cmp["side_by_side"].all():
             notes.append(f"Train samples/s: timed side by side — every variant of the study in {side['rounds']} "
@@ -101,6 +94,82 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
                      "PaLM's convention), at the train samples/s shown; MFU: its share of this device's measured "
                      "GEMM peak in the same dtype (bench.utilisation).")
     return lines + [" ".join(notes), ""] if notes else lines
+
+
+def _no_interval(r: Mapping[str, Any]) -> str:
+    """The Δ cell's tail when there is no interval: why, and McNemar's counts for one seed."""
+    d = r.get("discordant")
+    if isinstance(d, (tuple, list)) and len(d) == 2:
+        return f" (—; one seed: {d[0]} images only the arm got right, {d[1]} only the baseline)"
+    return " (—)"
+
+
+def _delta_note(cmp: pd.DataFrame) -> str:
+    """How the Δtop-1 column was computed: paired or Welch, by image or by seed, fixed or sequential."""
+    arms = cmp[cmp["arm"] != BASELINE]
+    tested = arms[arms["d_low"].notna()]
+    paired = tested["paired"].astype(bool) if len(tested) else pd.Series([True])
+    how = ("paired by seed (a seed fixes the data order and augmentation for every arm)" if paired.all()
+           else "Welch's unequal-variance t (the arms share fewer than two seeds)" if not paired.any()
+           else "paired by seed where the arms share two or more seeds, Welch's t otherwise")
+    by_image = arms["m"].fillna(0).astype(int)
+    if len(arms) and (by_image > 0).all():
+        how += (f" and by test image (the {int(by_image.max()):,} images every trial was scored on, one by one: the "
+                "interval holds the test set's share of the noise, which more seeds do not remove)")
+    elif (by_image > 0).any():
+        how += "; by test image too where every trial kept each image's result"
+    text = (f"Δtop-1: mean over seeds with its 95 % interval, {how}; (—): no interval, so nothing decided (a "
+            "single seed on a side, or no spread at all: no evidence of the noise). ")
+    if len(cmp) and bool(cmp["sequential"].any()):
+        text += ("This study grew seed by seed (`--until-decided`): each interval is the sequential one "
+                 "(bench.sequential: a group-sequential t-boundary with α spent over the looks, valid wherever "
+                 "the study stopped); ✓: it excludes 0. The guarantee is per arm: across the "
+                 f"{len(tested)} arm(s) of this table no correction is made.")
+    else:
+        text += (f"✓: the difference holds after Holm's correction over the {len(tested)} arm(s) tested in this "
+                 "table (adjusted p < 0.05).")
+    return text + (" P(arm > base): the chance that a seed of the arm beats a seed of the baseline, over all seed "
+                   "pairs, ties counting one half (rliable's probability of improvement).")
+
+
+def arm_states(cmp: pd.DataFrame, by: list[str], cap: int) -> list[str]:
+    """``depth=4 re-attention: decided after 3 seeds`` for each arm of a study grown seed by seed."""
+    out = []
+    for r in cmp[(cmp["arm"] != BASELINE) & cmp["d_top1"].notna()].to_dict("records"):
+        name = " ".join([*(f"{f}={show_value(f, r[f])}" for f in by), r["arm"]])
+        n = int(r["pairs"] or 0)
+        state = (f"decided after {n} seeds" if r["significant"] else f"undecided at {n} seeds" if n >= cap
+                 else f"undecided at {n} of at most {cap} seeds (rerun with --until-decided to go on)")
+        out.append(f"{name}: {state}")
+    return out
+
+
+def _grown_md(cmp: pd.DataFrame, by: list[str], cap: int) -> list[str]:
+    states = arm_states(cmp, by, cap)
+    return [f"**Grown seed by seed (`--until-decided`, at most {cap} seeds):** " + "; ".join(states) + ".", ""] \
+        if states else []
+
+
+def _decide_md(cmp: pd.DataFrame, by: list[str], cap: int, sequential: bool) -> list[str]:
+    """What deciding each undecided arm would cost (bench.report.decide)."""
+    found = projections(cmp, by, cap)
+    if found.empty:
+        return []
+    rows = [[show_value(f, p[f]) for f in by] + [p["arm"], signed(p["d_top1"]), str(p["seeds"]), needed_cell(p)]
+            for p in found.to_dict("records")]
+    t = totals(found, by)
+    share = " (the test set's share alone may be too large: see the spread below)" if (found["test_var"] > 0).any() \
+        else ""
+    return ["## What would decide the undecided arms", "",
+            md_table([*by, "arm", "Δtop-1", "seeds", "seeds that decide it (80 % power): what they cost"], rows,
+                     left=len(by) + 1), "",
+            f"At each arm's observed Δ and spread, the seeds at which `--until-decided` would decide it 4 times in 5 "
+            f"(its sequential boundary); \"beyond {cap}\": the effect is smaller than {cap} seeds can resolve{share}. "
+            "Cost: one trial per seed for the arm's variants and its baseline's, priced at this study's own trials "
+            f"(counted train PMACs, measured minutes). Deciding the {t['decidable']} decidable arm(s): "
+            f"{t['trials']:.0f} trials, {t['pmacs']:.3g} train PMACs, {t['minutes']:.0f} min"
+            + (f"; {t['beyond']} arm(s) beyond {cap} seeds." if t["beyond"] else ".")
+            + ("" if sequential else " Grow the study: `bench run SWEEP --until-decided`."), ""]
 
 
 def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
@@ -148,17 +217,29 @@ def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _spread_md(summary: pd.DataFrame) -> list[str]:
+def _spread_md(summary: pd.DataFrame, split: pd.DataFrame) -> list[str]:
     std = summary.loc[summary["n"] >= 2, "top1_std"].dropna()
     if std.empty:
         return ["## Seed-to-seed spread", "", "No variant has two finished seeds, so there is no estimate "
                 "of seed noise: read every Δtop-1 as unconfirmed.", ""]
     worst = summary.loc[std.idxmax(), "variant"]
-    return ["## Seed-to-seed spread", "",
-            f"Across {len(std)} variants with at least two finished seeds, the top-1 standard deviation "
-            f"has median {std.median():.2f} and max {std.max():.2f} points ({worst}). "
-            f"A Δtop-1 smaller than about {2 * std.median():.1f} points (2× the median std) is within "
-            "seed noise.", ""]
+    lines = ["## Seed-to-seed spread", "",
+             f"Across {len(std)} variants with at least two finished seeds, the top-1 standard deviation "
+             f"has median {std.median():.2f} and max {std.max():.2f} points ({worst}). "
+             f"A Δtop-1 smaller than about {2 * std.median():.1f} points (2× the median std) is within "
+             "seed noise.", ""]
+    if split.empty:
+        return lines + ["The trials kept no per-image results (a study from before they were kept): the test "
+                        "set's share of the noise is not known, and the intervals hold the seeds' alone.", ""]
+    rows = [[r["variant"], str(r["seeds"]), f"{r['images']:,}", f"{r['se']:.2f}", f"{r['seed_se']:.2f}",
+             f"{r['test_se']:.2f}", f"{r['test_share']:.0%}", f"×{r['test_x5']:.2f}", f"×{r['seeds_x4']:.2f}"]
+            for r in split.to_dict("records")]
+    return lines + ["### The seeds' part and the test set's", "", spread_sentence(split), "",
+                    md_table(["variant", "seeds", "test images", "se of top-1", "seeds' part", "test set's part",
+                              "test set's share", "interval with 5× the images", "with 4× the seeds"], rows, left=1),
+                    "", "Standard errors in points, from each test image's result (seeds × images, a crossed "
+                    "two-way model): the seeds' part shrinks with more seeds, the test set's with more images only "
+                    "(every seed is scored on the same ones). Their variances add.", ""]
 
 
 def _settling_md(taus: pd.DataFrame) -> list[str]:
@@ -249,12 +330,18 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
     lines += extra or []
     compare = spec.get("compare")
     if compare:
-        lines += _comparison_md(comparison(df, compare), compare, accuracy, side)
+        seq = spec.get("sequential")
+        cmp = comparison(df, compare, sequential=bool(seq))
+        lines += _comparison_md(cmp, compare, accuracy, side)
+        if accuracy:
+            cap = (seq or {}).get("max_seeds") or HORIZON
+            lines += _grown_md(cmp, list(compare.get("by") or []), cap) if seq else []
+            lines += _decide_md(cmp, list(compare.get("by") or []), cap, bool(seq))
         iso = iso_costs(df, compare) if accuracy else None
         if iso is not None and not iso.empty:
             lines += _iso_md(iso, compare)
     if accuracy:
-        lines += _spread_md(summary) + _settling_md(ranking_by_epoch(df))
+        lines += _spread_md(summary, spread(df)) + _settling_md(ranking_by_epoch(df))
     lines += _summary_md(summary, df, accuracy)
     for status in (Status.FAILED, Status.DIVERGED, Status.PRUNED):
         lines += _trials_md(df, status)
@@ -371,7 +458,7 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path, info:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}
-    details = [c for c in DETAILS if c in df]  # per-block arrays: in the study, not here
+    details = [c for c in (*DETAILS, PER_EXAMPLE) if c in df]  # per-block arrays and per-image bits: in the study
     atomic_write(paths["runs.csv"], lambda f: runs_frame(df.drop(columns=details)).to_csv(f, index=False))
     extra: list[str] = []
     if spec.get("search"):

@@ -16,7 +16,7 @@ from scipy.stats import kendalltau
 
 from bench.console import fmt
 from bench.errors import did_you_mean
-from bench.schema import COLLAPSE_COLS, COST_COLS, Status
+from bench.schema import COLLAPSE_COLS, COST_COLS, PER_EXAMPLE, TEST_LIST, Status, unpack_bits
 from bench.spec import BASELINE, variant_of
 from bench.stats import Delta, delta, holm, iso_cost, mean_interval
 from bench.variant import FIELD_TYPES, train_tflops
@@ -53,8 +53,10 @@ def variant_label(row: Mapping[str, Any], varying: list[str]) -> str:
 
 # --- tables ---------------------------------------------------------------------------
 
-def _work(df: pd.DataFrame) -> pd.DataFrame:
-    """Variant fields plus the numbers to aggregate; accuracy only from complete trials.
+def work(df: pd.DataFrame) -> pd.DataFrame:
+    """Variant fields plus the numbers to aggregate (private ``_`` columns: top-1, seed, status
+    counts, each image's result and its test list, a trial's train PMACs and seconds, its
+    variant's key); accuracy only from complete trials.
     Measured speed comes from the side-by-side pass (``side_*`` columns) where there is one."""
     status = df["status"].astype(str) if "status" in df else pd.Series(Status.COMPLETE.value, index=df.index)
     nan = pd.Series(np.nan, index=df.index)
@@ -72,7 +74,23 @@ def _work(df: pd.DataFrame) -> pd.DataFrame:
     cols["train_mfu"] = cols["train_tflops"] / num("peak_tflops")
     cols["_side"] = num("side_train_samples_per_sec").notna()
     cols["train_spread"] = num("side_train_spread")  # p90/p10 over rounds
+    none = pd.Series([None] * len(df), index=df.index, dtype=object)
+    cols["_correct"] = df[PER_EXAMPLE].where(cols["_top1"].notna(), None) if PER_EXAMPLE in df else none
+    cols["_test_list"] = df[TEST_LIST] if TEST_LIST in df else none
+    cols["_pmacs"] = train_pmacs(df)
+    cols["_seconds"] = num("time_trial_s")
+    cols["_variant"] = df["key"].map(variant_of) if "key" in df else pd.Series(range(len(df)), index=df.index)
     return df[[f for f in VARIANT_FIELDS if f in df]].assign(**cols)
+
+
+def train_pmacs(df: pd.DataFrame) -> pd.Series:
+    """Each trial's counted train PMACs: its train MACs per image (forward + backward, counted)
+    times the images it trained (steps × batch size); NaN where the record does not say."""
+    num = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else pd.Series(np.nan, index=df.index)  # noqa: E731
+    configs = df["config"] if "config" in df else pd.Series([None] * len(df), index=df.index)
+    batch = pd.Series([((c or {}).get("train") or {}).get("batch_size") if isinstance(c, dict) else None
+                       for c in configs], index=df.index, dtype=float)
+    return num("train_gmacs") * num("steps") * batch / 1e6
 
 
 def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -81,14 +99,34 @@ def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
              "top1_min": ("_top1", "min"), "top1_max": ("_top1", "max"),
              Status.DIVERGED.value: ("_diverged", "sum"), Status.FAILED.value: ("_failed", "sum"),  # counts
              "side_by_side": ("_side", "all"), "train_spread": ("train_spread", "max"),
+             "trial_pmacs": ("_pmacs", "mean"), "trial_seconds": ("_seconds", "mean"), "variants": ("_variant", "nunique"),
              **{c: (c, "mean") for c in COST_COLS + COLLAPSE_COLS}}
     return work.groupby(keys, dropna=False, sort=True, observed=True).agg(**named).reset_index()
 
 
-def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
+def by_seed(rows: pd.DataFrame) -> dict[int, float]:
     """{seed: top-1} of complete trials (several variants matching one arm: their mean)."""
     ok = rows[rows["_top1"].notna()]
     return ok.groupby("_seed")["_top1"].mean().to_dict() if len(ok) else {}
+
+
+def examples_by_seed(rows: pd.DataFrame) -> tuple[dict[int, np.ndarray], str | None]:
+    """({seed: each test image's result}, the test list) of complete trials that kept them
+    (several variants matching one arm: their mean per image); ({}, None) when any complete
+    trial lacks them, or two were scored on different test lists."""
+    ok = rows[rows["_top1"].notna()]
+    lists = set(ok["_test_list"])
+    if not len(ok) or len(lists) != 1 or None in lists or ok["_correct"].isna().any():
+        return {}, None
+    out: dict[int, list[np.ndarray]] = {}
+    for seed, text in zip(ok["_seed"], ok["_correct"], strict=True):
+        bits = unpack_bits(text)
+        if bits is None:
+            return {}, None
+        out.setdefault(seed, []).append(bits.astype(float))
+    if len({len(b) for v in out.values() for b in v}) != 1:
+        return {}, None
+    return {s: np.mean(v, axis=0) for s, v in out.items()}, lists.pop()
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +134,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     keys = [f for f in _FIELD_ORDER if f in df]
     if not keys:
         raise ValueError("no variant fields in the trial records: expected some of " + ", ".join(VARIANT_FIELDS))
-    out = _aggregate(_work(df), keys)
+    out = _aggregate(work(df), keys)
     varying = varying_fields(df)
     labels = [variant_label(r, varying) for r in out[keys].to_dict("records")]
     return out.assign(variant=labels)[["variant", *out.columns]]
@@ -130,9 +168,9 @@ def _arm_rows(df: pd.DataFrame, compare: Mapping[str, Any]) -> tuple[pd.DataFram
     """Every trial matched to its arm(s): (rows with ``arm``, group keys, arm names in order)."""
     arms = _arms(compare, df)
     by = list(compare.get("by") or [])
-    work = _work(df).assign(**{f: df[f] for f in by if f not in VARIANT_FIELDS}, _all=0)
-    parts = [work[m].assign(arm=arm) for arm, where in arms.items() if (m := _match(df, where)).any()]
-    rows = pd.concat(parts, ignore_index=True) if parts else work.iloc[:0].assign(arm="")
+    rows_ = work(df).assign(**{f: df[f] for f in by if f not in VARIANT_FIELDS}, _all=0)
+    parts = [rows_[m].assign(arm=arm) for arm, where in arms.items() if (m := _match(df, where)).any()]
+    rows = pd.concat(parts, ignore_index=True) if parts else rows_.iloc[:0].assign(arm="")
     return rows, by or ["_all"], list(arms)
 
 
@@ -143,13 +181,17 @@ def _groups(rows: pd.DataFrame, keys: list[str]):
         yield (key if isinstance(key, tuple) else (key,)), rows.loc[part.index]
 
 
-def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
+def comparison(df: pd.DataFrame, compare: Mapping[str, Any], sequential: bool = False) -> pd.DataFrame:
     """Baseline then each arm, per group of ``compare["by"]``, with deltas against the baseline.
 
     ``d_top1`` in percentage points with its 95 % interval (``d_low``, ``d_high``: paired by
-    seed, or Welch; see bench.stats), ``p_improve`` = P(arm > baseline), ``p_holm`` the
+    seed, or Welch; see bench.stats; image by image too where the trials kept each test image's
+    result, the test set's share in its variance: ``m`` images, ``seed_var``, ``test_var``; one
+    seed: McNemar's ``discordant`` counts), ``p_improve`` = P(arm > baseline), ``p_holm`` the
     arm's p-value adjusted (Holm) over every arm of the table, ``significant`` when that is
-    below 0.05; ``d_*_pct`` in percent of the baseline. Speed is the side-by-side pass's
+    below 0.05 — or, ``sequential`` (a study grown by --until-decided), when the arm's
+    interval (bench.sequential's boundary at its seeds) excludes 0, a guarantee per arm;
+    ``d_*_pct`` in percent of the baseline. Speed is the side-by-side pass's
     where there is one (``side_by_side``), with its spread (``train_spread``: p90/p10 over
     rounds). An arm row with no baseline in its group keeps its own figures, NaN deltas.
     """
@@ -158,8 +200,8 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     cols = [*by, "arm", "n", "top1_mean", "top1_std", "d_top1", "d_low", "d_high", "paired", "pairs",
             "p_improve", "p_value", "p_holm", "significant", "infer_gmacs", "d_gmacs_pct", "param_count",
             "d_params_pct", "train_samples_per_sec", "d_train_sps_pct", "train_tflops", "train_mfu", "side_by_side",
-            "train_spread",
-            "trials", Status.DIVERGED.value, Status.FAILED.value]
+            "train_spread", "trials", Status.DIVERGED.value, Status.FAILED.value, "sequential", "m", "seed_var",
+            "test_var", "discordant", "trial_pmacs", "trial_seconds", "variants"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     stats = _aggregate(rows, [*keys, "arm"])
@@ -171,10 +213,15 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     out["d_train_sps_pct"] = (out["train_samples_per_sec"] / out["base_train_samples_per_sec"] - 1) * 100
     deltas: dict[tuple, Delta] = {}
     for group, g in _groups(rows, keys):
-        base_seeds = _by_seed(g[g["arm"] == BASELINE])
+        base = g[g["arm"] == BASELINE]
+        base_seeds, (base_ex, base_list) = by_seed(base), examples_by_seed(base)
         for arm in g["arm"].unique():
             if arm != BASELINE and base_seeds:
-                deltas[(*group, arm)] = delta(_by_seed(g[g["arm"] == arm]), base_seeds)
+                mine = g[g["arm"] == arm]
+                arm_ex, arm_list = examples_by_seed(mine)
+                same = arm_ex and base_ex and arm_list == base_list
+                deltas[(*group, arm)] = delta(by_seed(mine), base_seeds, examples=(arm_ex, base_ex) if same else None,
+                                              sequential=sequential)
     filled = out[keys].astype(object).where(out[keys].notna(), "\0none")
     found = [deltas.get((*k, a)) for k, a in zip(filled.itertuples(index=False, name=None), out["arm"], strict=True)]
     nan = float("nan")
@@ -188,6 +235,13 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     adjusted = holm([d.p_value if d else None for d in found])
     out["p_holm"] = [nan if p is None else p for p in adjusted]
     out["significant"] = out["p_holm"] < 0.05
+    if sequential:
+        out["significant"] = [bool(d and d.excludes_zero) for d in found]
+    out["sequential"] = sequential
+    out["m"] = [d.m if d else 0 for d in found]
+    out["seed_var"] = [d.seed_var if d and d.seed_var is not None else nan for d in found]
+    out["test_var"] = [d.test_var if d and d.test_var is not None else nan for d in found]
+    out["discordant"] = [d.discordant if d else None for d in found]
     out["arm"] = pd.Categorical(out["arm"], categories=order, ordered=True)
     out = out.sort_values([*keys, "arm"], kind="stable").reset_index(drop=True)
     out["arm"] = out["arm"].astype(str)
@@ -224,7 +278,7 @@ def arm_points(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     out = []
     for group, g in _groups(rows, keys):
         for arm in (BASELINE, *width, *re_arms):
-            seeds = list(_by_seed(g[g["arm"] == arm]).values())
+            seeds = list(by_seed(g[g["arm"] == arm]).values())
             if not seeds:
                 continue
             ci = mean_interval(seeds) or (math.nan, math.nan)
@@ -249,16 +303,16 @@ def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **options: Any) -> p
     by = list(compare.get("by") or [])
     out = []
     for group, g in _groups(rows, keys):
-        curve = [a for a in (BASELINE, *width) if (g["arm"] == a).any() and _by_seed(g[g["arm"] == a])]
+        curve = [a for a in (BASELINE, *width) if (g["arm"] == a).any() and by_seed(g[g["arm"] == a])]
         if BASELINE not in curve or len(curve) < 2:
             continue
         for arm in re_arms:
             arm_rows = g[g["arm"] == arm]
-            seeds = _by_seed(arm_rows)
+            seeds = by_seed(arm_rows)
             if not seeds:
                 continue
             for axis in COST_AXES:
-                points = [(float(g.loc[g["arm"] == a, axis].mean()), list(_by_seed(g[g["arm"] == a]).values()))
+                points = [(float(g.loc[g["arm"] == a, axis].mean()), list(by_seed(g[g["arm"] == a]).values()))
                           for a in curve]
                 cost = float(arm_rows[axis].mean())
                 if not all(np.isfinite(c) and c > 0 for c, _ in points) or not (np.isfinite(cost) and cost > 0):
@@ -278,7 +332,7 @@ def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **options: Any) -> p
 
 def variant_means(df: pd.DataFrame) -> pd.DataFrame:
     """Complete trials grouped by variant (its key without the seed): mean top-1 and per-epoch top-1."""
-    ok = df[_work(df)["_top1"].notna()] if "top1" in df else df.iloc[:0]
+    ok = df[work(df)["_top1"].notna()] if "top1" in df else df.iloc[:0]
     if ok.empty or "key" not in ok:
         return pd.DataFrame(columns=["variant", "top1", "per_epoch"])
     rows = []
@@ -332,4 +386,4 @@ def pareto_front(gmacs: Any, top1: Any) -> np.ndarray:
 
 def has_accuracy(df: pd.DataFrame) -> bool:
     """Whether any trial finished with a top-1 (else the report is about cost alone)."""
-    return bool(_work(df)["_top1"].notna().any()) if "top1" in df else False
+    return bool(work(df)["_top1"].notna().any()) if "top1" in df else False
