@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from timm.layers import Attention
 from torch import nn
 
@@ -30,13 +34,16 @@ from bench.profiling import closed_form, create, input_size_of, measure_speed, r
 from bench.reattention import ReAttention
 from bench.report import plots
 from bench.report.calibration import agreement
+from bench.report.tables import comparison, is_missing
 from bench.report.formats import two_places
 from bench.schema import Status
+from bench.sequential import HORIZON, seeds_needed
 from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs, variant_key
 from bench.study import runner, workers
 from bench.study.context import RunContext
+from bench.study.grow import arms as arms_of, grow
 from bench.study.ledger import Ledger
-from bench.study.reports import calibration_report, report_ledger, rung_study
+from bench.study.reports import calibration_report, open_arms, records_frame, report_ledger, rung_study
 from bench.study.trials import eval_images, label
 from bench.variant import FIELD_TYPES, Variant
 
@@ -68,9 +75,25 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
     written) removes what it made (the study's file, empty folders), never what was there.
     ``summary["failure"]``: one line when trials of this run failed (not diverged or pruned:
     a failure is the machine's or bench's, not the model's), None when none did."""
-    run = runner.start(sweep, run_context(sweep.name, context, **options))
+    started = time.monotonic()
+    ctx = run_context(sweep.name, context, **options)
+    if ctx.until_decided is not None and (sweep.search is not None or not sweep.compare or not sweep.train):
+        raise SpecError("compare", sweep.compare, "--until-decided grows the arms of a comparison: it needs a trained "
+                        "grid sweep with compare (baseline and arms)", where=sweep.path or sweep.name)
+    run = runner.start(sweep, ctx)
     finished = workers.spawn_workers(run.ctx) if run.ctx.workers > 1 else runner.work_here(sweep, run)
+    grown = None
+    if run.ctx.until_decided is not None:
+        def queue(count: int) -> list[dict[str, Any]]:
+            if run.ctx.workers > 1:
+                return workers.spawn_workers(run.ctx)
+            return runner.work(run.ledger, sweep, run.ctx, total=count, datasets=run.datasets)
+        grown = grow(sweep, run.ledger, queue, max_seeds=run.ctx.until_decided, quiet=run.ctx.quiet, started=started,
+                     budget_s=None if run.ctx.budget_min is None else run.ctx.budget_min * 60)
+        finished = [*finished, *grown["records"]]
     summary = runner.summary(sweep, run, finished)
+    summary["grown"] = grown
+    summary["open"] = open_arms(run.ledger, sweep.compare) if sweep.train and sweep.search is None else []
     if run.ctx.report:
         summary["report"] = report_ledger(run.ledger, sweep.name, run.ctx.results_dir)
     return summary
@@ -92,28 +115,66 @@ def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None =
     stem = sweeps[0].name[:-len(rungs[0].label) - 1]  # NAME of NAME@label
     ctx = (context or RunContext()).replace(**options)
     done, ran, failures, stopped = [], [], [], None
-    for i, (rung, sweep) in enumerate(zip(rungs, sweeps, strict=True)):
+    runs: dict[int, int] = {}
+
+    def run_rung(i: int) -> None:
         if not ctx.quiet:
-            console.info(f"rung {i + 1} of {len(rungs)}: {rung.label} (study {sweep.name})")
-        summary = run_sweep(sweep, context, **options)
-        ran.append({"rung": rung.label, "study": sweep.name, "ran": summary["ran"]})
+            console.info(f"rung {i + 1} of {len(rungs)}: {rungs[i].label} (study {sweeps[i].name})"
+                         + (" — the reference, grown first" if ctx.until_decided and i == len(rungs) - 1 else ""))
+        summary = run_sweep(sweeps[i], context, **options)
+        runs[i] = runs.get(i, 0) + summary["ran"]
         if summary.get("failure"):
-            failures.append(f"rung {rung.label}: {summary['failure']}")
+            failures.append(f"rung {rungs[i].label}: {summary['failure']}")
+
+    if ctx.until_decided is not None:  # the reference decides what counts as kept: it is grown first
+        run_rung(len(rungs) - 1)
+    for i, (rung, sweep) in enumerate(zip(rungs, sweeps, strict=True)):
+        if i not in runs or i < len(rungs) - 1:
+            run_rung(i)
+        ran.append({"rung": rung.label, "study": sweep.name, "ran": runs[i]})
         done.append(rung_study(rung, sweep, storage=ctx.replace(study=sweep.name).url(), results_dir=ctx.results_dir))
         if done[-1].left_out and not ctx.quiet:
             console.info(f"rung {rung.label}: {done[-1].left_out} trial(s) of study {sweep.name} are not in this sweep "
                          "(another ladder's, or a grid or seeds edited since): left out")
         if stop_when_stable and 0 < i < len(rungs) - 1:
-            found = agreement(done[-2].frame, done[-1].frame, (done[-1].spec or {}).get("compare"))
+            found = agreement(done[-2], done[-1], (done[-1].spec or {}).get("compare"))
             if found["agrees"]:
-                stopped = (f"rungs {done[-2].label} and {rung.label} agree (τ {two_places(found['agreement'].tau)}, every "
-                           f"decision kept); {', '.join(r.label for r in rungs[i + 1:])} not run")
+                skipped = ", ".join(r.label for j, r in enumerate(rungs[i + 1:], i + 1) if j not in runs) or "none"
+                stopped = (f"rungs {done[-2].label} and {rung.label} agree (τ {two_places(found['resolved'].tau)} over "
+                           f"the pairs the higher orders, every decision kept); not run: {skipped}")
                 if not ctx.quiet:
                     console.info(f"stopped climbing: {stopped}")
+                if len(rungs) - 1 in runs:  # grown first: it was run, so it is read
+                    last = len(rungs) - 1
+                    ran.append({"rung": rungs[last].label, "study": sweeps[last].name, "ran": runs[last]})
+                    done.append(rung_study(rungs[last], sweeps[last], storage=ctx.replace(study=sweeps[last].name).url(),
+                                           results_dir=ctx.results_dir))
                 break
-    result, paths = calibration_report(stem, done, results_dir=ctx.results_dir, stopped=stopped)
+    result, paths = calibration_report(stem, done, results_dir=ctx.results_dir, stopped=stopped,
+                                       command=next_step(path, rungs, sets, name, ctx))
     return {"name": stem, "result": result, "files": paths, "rungs": ran, "stopped": stopped,
             "failure": "; ".join(failures) or None}
+
+
+def next_step(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None, name: str | None,
+              ctx: RunContext) -> str:
+    """The command that grows this calibration's rungs seed by seed until decided (what to paste
+    when its largest rung is undecided): this ladder, these --set values, ``--until-decided``."""
+    parts = ["bench", "calibrate", str(path)]
+    for key in rungs[0].sets:
+        parts += ["--ladder", f"{key}=" + ",".join(_flat(r.sets[key]) for r in rungs)]
+    for key, value in (sets or {}).items():
+        parts += ["--set", f"{key}={_flat(value)}"]
+    parts += ["--name", name] if name else []
+    parts += ["--until-decided", "--max-seeds", str(ctx.until_decided or HORIZON)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _flat(value: Any) -> str:
+    """A --set or --ladder value as YAML on one line."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def run_worker(context: RunContext) -> dict[str, Any]:
@@ -176,7 +237,7 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
                      "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
     rate = _calibrate(min(variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
     for row in rows:
-        v = row.pop("_variant")
+        v = row["_variant"]
         row["est_trial_s"] = None if rate is None else estimated_macs(sweep, v, dev) / rate + 1.0  # + build, record
     return rows
 
@@ -195,11 +256,48 @@ def plan_ladder(sweeps: list[Sweep], device: str | None = None, calibrate: bool 
         n_train = split_sizes(sweep.data)[0] if sweep.train is not None else 0
         epochs = sweep.train.epochs if sweep.train is not None else 0
         seeds = len(sweep.seeds)
-        pmacs = sum(3 * closed_form(v)["macs"] for v in sweep.variants) * n_train * epochs * seeds / 1e15
+        pmacs = sum(planned_train_pmacs(sweep, v) for v in sweep.variants) * seeds
         est = None if rate is None else sum(estimated_macs(sweep, v, dev) / rate + 1.0 for v in sweep.variants) * seeds
         rows.append({"study": sweep.name, "trials": len(sweep.variants) * seeds, "train_pmacs": pmacs,
                      "est_min": None if est is None else est / 60})
     return rows
+
+
+def plan_decisions(sweep: Sweep, earlier: str, *, storage: str | None = None, results_dir: str | Path = "results",
+                   rows: list[dict[str, Any]] | None = None, max_seeds: int = HORIZON) -> list[dict[str, Any]]:
+    """``bench plan SWEEP --from NAME``: for each arm of ``sweep``'s comparison, the seeds that
+    would decide it (80 % power, the sequential boundary, at most ``max_seeds``) at the Δ and the
+    spread study ``earlier`` observed for the same arm, and what those seeds cost in this sweep:
+    trials (the arm's and its baseline's variants), counted train PMACs and, with ``rows``
+    (plan_rows' estimates), minutes. Before anything runs."""
+    if not sweep.compare:
+        raise BenchError(f"{sweep.path or sweep.name}: --from needs a sweep with compare (baseline and arms)")
+    ledger = Ledger.locate(earlier, storage, results_dir)
+    frame = records_frame(ledger)
+    if frame.empty:
+        raise BenchError(f"study {earlier!r} has no finished trials yet: no spread to plan from")
+    cmp = comparison(frame, sweep.compare, sequential=bool(ledger.sequential))
+    by = list(sweep.compare.get("by") or [])
+    seen = {(*(r[f] for f in by), r["arm"]): r for r in cmp.to_dict("records")}
+    est = {variant_key(r["_variant"]): r for r in rows or []} if rows and "_variant" in rows[0] else {}
+    seconds = {v: (est.get(variant_key(v)) or {}).get("est_trial_s") for v in sweep.variants}
+    out = []
+    for arm in arms_of(sweep):
+        r = seen.get((*arm.group, arm.name))
+        base = {**dict(zip(by, arm.group, strict=True)), "arm": arm.name}
+        if r is None or is_missing(r["d_top1"]) or is_missing(r["seed_var"]):
+            out.append({**base, "d_top1": None, "needed": None, "why": f"no paired seeds in {earlier}"})
+            continue
+        need = seeds_needed(r["d_top1"], r["seed_var"], r["test_var"] or 0.0, 3, max_seeds, sequential=True)
+        both = [*arm.variants, *arm.baseline]
+        per_seed_s = sum(seconds[v] or math.nan for v in both)
+        pmacs = sum(planned_train_pmacs(sweep, v) for v in both)
+        out.append({**base, "d_top1": r["d_top1"], "seeds_then": int(r["pairs"] or 0), "needed": need,
+                    "trials": None if need is None else need * len(both),
+                    "train_pmacs": None if need is None else need * pmacs,
+                    "est_min": None if need is None or not math.isfinite(per_seed_s) else need * per_seed_s / 60,
+                    "why": "" if need is not None else f"beyond {max_seeds} seeds at that effect and spread"})
+    return out
 
 
 def _witnesses(variants: list[Variant]) -> list[Variant]:
@@ -214,6 +312,14 @@ def _witnesses(variants: list[Variant]) -> list[Variant]:
                 break
         found += seen.values()
     return list(dict.fromkeys(found))
+
+
+def planned_train_pmacs(sweep: Sweep, v: Variant) -> float:
+    """The train PMACs one trial of ``v`` will count: train MACs per image (forward + backward,
+    3 × the closed-form forward) × the images it trains (train size × epochs)."""
+    if sweep.train is None:
+        return 0.0
+    return 3 * closed_form(v)["macs"] * split_sizes(sweep.data)[0] * sweep.train.epochs / 1e15
 
 
 def estimated_macs(sweep: Sweep, v: Variant, device: Any) -> float:

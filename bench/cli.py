@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from bench import __version__, console, spec
 from bench.config import DTYPES, CollapseConfig, ProfileConfig
+from bench.sequential import HORIZON
 from bench.errors import BenchError, SpecError, Terminated, first_line
 
 
@@ -122,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = api.run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
                             retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
-                            keep_checkpoints=args.keep_checkpoints, workers=args.workers)
+                            keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args))
     records = summary["records"]
     if records and not args.quiet:
         variants = list(dict.fromkeys([*sweep.variants, *(api.record_variant(r) for r in records if "depth" in r)]))
@@ -134,7 +135,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.rows_table(rows, list(rows[0]), title=f"{sweep.name}: trials run now",
                            headers={"top1": "top-1 %", "param_count": "M params", "infer_gmacs": "GMACs",
                                     "train_samples_per_sec": "train samples/s", "time_trial_s": "s"})
+    if not args.quiet:
+        for line in summary.get("open") or []:
+            console.info(f"{sweep.name}: {line}")
     return finish(summary)
+
+
+def growing(args: argparse.Namespace) -> dict[str, Any]:
+    """--until-decided, --max-seeds and --budget as the run context's fields (the last two only
+    mean something with the first: given alone, they are refused)."""
+    if not getattr(args, "until_decided", False):
+        if getattr(args, "budget", None) is not None or getattr(args, "max_seeds", HORIZON) != HORIZON:
+            raise SpecError(None, None, "--max-seeds and --budget go with --until-decided", where="--until-decided")
+        return {}
+    return {"until_decided": args.max_seeds, "budget_min": args.budget}
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -159,7 +173,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = api.calibrate(args.sweep, rungs, parse_sets(args.set), name=args.name, stop_when_stable=args.stop_when_stable,
                         storage=args.storage, results_dir=args.results, device=args.device, quiet=args.quiet,
                         retry_failed=args.retry_failed, save_weights=args.save_weights,
-                        keep_checkpoints=args.keep_checkpoints, workers=args.workers)
+                        keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args))
     if not args.quiet:
         rows = [{**r, "tau": row["tau_top"] if row["tau_top"] == row["tau_top"] else None,  # NaN: the largest
                  "agrees": {True: "yes", False: f"no: {row['why']}", None: "reference"}[row["agrees"]]}
@@ -206,10 +220,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.ladder:
         return plan_ladder(args)
     sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
+    if args.from_study:
+        study_name(args.from_study, "--from")
     from bench.api import plan_rows
 
     with console.status("calibrating: timing a few train steps", quiet=args.json):
         rows = plan_rows(sweep, device=args.device, calibrate=not args.no_estimate)
+    if args.from_study:
+        return plan_from(args, sweep, rows)
+    rows = [{k: v for k, v in r.items() if k != "_variant"} for r in rows]
     if args.json:
         console.print_json(rows)
         return 0
@@ -230,6 +249,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.out.print(f"estimated total: {total / 60:.1f} min for {len(rows) * n} trials "
                           "(from a few timed train steps of the cheapest variant; larger models run "
                           "more efficiently, so big variants are overestimated)")
+    return 0
+
+
+def plan_from(args: argparse.Namespace, sweep: spec.Sweep, rows: list[dict[str, Any]]) -> int:
+    """`bench plan SWEEP --from NAME`: the seeds each arm needs to be decided at the spread study NAME saw."""
+    from bench.api import plan_decisions
+
+    found = plan_decisions(sweep, args.from_study, storage=args.storage, results_dir=args.results, rows=rows,
+                           max_seeds=args.max_seeds)
+    if args.json:
+        console.print_json(found)
+        return 0
+    console.rows_table(found, list(found[0]), title=f"{sweep.name}: the seeds that would decide each arm at the "
+                       f"spread {args.from_study} saw (80 % power, at most {args.max_seeds})",
+                       headers={"d_top1": f"Δtop-1 in {args.from_study}", "seeds_then": "its seeds",
+                                "needed": "seeds needed", "train_pmacs": "train PMACs", "est_min": "est. min"})
+    total = [r for r in found if r.get("needed")]
+    if total:
+        console.out.print(f"deciding {len(total)} of {len(found)} arm(s): "
+                          f"{sum(r['trials'] for r in total)} trials (baselines counted with each arm)"
+                          + (f", about {sum(r['est_min'] for r in total):.1f} min" if all(r["est_min"] is not None
+                                                                                         for r in total) else "")
+                          + f"; run it with `bench run {args.sweep} --until-decided --max-seeds {args.max_seeds}`",
+                          highlight=False)
     return 0
 
 
@@ -306,14 +349,16 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     study_name(args.reference, "--reference")
     result, path = fidelity_report(args.name, args.reference, storage=args.storage,
                                    reference_storage=args.reference_storage, results_dir=args.results)
-    a = result["agreement"]
-    ranks = f"Kendall τ {a.tau:.2f}, Spearman ρ {a.rho:.2f}" if a is not None else \
-        f"no Kendall τ or Spearman ρ ({no_ranking(result['variants'])})"
+    a, res = result["agreement"], result["resolved"]
+    ranks = (f"Kendall τ {res.tau:.2f} over the {res.ordered} of {res.pairs} pairs the reference orders "
+             f"({a.tau:.2f} over every pair), Spearman ρ {a.rho:.2f}" if a is not None and res.ordered else
+             f"Kendall τ {a.tau:.2f} (the reference orders no pair), Spearman ρ {a.rho:.2f}" if a is not None else
+             f"no Kendall τ or Spearman ρ ({no_ranking(result['variants'])})")
     console.out.print(f"{args.name} against {args.reference}: {result['variants']} "
                       f"variant{'s' * (result['variants'] != 1)}, {ranks}", highlight=False)
     d = result["decisions"]
     if len(d):
-        console.out.print(f"sign of Δtop-1: {states_said(d)}", highlight=False)
+        console.out.print(f"decisions: {states_said(d)}", highlight=False)
     print_paths([path])
     return 0
 
@@ -413,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
                    (("--keep-checkpoints",), dict(action="store_true", help="keep each trial's last epoch checkpoint "
                                                   "(RESULTS/NAME/checkpoints/KEY.pt) once it is done; an interrupted "
                                                   "trial's is always kept, and its rerun resumes from it")))
+    deciding = _parent((("--until-decided",), dict(action="store_true", help="after the sweep's seeds, add the next "
+                                                   "seed to every arm whose interval spans 0 (and its baseline), one "
+                                                   "round at a time, until each is decided, has --max-seeds seeds, or "
+                                                   "--budget is spent (a sequential interval keeps the error rate)")),
+                       (("--max-seeds",), dict(type=int, default=HORIZON, metavar="K",
+                                               help=f"with --until-decided: at most K seeds per arm (default {HORIZON})")),
+                       (("--budget",), dict(type=float, default=None, metavar="MINUTES",
+                                            help="with --until-decided: add no seeds after this many minutes")))
     running = _parent((("--workers",), dict(type=int, default=1, metavar="N",
                                             help="start N local worker processes, one per GPU where there are "
                                                  "several (default 1); they share the study, so give a --storage "
@@ -436,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "compile is timed apart (train_compile_s, infer_compile_s)")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("run", parents=[sweep, device, storage, running, keep, quiet],
+    p = sub.add_parser("run", parents=[sweep, device, storage, running, deciding, keep, quiet],
                        help="run a sweep: profile and proxy-train every variant × seed",
                        description="Run a sweep. Trials already in the study are skipped, so rerunning "
                                    "the same command resumes an interrupted sweep.")
@@ -470,9 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
     p.add_argument("--ladder", action="append", default=[], metavar="KEY=V1,V2,…",
                    help="plan `bench calibrate`'s ladder: each rung's trials, train PMACs and time")
+    p.add_argument("--from", dest="from_study", default=None, metavar="NAME",
+                   help="from study NAME's spread: the seeds that would decide each arm of the comparison, and their cost")
+    p.add_argument("--max-seeds", type=int, default=HORIZON, metavar="K",
+                   help=f"with --from: at most K seeds per arm (default {HORIZON})")
+    p.add_argument("--storage", default=None, metavar="URL", help="with --from: NAME's storage (default: its results folder)")
+    p.add_argument("--results", default="results", metavar="DIR", help="with --from: where NAME's results are")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("calibrate", parents=[sweep, device, storage, running, keep, quiet],
+    p = sub.add_parser("calibrate", parents=[sweep, device, storage, running, deciding, keep, quiet],
                        help="run a sweep at every rung of a budget ladder: from which budget does its verdict hold?",
                        description="Run the sweep at each rung of a budget ladder (e.g. --ladder train.epochs=2,4,8; "
                                    "several --ladder are zipped rung by rung), each rung a resumable study NAME@KEY=V "

@@ -33,11 +33,18 @@ class RunContext:
     report: bool = True              # write the report when done
     poll: float = POLL_S
     tag: str = ""                    # prefixes this worker's lines (w0, w1, … for local workers)
+    until_decided: int | None = None  # grow undecided arms seed by seed up to this many seeds (bench.study.grow)
+    budget_min: float | None = None   # with until_decided: stop adding seeds after this many minutes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "results_dir", Path(self.results_dir))  # a str from Python callers
         if self.workers < 1:
             raise SpecError("workers", self.workers, "must be at least 1", where="--workers")
+        if self.until_decided is not None and not 3 <= self.until_decided <= 1000:
+            raise SpecError("max_seeds", self.until_decided, "must be in 3…1000: a sequential decision looks "
+                            "from 3 seeds on", where="--max-seeds")
+        if self.budget_min is not None and not (0 < self.budget_min < 1e7):
+            raise SpecError("budget", self.budget_min, "must be a positive number of minutes", where="--budget")
 
     def replace(self, **changes: Any) -> RunContext:
         return dataclasses.replace(self, **changes)

@@ -9,7 +9,7 @@ import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 import pandas as pd
@@ -18,7 +18,11 @@ from bench.errors import BenchError
 from bench.report import plots
 from bench.report.calibration import RungStudy, calibration, write_calibration
 from bench.report.fidelity import write_fidelity
+from bench.report.decide import needed_cell, projections
+from bench.report.formats import signed
 from bench.report.markdown import Importances, study_objectives, write_report
+from bench.report.tables import comparison, has_accuracy, show_value
+from bench.sequential import HORIZON
 from bench.schema import DETAILS
 from bench.spec import Rung, Sweep, check_name
 from bench.study.ledger import Ledger
@@ -81,12 +85,27 @@ def report_ledger(ledger: Ledger, name: str, results_dir: str | Path) -> dict[st
     if numbers:
         loaded = df["trial"].map(ledger.details(numbers))
         df[col] = loaded.where(~have, df[col]) if col in df else loaded
-    spec = ledger.spec or {"name": name}
+    spec = {**(ledger.spec or {"name": name}), "sequential": ledger.sequential}
     out_dir = Path(results_dir) / name
     info = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "storage": shown_storage(url, out_dir, results_dir)}
     found = importances(ledger.study, study_objectives(spec)) if spec.get("search") else None
     return write_report(df, spec, out_dir, info, importances=found, side=ledger.side_by_side())
+
+
+def open_arms(ledger: Ledger, compare: Mapping[str, Any] | None) -> list[str]:
+    """One line per undecided arm of the study: the seeds that would decide it, and their cost
+    (bench.report.decide), for the console at the end of a run."""
+    frame = records_frame(ledger)
+    if not compare or frame.empty or not has_accuracy(frame):
+        return []
+    seq = ledger.sequential
+    by = list(compare.get("by") or [])
+    found = projections(comparison(frame, compare, sequential=bool(seq)), by,
+                        (seq or {}).get("max_seeds") or HORIZON)
+    return [" ".join([*(f"{f}={show_value(f, p[f])}" for f in by), p["arm"]])
+            + f": Δ {signed(p['d_top1'])}, undecided at {p['seeds']} seeds; seeds that decide it: {needed_cell(p)}"
+            for p in found.to_dict("records")]
 
 
 def report_study(name: str, *, storage: str | None = None, results_dir: str | Path = "results") -> dict[str, Path]:
@@ -107,7 +126,9 @@ def fidelity_report(proxy: str, reference: str, *, storage: str | None = None, r
     dp, dr = records_frame(lp), records_frame(lr)
     if dp.empty or dr.empty:
         raise BenchError(f"study {proxy if dp.empty else reference!r} has no finished trials yet")
-    return write_fidelity(dp, dr, names=(proxy, reference), specs=(lp.spec or {}, lr.spec or {}),
+    return write_fidelity(dp, dr, names=(proxy, reference),
+                          specs=({**(lp.spec or {}), "sequential": lp.sequential},
+                                 {**(lr.spec or {}), "sequential": lr.sequential}),
                           out_dir=Path(results_dir) / proxy)
 
 
@@ -123,14 +144,16 @@ def rung_study(rung: Rung, sweep: Sweep, *, storage: str | None = None,
         raise BenchError(f"study {sweep.name!r} (rung {rung.label}) has no finished trials yet")
     ours = frame["key"].isin({t.key for t in sweep.trials()})
     return RungStudy(rung.label, sweep.name, frame[ours].reset_index(drop=True), ledger.spec or {}, rung.sets,
-                     left_out=int((~ours).sum()))
+                     left_out=int((~ours).sum()), sequential=ledger.sequential)
 
 
 def calibration_report(name: str, rungs: list[RungStudy], *, results_dir: str | Path = "results",
-                       stopped: str | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+                       stopped: str | None = None, command: str | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Path]]:
     """``bench calibrate``'s report: the rungs read together (bench.report.calibration), written
-    to results_dir/name/calibration.md, calibration.json and plots. Returns (result, paths)."""
-    result = calibration(rungs, rungs[0].spec.get("compare"))
+    to results_dir/name/calibration.md, calibration.json and plots; ``command``: the next step a
+    user can paste when the largest rung is undecided. Returns (result, paths)."""
+    result = calibration(rungs, rungs[0].spec.get("compare"), command=command)
     ladder = {k: [r.sets[k] for r in rungs] for k in rungs[0].sets}
     return result, write_calibration(result, name=name, ladder=ladder, spec=rungs[0].spec,
                                      out_dir=Path(results_dir) / check_name(name), stopped=stopped)
