@@ -23,6 +23,7 @@ TOP = [50.0, 52.0, 55.0, 60.0, 62.0, 66.0]  # every arm above its baseline, rank
 
 
 OFFSETS = {"base": (-1.0, 0.0, 1.0), "wide": (-1.1, 0.1, 1.0), "re": (-0.9, -0.1, 1.0)}  # each seed's, by arm
+DEEPER = (0.1, -0.2, 0.1)  # depth 4's variants move a little more: every pair of variants has some spread
 
 
 def study(means, epochs=2, noise=None):
@@ -31,7 +32,8 @@ def study(means, epochs=2, noise=None):
     about 0.1) are each variant's unless ``noise`` gives it others."""
     rows = []
     for (depth, arm), mean in zip(ORDER, means, strict=True):
-        for seed, offset in enumerate((noise or {}).get((depth, arm), OFFSETS[arm])):
+        own = tuple(o + (d if depth == 4 else 0.0) for o, d in zip(OFFSETS[arm], DEEPER))
+        for seed, offset in enumerate((noise or {}).get((depth, arm), own)):
             rows.append({**MICRO, **ARMS[arm], "depth": depth, "trial": len(rows), "key": f"{depth}{arm}-s{seed}",
                          "seed": seed, "status": "complete", "top1": mean + offset, "infer_gmacs": GMACS[arm] * depth,
                          "param_count": 0.1 * depth, "train_gmacs": 3 * GMACS[arm] * depth, "steps": 10 * epochs,
@@ -64,55 +66,93 @@ def test_the_cost_of_a_rung_is_its_measured_train_time_and_counted_train_macs():
 def test_stable_from_the_second_rung_with_tau_rho_and_decisions_by_hand():
     result = calibration(rungs(REVERSED, SWAP, TOP), COMPARE, resamples=100)
     first, second, top = result["rows"]
+    # the largest rung orders all 15 pairs (every difference at least 2 points, seeds moving by 0.1–0.3)
+    assert (first["ordered_top"], first["pairs_top"]) == (15, 15)
     assert first["tau_top"] == pytest.approx(1 - 2 * 3 / 15) and first["rho_top"] == pytest.approx(1 - 6 * 8 / 210)
     assert second["tau_top"] == pytest.approx(1 - 2 * 1 / 15) and second["rho_top"] == pytest.approx(1 - 6 * 2 / 210)
     # the first against the next (SWAP): depth 4's three pairs, and depth 2's re-attention against depth 4's
     # baseline (55 < 60 there, 61 > 60 here): 4 discordant of 15
     assert first["tau_next"] == pytest.approx(1 - 2 * 4 / 15)
-    assert (first["kept"], first["flipped"], first["undecided"]) == (2, 2, 0)  # depth 4's two arms flip
-    assert (second["kept"], second["flipped"], second["undecided"]) == (4, 0, 0)
+    # depth 4's two arms: −2 and −3 points with tight intervals, against +2 and +6 at the largest: decided and wrong
+    assert (first["kept"], first["wrong"], first["flipped"], first["undecided"]) == (2, 2, 0, 0)
+    assert (second["kept"], second["wrong"], second["undecided"]) == (4, 0, 0)
     assert [first["agrees"], second["agrees"], top["agrees"]] == [False, True, None]
+    assert first["why"] == "τ 0.60 < 0.8 over 15 ordered pairs, 2 decided and wrong"
     assert [r["cost_x"] for r in result["rows"]] == pytest.approx([1, 2, 4])
     assert result["stable_from"] == 1
-    assert result["conclusion"] == ("From rung epochs=4 on (×2 the cost of the first), the ranking agrees with the "
-                                    "largest rung (τ ≥ 0.8) and every decision keeps its sign — a proxy at epochs=4 "
-                                    "is worth running. (below it the sign flips for depth=4 re-attention, depth=4 "
-                                    "wider ×1.5.)")
+    assert result["conclusion"] == (
+        "Decided and wrong: at epochs=2, depth=4 wider ×1.5; at epochs=2, depth=4 re-attention — the rung's "
+        "interval excludes 0 on the other side of the largest rung's: a proxy there answers, and wrongly. From rung "
+        "epochs=4 on (×2 the cost of the first), the ranking agrees with the largest rung over the pairs it orders "
+        "(τ ≥ 0.8) and every decision it makes is made and kept there — a proxy at epochs=4 is worth running. Of the "
+        "largest rung's 4 decision(s), each cheaper rung makes on its own: epochs=2 2, epochs=4 4.")
     v = result["verdicts"].set_index(["rung", "depth", "arm"])
     assert v.loc[("epochs=2", 4, "re-attention"), "d_top1"] == pytest.approx(-3.0)
-    assert v.loc[("epochs=2", 4, "re-attention"), "state"] == "flipped"
+    assert v.loc[("epochs=2", 4, "re-attention"), "state"] == "wrong"
 
 
-def test_never_stable_when_a_middle_rung_flips_even_if_the_first_agrees():
-    flip = [50.0, 49.0, 55.0, 60.0, 62.0, 66.0]  # depth 2's wider arm below its baseline
+def test_never_stable_when_a_middle_rung_decides_wrongly_even_if_the_first_agrees():
+    flip = [50.0, 49.0, 55.0, 60.0, 62.0, 66.0]  # depth 2's wider arm a point below its baseline, tightly
     result = calibration(rungs(TOP, flip, TOP), COMPARE, resamples=100)
     assert [r["agrees"] for r in result["rows"]] == [True, False, None]
     assert result["rows"][1]["tau_top"] == pytest.approx(1 - 2 / 15)  # τ alone would pass
     assert result["stable_from"] is None
-    assert result["conclusion"] == ("No rung agrees with the largest: the verdict is still moving; spend more before "
-                                    "reading it (the sign flips against the largest rung for depth=2 wider ×1.5).")
+    assert result["conclusion"] == (
+        "Decided and wrong: at epochs=4, depth=2 wider ×1.5 — the rung's interval excludes 0 on the other side of "
+        "the largest rung's: a proxy there answers, and wrongly. No rung agrees with the largest yet. Of the largest "
+        "rung's 4 decision(s), each cheaper rung makes on its own: epochs=2 4, epochs=4 3.")
 
 
-def test_an_arm_the_largest_rung_cannot_decide_is_never_agreement():
-    noisy = {(4, "re"): (-5.0, 0.0, 5.0)}  # paired deltas 1, 6, 11 against (−1, 0, 1): t-interval spans 0
-    result = calibration(rungs(TOP, TOP, (TOP, noisy)), COMPARE, resamples=100)
-    assert [r["tau_top"] for r in result["rows"][:2]] == [pytest.approx(1.0)] * 2  # identical rankings
+def test_a_rung_that_leans_without_deciding_is_flipped_or_unsure_never_kept():
+    """Only a decision both rungs make, on one side, keeps: a rung whose own interval spans 0 is
+    'flipped' when it leans the other way and 'unsure' when it leans the same way."""
+    lean = {(4, "wide"): (-8.0, 0.5, 6.0), (4, "re"): (-9.0, 1.0, 10.0)}  # both open at the rung
+    means = [50.0, 52.0, 55.0, 60.0, 59.5, 63.0]  # depth 4: wider leans below its baseline, re-attention above
+    result = calibration(rungs((means, lean), TOP), COMPARE, resamples=100)
+    v = result["verdicts"].set_index(["rung", "depth", "arm"])
+    assert v.loc[("epochs=2", 4, "wider ×1.5"), "state"] == "flipped"
+    assert v.loc[("epochs=2", 4, "re-attention"), "state"] == "unsure"
+    row = result["rows"][0]
+    assert (row["kept"], row["flipped"], row["unsure"], row["wrong"]) == (2, 1, 1, 0) and not row["agrees"]
+    assert "flipped but undecided at the proxy for depth=4 wider ×1.5" in result["conclusion"]
+    assert "kept in sign but undecided at the proxy for depth=4 re-attention" in result["conclusion"]
+
+
+def test_an_arm_the_largest_rung_cannot_decide_is_never_agreement_and_comes_first():
+    noisy = {(4, "re"): (-5.0, 0.0, 5.0)}  # paired deltas 1, 6, 11 against (−1, 0, 1): its interval spans 0
+    result = calibration(rungs(TOP, TOP, (TOP, noisy)), COMPARE, resamples=100, command="bench calibrate x")
     assert [(r["kept"], r["undecided"]) for r in result["rows"][:2]] == [(3, 1), (3, 1)]
     assert result["stable_from"] is None
-    assert "undecided at the largest rung (its 95 % interval spans 0): depth=4 re-attention" in result["conclusion"]
+    assert result["conclusion"].startswith("The largest rung (epochs=8) leaves 1 arm(s) undecided; the seeds that "
+                                           "would decide each there (80 % power): depth=4 re-attention: ")
+    assert result["conclusion"].endswith("Next: `bench calibrate x`.")
+    assert len(result["open"]) == 1
+
+
+def test_tau_counts_only_the_pairs_the_reference_orders():
+    """Two variants the largest rung cannot tell apart (its interval of their difference spans 0)
+    are neither agreement nor disagreement: swapping them at a cheaper rung costs τ nothing."""
+    close = [50.0, 52.0, 55.0, 60.0, 62.0, 62.0]  # depth 4's wider and re-attention level at the largest
+    swapped = [50.0, 52.0, 55.0, 60.0, 62.5, 62.0]  # the cheaper rung puts wider ahead
+    result = calibration(rungs(swapped, close), COMPARE, resamples=100)
+    row = result["rows"][0]
+    assert row["ordered_top"] == 14 and row["pairs_top"] == 15  # their difference, −0.2/+0.2/0 by seed: spans 0
+    assert row["tau_top"] == pytest.approx(1.0) and row["tau_all_top"] < 1.0
 
 
 def test_no_rung_reaches_tau_says_so():
     shuffled = [66.0, 62.0, 60.0, 55.0, 52.0, 50.0]  # reversed: τ = −1, every delta negative
     result = calibration(rungs(shuffled, TOP), COMPARE, resamples=100)
     assert result["rows"][0]["tau_top"] == pytest.approx(-1.0)
-    assert "no rung's ranking reaches τ 0.8 against the largest (best −1.00)" in result["conclusion"]
+    assert "no rung's ranking reaches τ 0.8 against the largest over the pairs it orders (best −1.00)" in \
+        result["conclusion"]
 
 
 def test_the_stopping_rule_is_agreement_of_two_successive_rungs():
-    assert agreement(study(SWAP), study(TOP), COMPARE, resamples=50)["agrees"]
-    found = agreement(study(REVERSED), study(TOP), COMPARE, resamples=50)
-    assert not found["agrees"] and found["why"] == "τ 0.60 < 0.8, 2 decision(s) flipped"
+    as_rung = lambda means: RungStudy("r", "s", study(means), {"compare": COMPARE})  # noqa: E731
+    assert agreement(as_rung(SWAP), as_rung(TOP), COMPARE, resamples=50)["agrees"]
+    found = agreement(as_rung(REVERSED), as_rung(TOP), COMPARE, resamples=50)
+    assert not found["agrees"] and found["why"] == "τ 0.60 < 0.8 over 15 ordered pairs, 2 decided and wrong"
 
 
 def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tmp_path):
@@ -129,7 +169,8 @@ def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tm
     out = api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]), stop_when_stable=True,
                         results_dir=tmp_path / "results", quiet=True)
     assert ran == ["hand@epochs=2", "hand@epochs=4", "hand@epochs=8"]
-    assert out["stopped"].startswith("rungs epochs=4 and epochs=8 agree (τ 0.87, every decision kept); epochs=16 not run")
+    assert out["stopped"] == ("rungs epochs=4 and epochs=8 agree (τ 0.87 over the pairs the higher orders, every "
+                              "decision kept); not run: epochs=16")
     text = (tmp_path / "results" / "hand" / "calibration.md").read_text()
     assert "Stopped climbing (`--stop-when-stable`): rungs epochs=4 and epochs=8 agree" in text
     assert json.loads((tmp_path / "results" / "hand" / "calibration.json").read_text())["stable_from"] == "epochs=4"
@@ -148,7 +189,7 @@ def test_files_name_the_ladder_keys(tmp_path):
     text = paths["calibration.md"].read_text()
     assert text.startswith("# Calibration: hand over train.epochs\n") and "`train.epochs` = 2, 4, 8" in text
     assert "| depth | arm | epochs=2 | epochs=4 | epochs=8 |" in text
-    assert "| 4 | re-attention | −3.0 [−3.2, −2.8] ✗ | +6.0 [+5.8, +6.2] | +6.0 [+5.8, +6.2] |" in text
+    assert "| 4 | re-attention | −3.0 [−3.2, −2.8] ✗✗ | +6.0 [+5.8, +6.2] | +6.0 [+5.8, +6.2] |" in text
     record = json.loads(paths["calibration.json"].read_text())  # strict JSON: no NaN
     assert [r["rung"] for r in record["rungs"]] == ["epochs=2", "epochs=4", "epochs=8"]
     assert record["rungs"][-1]["tau_top"] is None

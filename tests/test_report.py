@@ -272,7 +272,9 @@ def test_fidelity_of_two_studies_with_one_variant_swapped():
     text = fidelity_markdown(r, ("short", "long"), (SPEC, {**SPEC, "train": {"epochs": 30}}))
     assert text.startswith("# Fidelity: short against long") and "**Reference:** data dataset=cifar10, " \
         "subset=512; train epochs=30" in text
-    assert f"Kendall τ = {1 - 2 / 6:.2f} [" in text and "The sign of Δtop-1 is kept for 2 of 2 arm(s)" in text
+    assert f"over every pair {1 - 2 / 6:.2f} [" in text and "over the 6 of 6 pairs of variants the reference orders" in text
+    assert "The decisions (the sign of Δtop-1, each side's 95 % interval deciding): kept and decided for 2 of 2 arm(s)" \
+        in text
     assert "| 4 | re-attention | +2.0 [+1.1, +2.9] | +4.0 [+3.1, +4.9] | ✓ | width / re ✗ |" in text
     assert "| 4 | wider ×1.5 | +4.0 [" in text and "nan" not in text  # no iso-cost verdict for a width arm: –
 
@@ -285,11 +287,10 @@ def test_a_sign_the_reference_cannot_tell_from_noise_is_undecided_never_agreemen
     assert d.loc["re-attention", "d_top1_ref"] < 0 and not d.loc["re-attention", "sign_agrees"]
     assert d.loc["re-attention", "d_low_ref"] < 0 < d.loc["re-attention", "d_high_ref"]
     assert d.loc["re-attention", "state"] == "undecided"
-    assert d.loc["wider ×1.5", "state"] == "flipped"  # +4 against −2 (± 0.6)
+    assert d.loc["wider ×1.5", "state"] == "wrong"  # +4 against −2 (± 0.6): both decided, opposite sides
     text = fidelity_markdown(fidelity(proxy, ref, COMPARE, resamples=50), ("short", "long"), (SPEC, SPEC))
-    assert "The sign of Δtop-1 is kept for 0 of 2 arm(s), 1 flipped, 1 undecided (the reference's interval " \
-        "spans 0)" in text
-    assert text.count("| undecided |") == 1 and text.count("| ✗ |") == 1
+    assert "decided and wrong for 1 of 2 arm(s), undecided at the reference for 1" in text
+    assert text.count("| undecided |") == 1 and text.count("| ✗ decided and wrong |") == 1
 
 
 def test_one_registry_chooses_and_draws_the_plots(sweep, tmp_path):
@@ -338,7 +339,11 @@ def test_a_report_rebuilt_from_a_run_carries_no_machine_path(make_spec, run, tmp
 
 
 def test_a_delta_of_exactly_zero_has_no_sign_to_flip():
-    from bench.report.fidelity import UNSIGNED, decision_state
+    from bench.report.fidelity import decision_state
     decided = {"d_top1": 1.0, "d_low": 0.5, "d_high": 1.5}
-    assert decision_state(0.0, decided) == UNSIGNED  # was "flipped": 0.0 [−25.4, +25.4] marked ✗
-    assert decision_state(-0.1, decided) == "flipped" and decision_state(0.1, decided) == "kept"
+    open_ = lambda d: {"d_top1": d, "d_low": d - 25.4, "d_high": d + 25.4}  # noqa: E731
+    assert decision_state(open_(0.0), decided) == "unsure"  # was "flipped": 0.0 [−25.4, +25.4] marked ✗
+    assert decision_state(open_(-0.1), decided) == "flipped" and decision_state(open_(0.1), decided) == "unsure"
+    assert decision_state({"d_top1": -1.0, "d_low": -1.5, "d_high": -0.5}, decided) == "wrong"
+    assert decision_state({"d_top1": 2.0, "d_low": 1.5, "d_high": 2.5}, decided) == "kept"
+    assert decision_state(decided, open_(1.0)) == "undecided"

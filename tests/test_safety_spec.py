@@ -284,7 +284,7 @@ def test_fidelity_with_two_shared_variants_still_compares_the_arm(studies, tmp_p
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("tiny against two: 2 variants, no Kendall τ or Spearman ρ (they need at least 3")
-    assert lines[1].startswith("sign of Δtop-1: kept for ") and " of 1 arm(s)" in lines[1]
+    assert lines[1].startswith("decisions: ") and " of 1 arm(s)" in lines[1]
     text = (results / "tiny" / "fidelity-two.md").read_text()
     assert "## Decisions" in text and "\n| 1 | re-attention | " in text  # depth 1's arm, in both studies
 

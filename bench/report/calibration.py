@@ -19,9 +19,12 @@ import pandas as pd
 
 from bench.files import atomic_write
 from bench.report import plots
-from bench.report.fidelity import FLIPPED, KEPT, UNDECIDED, UNSIGNED, decision_state, fidelity, verdicts
-from bench.report.formats import interval, md_table, settings, signed, two_places
-from bench.report.tables import has_accuracy, is_missing, show_value
+from bench.report.decide import needed_cell, projections
+from bench.report.fidelity import (FLIPPED, KEPT, STATE_SAID, STATES, UNDECIDED, UNSURE, WRONG, decision_state, fidelity,
+                                   resolved_said, verdicts)
+from bench.report.formats import changed_settings, interval, md_table, signed, two_places
+from bench.report.tables import comparison, has_accuracy, is_missing, show_value, train_pmacs
+from bench.sequential import HORIZON
 from bench.schema import Status
 
 THRESHOLD = 0.8  # Kendall τ from which two rankings count as agreeing (NAS-Bench-201: ≈ 0.9, 12 vs 200 epochs)
@@ -39,58 +42,60 @@ class RungStudy:
     spec: Mapping[str, Any] = field(default_factory=dict)
     sets: Mapping[str, Any] = field(default_factory=dict)
     left_out: int = 0  # trials of the study outside the sweep at this rung (another ladder's, an edited grid)
+    sequential: dict[str, Any] | None = None  # how it grew seed by seed (--until-decided), if it did
 
 
 def rung_cost(frame: pd.DataFrame) -> dict[str, Any]:
     """What a rung cost: its finished trials, their measured train time (seconds, summed), and
-    the train MACs they counted (PMACs: each trial's counted train MACs per image — fvcore's
-    forward + backward — times the images it trained, steps × batch size; evaluation and
+    the train MACs they counted (PMACs: bench.report.tables.train_pmacs, summed; evaluation and
     profiling left out). NaN where the records do not say."""
     ok = frame[frame["status"].isin([Status.COMPLETE.value, Status.DIVERGED.value])] if "status" in frame else frame
     seconds = pd.to_numeric(ok.get("train_time_s", pd.Series(dtype=float)), errors="coerce")
-    batch = [((c or {}).get("train") or {}).get("batch_size") if isinstance(c, dict) else None
-             for c in ok.get("config", pd.Series([None] * len(ok), index=ok.index))]
-    images = pd.to_numeric(ok.get("steps", pd.Series(dtype=float)), errors="coerce").to_numpy(float) * \
-        np.array([math.nan if b is None else b for b in batch], float) if len(ok) else np.array([])
-    macs = pd.to_numeric(ok.get("train_gmacs", pd.Series(dtype=float)), errors="coerce").to_numpy(float) * images \
-        if len(ok) else np.array([])
+    macs = train_pmacs(ok)
     return {"trials": len(ok), "train_s": float(seconds.sum()) if seconds.notna().all() and len(ok) else math.nan,
-            "train_pmacs": float(macs.sum()) / 1e6 if len(macs) and np.isfinite(macs).all() else math.nan}
+            "train_pmacs": float(macs.sum()) if len(macs) and np.isfinite(macs).all() else math.nan}
 
 
-def agreement(rung: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
+def agreement(rung: RungStudy, reference: RungStudy, compare: Mapping[str, Any] | None,
               resamples: int = 1000) -> dict[str, Any]:
-    """``rung`` against ``reference`` (fidelity's comparison) with ``agrees``: τ ≥ THRESHOLD and
-    every decision kept (its sign agrees and the reference's interval excludes 0), and ``why``
-    not in words ("" when it agrees)."""
-    found = fidelity(rung, reference, compare, resamples=resamples)
-    a, d = found["agreement"], found["decisions"]
+    """``rung`` against ``reference`` (fidelity's comparison) with ``agrees``: τ ≥ THRESHOLD over
+    the pairs of variants the reference orders, and every decision kept and decided at the rung
+    (both intervals exclude 0, one sign) — never a decision the reference cannot make — and
+    ``why`` not in words ("" when it agrees)."""
+    found = fidelity(rung.frame, reference.frame, compare, resamples=resamples,
+                     sequential=(bool(rung.sequential), bool(reference.sequential)))
+    a, res, d = found["agreement"], found["resolved"], found["decisions"]
     why = []
-    if a is None or not math.isfinite(a.tau):
-        why.append("no ranking to compare" if a is None else "a constant ranking")
-    elif a.tau < THRESHOLD:
-        why.append(f"τ {two_places(a.tau)} < {THRESHOLD}")
+    if a is None:
+        why.append("no ranking to compare")
+    elif res is None or not res.ordered:
+        why.append("the largest rung orders no pair of variants")
+    elif not math.isfinite(res.tau) or res.tau < THRESHOLD:
+        why.append(f"τ {two_places(res.tau)} < {THRESHOLD} over {res.ordered} ordered pairs")
     states = d["state"].tolist() if len(d) else []
-    for state in (FLIPPED, UNSIGNED, UNDECIDED):
-        if state in states:
-            why.append(f"{states.count(state)} decision(s) {state}")
+    for state in STATES:
+        if state != KEPT and state in states:
+            why.append(f"{states.count(state)} {STATE_SAID[state]}")
     return {**found, "agrees": not why, "why": ", ".join(why)}
 
 
-def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resamples: int = 1000) -> dict[str, Any]:
+def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resamples: int = 1000,
+                command: str | None = None) -> dict[str, Any]:
     """Read a ladder's rungs (cheapest first, the last the reference): a row per rung (cost,
-    τ/ρ against the largest and against the next rung, decisions kept/flipped/undecided against
-    the largest, ``agrees``), every rung's own verdicts (Δtop-1 with its interval, iso-cost
-    verdict, state against the largest), ``stable_from`` (the first rung from which every rung
-    below the largest agrees with it; None when none does) and the conclusion in one sentence."""
+    τ over the pairs the largest rung orders and ρ, against the largest and against the next
+    rung; its decisions against the largest's by state; ``agrees``), every rung's own verdicts
+    (Δtop-1 with its interval, iso-cost verdict, state against the largest), ``stable_from``
+    (the first rung from which every rung below the largest agrees with it; None when none
+    does), what would decide the largest rung's open arms, and the conclusion in one paragraph
+    ending with ``command`` (the next step) when the largest rung is undecided."""
     if len(rungs) < 2:
         raise ValueError("a calibration compares at least two rungs")
     top = rungs[-1]
     by = list((compare or {}).get("by") or [])
     costs = [rung_cost(r.frame) for r in rungs]
     first = costs[0]["train_pmacs"]
-    against_top = [agreement(r.frame, top.frame, compare, resamples) for r in rungs[:-1]]
-    against_next = [agreement(a.frame, b.frame, compare, resamples) for a, b in zip(rungs, rungs[1:-1])]
+    against_top = [agreement(r, top, compare, resamples) for r in rungs[:-1]]
+    against_next = [agreement(a, b, compare, resamples) for a, b in zip(rungs, rungs[1:-1])]
     against_next.append(against_top[-1])  # the rung below the largest: its next is the largest
     rows = []
     for i, (r, cost) in enumerate(zip(rungs, costs, strict=True)):
@@ -99,8 +104,7 @@ def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resam
         states = t["decisions"]["state"].tolist() if t is not None and len(t["decisions"]) else []
         rows.append({"rung": r.label, "study": r.study, **cost, "left_out": r.left_out,
                      "cost_x": cost["train_pmacs"] / first if first and math.isfinite(first) else math.nan,
-                     **_ranks("top", t), **_ranks("next", n),
-                     **{s: states.count(s) for s in (KEPT, FLIPPED, UNSIGNED, UNDECIDED)},
+                     **_ranks("top", t), **_ranks("next", n), **{s: states.count(s) for s in STATES},
                      "agrees": None if t is None else t["agrees"], "why": None if t is None else t["why"],
                      "agrees_next": None if n is None else n["agrees"]})
     table = _verdict_table(rungs, compare, by) if compare else pd.DataFrame()
@@ -109,8 +113,12 @@ def calibration(rungs: list[RungStudy], compare: Mapping[str, Any] | None, resam
         if not rows[i]["agrees"]:
             break
         stable = i
-    said = conclusion(rows, table, by, stable) if has_accuracy(top.frame) else reference_failed(top)
-    return {"rows": rows, "verdicts": table, "by": by, "stable_from": stable, "conclusion": said}
+    open_ = pd.DataFrame()
+    if compare and has_accuracy(top.frame):
+        cap = (top.sequential or {}).get("max_seeds") or HORIZON
+        open_ = projections(comparison(top.frame, compare, bool(top.sequential)), by, cap)
+    said = conclusion(rows, table, by, stable, open_, command) if has_accuracy(top.frame) else reference_failed(top)
+    return {"rows": rows, "verdicts": table, "by": by, "stable_from": stable, "open": open_, "conclusion": said}
 
 
 def reference_failed(top: RungStudy) -> str:
@@ -122,22 +130,31 @@ def reference_failed(top: RungStudy) -> str:
 
 
 def _ranks(prefix: str, found: dict[str, Any] | None) -> dict[str, Any]:
+    """τ over the ordered pairs (``tau``, its interval, ``ordered`` of ``pairs``), τ over every
+    pair (``tau_all``) and ρ, each suffixed ``_top`` or ``_next``."""
     a = None if found is None else found["agreement"]
-    names = ("tau", "tau_low", "tau_high", "rho", "rho_low", "rho_high")
-    return {f"{n}_{prefix}": (math.nan if a is None or getattr(a, n) is None else getattr(a, n)) for n in names}
+    res = None if found is None else found["resolved"]
+    nan = math.nan
+    out = {"tau": nan if res is None else res.tau, "tau_low": nan if res is None or res.low is None else res.low,
+           "tau_high": nan if res is None or res.high is None else res.high,
+           "ordered": 0 if res is None else res.ordered, "pairs": 0 if res is None else res.pairs,
+           "tau_all": nan if a is None else a.tau,
+           **{n: (nan if a is None or getattr(a, n) is None else getattr(a, n)) for n in ("rho", "rho_low", "rho_high")}}
+    return {f"{k}_{prefix}": v for k, v in out.items()}
 
 
 def _verdict_table(rungs: list[RungStudy], compare: Mapping[str, Any], by: list[str]) -> pd.DataFrame:
     """Every rung's own verdicts, one row per rung × group × arm, each with its state against the
     largest rung's."""
-    found = [verdicts(r.frame, compare).assign(rung=r.label, order=i) for i, r in enumerate(rungs)]
+    found = [verdicts(r.frame, compare, bool(r.sequential)).assign(rung=r.label, order=i) for i, r in enumerate(rungs)]
     table = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     if table.empty:
         return table
     top = {(*[r[f] for f in by], r["arm"]): r for r in found[-1].to_dict("records")}
-    table["state"] = [decision_state(r["d_top1"], top[k]) if (k := (*[r[f] for f in by], r["arm"])) in top
-                      else None for r in table.to_dict("records")]
-    table["iso_top"] = [(top.get((*[r[f] for f in by], r["arm"])) or {}).get("iso") for r in table.to_dict("records")]
+    key = lambda r: (*[r[f] for f in by], r["arm"])  # noqa: E731
+    records = table.to_dict("records")
+    table["state"] = [decision_state(r, top[key(r)]) if key(r) in top else None for r in records]
+    table["iso_top"] = [(top.get(key(r)) or {}).get("iso") for r in records]
     return table
 
 
@@ -145,35 +162,54 @@ def _arm_name(r: Mapping[str, Any], by: list[str]) -> str:
     return " ".join([*(f"{f}={show_value(f, r[f])}" for f in by), str(r["arm"])])
 
 
-def conclusion(rows: list[dict[str, Any]], table: pd.DataFrame, by: list[str], stable: int | None) -> str:
-    """The calibration in one sentence, and what keeps it from more: arms undecided at the largest
-    rung, arms whose sign or iso-cost verdict flips against it."""
+def conclusion(rows: list[dict[str, Any]], table: pd.DataFrame, by: list[str], stable: int | None,
+               open_: pd.DataFrame | None = None, command: str | None = None) -> str:
+    """The calibration in a few sentences, the dangerous case first: a rung that decides an arm
+    the wrong way; then what would decide the largest rung's own open arms (the first advice when
+    it has any); whether a rung agrees, and from which; how many of the largest rung's decisions
+    each cheaper rung makes on its own; what keeps the rest from agreeing; the next command."""
     n, found = len(rows), table.to_dict("records") if len(table) else []
+    open_ = open_ if open_ is not None else pd.DataFrame()
 
     def arms(test: Any, lo: int = 0, hi: int = n - 1) -> list[str]:  # arms for which test holds at rungs lo..hi-1
         return sorted({_arm_name(r, by) for r in found if lo <= r["order"] < hi and test(r)})
 
-    flips = lambda r: r["state"] == FLIPPED  # noqa: E731
+    said = []
+    wrong = [(r["rung"], _arm_name(r, by)) for r in found if r["state"] == WRONG and r["order"] < n - 1]
+    if wrong:
+        said.append("Decided and wrong: " + "; ".join(f"at {rung}, {arm}" for rung, arm in wrong)
+                    + " — the rung's interval excludes 0 on the other side of the largest rung's: a proxy there "
+                    "answers, and wrongly.")
+    if len(open_):
+        cells = [f"{_arm_name(p, by)}: {needed_cell(p)}" for p in open_.to_dict("records")]
+        said.append(f"The largest rung ({rows[-1]['rung']}) leaves {len(open_)} arm(s) undecided; the seeds that "
+                    f"would decide each there (80 % power): {'; '.join(cells)}.")
     iso = lambda r: not (is_missing(r["iso"]) or is_missing(r["iso_top"])) and r["iso"] != r["iso_top"]  # noqa: E731
     if stable is not None:
         r = rows[stable]
         cost = f" (×{r['cost_x']:.3g} the cost of the first)" if math.isfinite(r["cost_x"]) else ""
-        text = (f"From rung {r['rung']} on{cost}, the ranking agrees with the largest rung (τ ≥ {THRESHOLD}) and "
-                f"every decision keeps its sign — a proxy at {r['rung']} is worth running.")
+        text = (f"From rung {r['rung']} on{cost}, the ranking agrees with the largest rung over the pairs it orders "
+                f"(τ ≥ {THRESHOLD}) and every decision it makes is made and kept there — a proxy at {r['rung']} is "
+                "worth running.")
         notes = [f"the cheaper route at equal GMACs still changes for {', '.join(x)}" for x in [arms(iso, stable)] if x]
-        notes += [f"below it the sign flips for {', '.join(x)}" for x in [arms(flips, 0, stable)] if x]
-        return text + (f" ({'; '.join(notes)}.)" if notes else "")
-    top = [r for r in found if r["order"] == n - 1]
-    undecided = [_arm_name(r, by) for r in top
-                 if is_missing(r["d_low"]) or is_missing(r["d_high"]) or r["d_low"] <= 0 <= r["d_high"]]
-    notes = [f"undecided at the largest rung (its 95 % interval spans 0): {', '.join(undecided)}"] if undecided else []
-    notes += [f"the sign flips against the largest rung for {', '.join(x)}" for x in [arms(flips)] if x]
-    notes += [f"the cheaper route at equal GMACs changes for {', '.join(x)}" for x in [arms(iso)] if x]
-    taus = [r["tau_top"] for r in rows[:-1] if math.isfinite(r["tau_top"])]
-    if taus and max(taus) < THRESHOLD:
-        notes.append(f"no rung's ranking reaches τ {THRESHOLD} against the largest (best {two_places(max(taus))})")
-    return ("No rung agrees with the largest: the verdict is still moving; spend more before reading it"
-            + (f" ({'; '.join(notes)})." if notes else "."))
+        said.append(text + (f" ({'; '.join(notes)}.)" if notes else ""))
+    else:
+        notes = [f"{STATE_SAID[s]} for {', '.join(x)}" for s in (FLIPPED, UNSURE)
+                 for x in [arms(lambda r, s=s: r["state"] == s)] if x]
+        notes += [f"the cheaper route at equal GMACs changes for {', '.join(x)}" for x in [arms(iso)] if x]
+        taus = [r["tau_top"] for r in rows[:-1] if math.isfinite(r["tau_top"])]
+        if taus and max(taus) < THRESHOLD:
+            notes.append(f"no rung's ranking reaches τ {THRESHOLD} against the largest over the pairs it orders (best "
+                         f"{two_places(max(taus))})")
+        said.append("No rung agrees with the largest yet" + (f" ({'; '.join(notes)})." if notes else "."))
+    decided = sum(rows[-2][s] for s in STATES if s != UNDECIDED) if n > 1 else 0
+    if decided:
+        made = [f"{r['rung']} {r[KEPT]}" for r in rows[:-1]]
+        said.append(f"Of the largest rung's {decided} decision(s), each cheaper rung makes on its own: "
+                    f"{', '.join(made)}.")
+    if command and len(open_):
+        said.append(f"Next: `{command}`.")
+    return " ".join(said)
 
 
 # --- the files ----------------------------------------------------------------------------------
@@ -187,7 +223,7 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
     lines = [f"# Calibration: {name} over {', '.join(ladder)}", "",
              f"**Ladder:** {keys} — {len(rows)} rungs, each its own study (`{rows[0]['study']}` … "
              f"`{rows[-1]['study']}`); the last is the reference.  ",
-             f"**Sweep (first rung):** data {settings(spec.get('data'))}; train {settings(spec.get('train'))}", "",
+             f"**Sweep (first rung), set apart from the defaults:** {changed_settings(spec)}", "",
              f"**{result['conclusion']}**", ""]
     if stopped:
         lines += [f"Stopped climbing (`--stop-when-stable`): {stopped}", ""]
@@ -198,34 +234,47 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
                   ""]
     cells = []
     for r in rows:
-        top = "–" if not math.isfinite(r["tau_top"]) else (
-            f"{two_places(r['tau_top'])}{interval(r['tau_low_top'], r['tau_high_top'], two_places)}")
-        nxt = "–" if not math.isfinite(r["tau_next"]) else (
-            f"{two_places(r['tau_next'])}{interval(r['tau_low_next'], r['tau_high_next'], two_places)}")
+        def tau(p: str) -> str:
+            if not math.isfinite(r[f"tau_{p}"]):
+                return "–"
+            return (f"{two_places(r[f'tau_{p}'])}{interval(r[f'tau_low_{p}'], r[f'tau_high_{p}'], two_places)} "
+                    f"({r[f'ordered_{p}']} of {r[f'pairs_{p}']})")
         rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else two_places(r[f"rho_{p}"])  # noqa: E731
-        decided = "–" if r["agrees"] is None else (
-            f"{r[KEPT]} kept, {r[FLIPPED]} flipped, {r[UNDECIDED]} undecided"
-            + (f", {r[UNSIGNED]} with Δ = 0" if r[UNSIGNED] else ""))
+        decided = "–" if r["agrees"] is None else ", ".join(f"{r[st]} {st}" for st in STATES if r[st] or st == KEPT)
         agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
         cells.append([r["rung"], str(r["trials"]), _minutes(r["train_s"]),
                       "–" if not math.isfinite(r["train_pmacs"]) else f"{r['train_pmacs']:.3g}",
-                      "–" if not math.isfinite(r["cost_x"]) else f"×{r['cost_x']:.3g}", top, rho("top"), nxt,
-                      rho("next"), decided, agrees])
+                      "–" if not math.isfinite(r["cost_x"]) else f"×{r['cost_x']:.3g}", tau("top"), rho("top"),
+                      tau("next"), rho("next"), decided, agrees])
     lines += ["## Cost and agreement per rung", "",
-              md_table(["rung", "trials", "train time", "train PMACs", "cost", "τ vs largest [95 % CI]",
-                        "ρ vs largest", "τ vs next [95 % CI]", "ρ vs next", "decisions vs largest",
+              md_table(["rung", "trials", "train time", "train PMACs", "cost", "τ vs largest [95 % CI] (pairs)",
+                        "ρ vs largest", "τ vs next [95 % CI] (pairs)", "ρ vs next", "decisions vs largest",
                         "agrees with largest"], cells, left=1), "",
-              f"τ and ρ: over the variants both rungs measured (mean top-1 over seeds), 95 % bootstrap intervals "
-              f"over variants. A rung agrees with the largest when τ ≥ {THRESHOLD} and every decision is kept: "
-              "the sign of its Δtop-1 is the largest rung's *and* the largest rung's 95 % interval excludes 0; "
-              "where that interval spans 0 the decision is undecided, never counted as agreement. Train time: "
-              "the trials' measured training, summed; train PMACs: counted train MACs per image (forward + "
-              "backward) × images trained, summed (evaluation and profiling left out); cost: against the first "
-              "rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
+              "τ: Kendall's, over the pairs of variants the other rung orders (the interval of their difference "
+              "excludes 0: a pair it cannot order is neither agreement nor disagreement), with how many of all "
+              "pairs that is; ρ: Spearman's over every variant both measured (mean top-1 over seeds); 95 % "
+              f"bootstrap intervals over variants. A rung agrees with the largest when τ ≥ {THRESHOLD} and every "
+              "decision is *kept*: both rungs' 95 % intervals exclude 0, on the same side. The other states, the "
+              "dangerous one first: *wrong* — both exclude 0, on opposite sides; *flipped* — the largest rung "
+              "decides, the rung leans the other way without deciding; *unsure* — the rung leans the same way "
+              "without deciding; *undecided* — the largest rung's own interval spans 0, never counted as "
+              "agreement. Train time: the trials' measured training, summed; train PMACs: counted train MACs per "
+              "image (forward + backward) × images trained, summed (evaluation and profiling left out); cost: "
+              "against the first rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
+    open_ = result.get("open")
+    if open_ is not None and len(open_):
+        cells = [[show_value(f, p[f]) for f in by] + [p["arm"], signed(p["d_top1"]), str(p["seeds"]), needed_cell(p)]
+                 for p in open_.to_dict("records")]
+        lines += ["## What would decide the largest rung", "",
+                  md_table([*by, "arm", "Δtop-1", "seeds", "seeds that decide it (80 % power): what they cost"], cells,
+                           left=len(by) + 1), "",
+                  "At each open arm's observed Δ and spread at the largest rung: the seeds at which `--until-decided` "
+                  "would decide it 4 times in 5, and their cost at that rung's own trials. The largest rung is the "
+                  "reference: until it decides, no rung can be said to agree on that arm.", ""]
     if len(table):
         labels = [r["rung"] for r in rows]
         groups = table.drop_duplicates([*by, "arm"])[[*by, "arm"]].to_dict("records")
-        marks = {KEPT: "", FLIPPED: " ✗", UNSIGNED: " ∅", UNDECIDED: " ?", None: ""}
+        marks = {KEPT: "", WRONG: " ✗✗", FLIPPED: " ✗", UNSURE: " ~", UNDECIDED: " ?", None: ""}
         delta_rows, iso_rows = [], []
         for g in groups:
             mine = table[np.logical_and.reduce([table[f] == g[f] for f in [*by, "arm"]])].set_index("rung")
@@ -236,9 +285,10 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
             if mine["iso"].notna().any():
                 iso_rows.append(head + [mine.loc[x, "iso"] or "–" if x in mine.index else "–" for x in labels])
         lines += ["## Verdict against budget", "", "![Δtop-1 against cost per rung](calibration_verdicts.png)", "",
-                  "Δtop-1 against the baseline, percentage points (95 % t-interval over seeds) at each rung; ✗: the "
-                  "sign differs from the largest rung's, ∅: Δ is exactly 0 at the rung (no sign), ?: the largest "
-                  "rung cannot tell the sign (its interval spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
+                  "Δtop-1 against the baseline, percentage points (95 % interval, as each rung's report computes "
+                  "it) at each rung; ✗✗: decided and wrong (the rung's interval excludes 0 on the other side of the "
+                  "largest rung's), ✗: flipped (the other sign, undecided at the rung), ~: the same sign but "
+                  "undecided at the rung, ?: the largest rung cannot tell the sign (its interval spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
         if iso_rows:
             lines += ["The cheaper route at equal GMACs per rung (re: re-attention beats what widening buys for "
                       "the same cost; width: widening matches it for less):", "",

@@ -13,19 +13,34 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.files import atomic_write
 from bench.report.formats import interval, md_table, settings, signed, two_places
-from bench.report.tables import comparison, has_accuracy, is_missing, iso_costs, show_value, variant_means
-from bench.spec import BASELINE
-from bench.stats import rank_agreement
+from bench.report.tables import (by_seed, comparison, examples_by_seed, has_accuracy, is_missing, iso_costs,
+                                 show_value, variant_means, work)
+from bench.spec import BASELINE, variant_of
+from bench.stats import delta, rank_agreement, resolved_tau
 
 MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
 VERDICT_COLS = ("d_top1", "d_low", "d_high", "significant")  # what a study decides per arm, with iso
-KEPT, FLIPPED, UNDECIDED = "kept", "flipped", "undecided"  # a decision against a reference (decision_state)
-UNSIGNED = "unsigned"  # Δ exactly 0 at the proxy: no sign to keep or flip
-STATES = (KEPT, FLIPPED, UNSIGNED, UNDECIDED)
-STATE_CELLS = {KEPT: "✓", FLIPPED: "✗", UNSIGNED: "Δ = 0", UNDECIDED: "undecided"}
+# a decision of a proxy (a rung) against its reference (decision_state), the dangerous one first
+WRONG = "wrong"          # decided at both, opposite signs: it looks like an answer and is the wrong one
+FLIPPED = "flipped"      # the reference decides; the proxy's sign is the other, but its interval spans 0
+UNSURE = "unsure"        # the reference decides; the proxy's sign agrees (or is 0), but its interval spans 0
+KEPT = "kept"            # decided at both, the same sign: the only state that makes a proxy worth running
+UNDECIDED = "undecided"  # the reference's own interval spans 0: nothing to keep or flip
+STATES = (WRONG, FLIPPED, UNSURE, KEPT, UNDECIDED)
+STATE_CELLS = {WRONG: "✗ decided and wrong", FLIPPED: "✗ (undecided here)", UNSURE: "~ (undecided here)", KEPT: "✓",
+               UNDECIDED: "undecided"}
+STATE_SAID = {WRONG: "decided and wrong", FLIPPED: "flipped but undecided at the proxy",
+              UNSURE: "kept in sign but undecided at the proxy", KEPT: "kept and decided",
+              UNDECIDED: "undecided at the reference"}
 
 
-def verdicts(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
+def decided(row: Mapping[str, Any]) -> bool:
+    """Whether a verdict row's interval (``d_low``, ``d_high``) excludes 0."""
+    low, high = row.get("d_low"), row.get("d_high")
+    return not (is_missing(low) or is_missing(high)) and (low > 0 or high < 0)
+
+
+def verdicts(df: pd.DataFrame, compare: Mapping[str, Any], sequential: bool = False) -> pd.DataFrame:
     """Per group and arm of ``compare`` (the baseline left out), what one study decides: Δtop-1
     with its 95 % interval, and the iso-cost verdict at equal GMACs (``iso``: "re" when
     re-attention is the cheaper route — widening would need more than the arm's own cost to match
@@ -36,7 +51,7 @@ def verdicts(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     for r in found[found["axis"] == "infer_gmacs"].to_dict("records"):
         iso[(*[r[f] for f in by], r["arm"])] = "re" if r["multiplier"] > r["cost_ratio"] else "width"
     rows = []
-    for r in comparison(df, compare).to_dict("records"):
+    for r in comparison(df, compare, sequential).to_dict("records"):
         if r["arm"] == BASELINE or is_missing(r["d_top1"]):
             continue
         rows.append({**{f: r[f] for f in by}, "arm": r["arm"], **{k: r[k] for k in VERDICT_COLS},
@@ -44,21 +59,40 @@ def verdicts(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*by, "arm", *VERDICT_COLS, "iso"])
 
 
-def decision_state(d_top1: float, reference: Mapping[str, Any]) -> str:
-    """Whether a decision (the sign of Δtop-1 ``d_top1``) holds against ``reference``'s row of
-    ``verdicts``: "kept" when the signs agree and the reference's 95 % interval excludes 0,
-    "flipped" when they disagree and it does, "undecided" when the reference's interval spans 0
-    (or it has none): a sign the reference cannot tell from noise is never counted as agreement."""
-    low, high = reference["d_low"], reference["d_high"]
-    if is_missing(low) or is_missing(high) or low <= 0 <= high:
+def decision_state(proxy: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """How a proxy's decision (its row of ``verdicts``: Δtop-1 and interval) stands against the
+    reference's: ``undecided`` when the reference's interval spans 0 (a sign it cannot tell from
+    noise is never agreement); else ``kept`` (both decide, one sign), ``wrong`` (both decide,
+    opposite signs), ``flipped`` (the proxy cannot decide and leans the other way) or ``unsure``
+    (the proxy cannot decide and leans the same way, or its Δ is exactly 0: no sign)."""
+    if not decided(reference):
         return UNDECIDED
-    if d_top1 == 0:
-        return UNSIGNED
-    return KEPT if np.sign(d_top1) == np.sign(reference["d_top1"]) else FLIPPED
+    same = np.sign(proxy["d_top1"]) == np.sign(reference["d_top1"])
+    if decided(proxy):
+        return KEPT if same else WRONG
+    return FLIPPED if proxy["d_top1"] * reference["d_top1"] < 0 else UNSURE
+
+
+def orders(df: pd.DataFrame, keys: list[str], sequential: bool = False) -> np.ndarray:
+    """The reference's own resolution of each pair of variants (``keys``: variant keys): sign of
+    their difference where its interval excludes 0 (paired by seed, by image where kept), else 0."""
+    rows = work(df).assign(_key=df["key"].map(variant_of) if "key" in df else "")
+    seeds = {k: (by_seed(g), examples_by_seed(g)) for k, g in rows.groupby("_key") if k in keys}
+    out = np.zeros((len(keys), len(keys)))
+    for i, a in enumerate(keys):
+        for j in range(i + 1, len(keys)):
+            b = keys[j]
+            if a not in seeds or b not in seeds:
+                continue
+            (sa, (ea, la)), (sb, (eb, lb)) = seeds[a], seeds[b]
+            d = delta(sa, sb, examples=(ea, eb) if ea and eb and la == lb else None, sequential=sequential)
+            if d.excludes_zero:
+                out[i, j], out[j, i] = np.sign(d.mean), -np.sign(d.mean)
+    return out
 
 
 def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str, Any] | None,
-             resamples: int = 1000) -> dict[str, Any]:
+             resamples: int = 1000, sequential: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
     """How a proxy study's answers agree with a reference study of the same variants (a longer
     budget, more data, another dataset): Kendall τ and Spearman ρ between their mean top-1
     over the variants both measured, with bootstrap intervals (``agreement`` None with fewer than
@@ -67,32 +101,49 @@ def fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, compare: Mapping[str,
     Δtop-1 agree (``sign_agrees``), and whether the iso-cost verdicts agree."""
     a, b = variant_means(proxy), variant_means(reference)
     both = a.merge(b, on="variant", suffixes=("_proxy", "_ref"))
-    agreement = (rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples)
-                 if len(both) >= MIN_RANKED else None)  # None: too few shared variants to rank
+    agreement = resolved = None
+    if len(both) >= MIN_RANKED:  # else too few shared variants to rank
+        agreement = rank_agreement(both["top1_proxy"], both["top1_ref"], resamples=resamples)
+        resolved = resolved_tau(both["top1_proxy"], orders(reference, list(both["variant"]), sequential[1]),
+                                resamples=resamples)
     decisions = []
     if compare:
         by = list(compare.get("by") or [])
-        merged = verdicts(proxy, compare).merge(verdicts(reference, compare), on=[*by, "arm"],
-                                                suffixes=("_proxy", "_ref"))
+        merged = verdicts(proxy, compare, sequential[0]).merge(verdicts(reference, compare, sequential[1]),
+                                                               on=[*by, "arm"], suffixes=("_proxy", "_ref"))
         for r in merged.to_dict("records"):
             iso = tuple(None if is_missing(r[f"iso_{w}"]) else r[f"iso_{w}"] for w in ("proxy", "ref"))
-            ref = {k: r[f"{k}_ref"] for k in VERDICT_COLS}
+            mine, ref = ({k: r[f"{k}_{w}"] for k in VERDICT_COLS} for w in ("proxy", "ref"))
             decisions.append({**{f: r[f] for f in by}, "arm": r["arm"],
                               **{f"{k}_{w}": r[f"{k}_{w}"] for k in VERDICT_COLS for w in ("proxy", "ref")},
                               "sign_agrees": bool(np.sign(r["d_top1_proxy"]) == np.sign(r["d_top1_ref"])),
-                              "state": decision_state(r["d_top1_proxy"], ref),
+                              "state": decision_state(mine, ref),
                               "iso_proxy": iso[0], "iso_ref": iso[1],
                               "iso_agrees": None if None in iso else iso[0] == iso[1]})
     return {"variants": len(both), "only_proxy": len(a) - len(both), "only_reference": len(b) - len(both),
-            "agreement": agreement, "decisions": pd.DataFrame(decisions), "pairs": both}
+            "agreement": agreement, "resolved": resolved, "decisions": pd.DataFrame(decisions), "pairs": both}
 
 
 def states_said(d: pd.DataFrame) -> str:
-    """``kept for 2 of 4 arm(s), 1 flipped, 1 undecided (the reference's interval spans 0)``."""
+    """``decided and wrong for 1 of 4 arm(s), kept and decided for 2, undecided at the reference for 1``:
+    each state that occurs, the dangerous one first."""
     n = {s: int((d["state"] == s).sum()) for s in STATES}
-    return (f"kept for {n[KEPT]} of {len(d)} arm(s)" + (f", {n[FLIPPED]} flipped" if n[FLIPPED] else "")
-            + (f", {n[UNSIGNED]} with Δ = 0 (no sign)" if n[UNSIGNED] else "")
-            + (f", {n[UNDECIDED]} undecided (the reference's interval spans 0)" if n[UNDECIDED] else ""))
+    said = [f"{STATE_SAID[s]} for {n[s]}" for s in STATES if n[s]]
+    if not said:
+        return f"none of {len(d)} arm(s) compared"
+    head, *rest = said
+    return f"{head} of {len(d)} arm(s)" + "".join(f", {x}" for x in rest)
+
+
+def resolved_said(res: Any) -> str:
+    """``0.87 [0.60, 1.00] over the 12 of 15 pairs the reference orders`` (or why there is none)."""
+    if res is None:
+        return "–"
+    if not res.ordered:
+        return f"– (the reference orders none of the {res.pairs} pairs of variants: its intervals all span 0)"
+    return (f"{two_places(res.tau)}{interval(res.low, res.high, two_places)} over the {res.ordered} of {res.pairs} "
+            "pairs of variants the reference orders (its interval of their difference excludes 0; a pair it "
+            "cannot order is neither agreement nor disagreement)")
 
 
 def no_ranking(shared: int) -> str:
@@ -104,9 +155,9 @@ def fidelity_markdown(result: Mapping[str, Any], names: tuple[str, str],
                       specs: tuple[Mapping[str, Any], Mapping[str, Any]]) -> str:
     """fidelity-<reference>.md from ``fidelity``'s result; ``names`` and ``specs``: (proxy, reference)."""
     (proxy, reference), (spec_p, spec_r) = names, specs
-    a = result["agreement"]
-    ranks = (f"Kendall τ = {two_places(a.tau)}{interval(a.tau_low, a.tau_high, two_places)}, "
-             f"Spearman ρ = {two_places(a.rho)}"
+    a, res = result["agreement"], result.get("resolved")
+    ranks = (f"Kendall τ = {resolved_said(res)}; over every pair {two_places(a.tau)}"
+             f"{interval(a.tau_low, a.tau_high, two_places)}, Spearman ρ = {two_places(a.rho)}"
              f"{interval(a.rho_low, a.rho_high, two_places)} (95 % bootstrap intervals over variants)."
              if a is not None else f"no Kendall τ or Spearman ρ: {no_ranking(result['variants'])}.")
     lines = [f"# Fidelity: {proxy} against {reference}", "",
@@ -131,10 +182,10 @@ def fidelity_markdown(result: Mapping[str, Any], names: tuple[str, str],
                 signed(r["d_top1_ref"]) + interval(r["d_low_ref"], r["d_high_ref"]),
                 STATE_CELLS[r["state"]], iso])
         lines += ["## Decisions", "",
-                  f"The sign of Δtop-1 is {states_said(d)}"
+                  f"The decisions (the sign of Δtop-1, each side's 95 % interval deciding): {states_said(d)}"
                   + (f"; the iso-cost verdict for {int(d['iso_agrees'].dropna().sum())} of "
                      f"{int(d['iso_agrees'].notna().sum())}" if d["iso_agrees"].notna().any() else "") + ".", "",
-                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "sign kept",
+                  md_table([*by, "arm", "proxy Δtop-1 [95 % CI]", "reference Δtop-1 [95 % CI]", "decision",
                             "cheaper route at equal GMACs (proxy / reference)"], rows, left=len(by) + 1), ""]
     return "\n".join(lines)
 
@@ -143,7 +194,8 @@ def write_fidelity(proxy: pd.DataFrame, reference: pd.DataFrame, *, names: tuple
                    specs: tuple[Mapping[str, Any], Mapping[str, Any]], out_dir: Path) -> tuple[dict[str, Any], Path]:
     """Compare the two studies' records (``names``, ``specs``: proxy's, reference's) and write
     out_dir/fidelity-<reference>.md; returns (the comparison, its path)."""
-    result = fidelity(proxy, reference, specs[0].get("compare"))
+    result = fidelity(proxy, reference, specs[0].get("compare"),
+                      sequential=(bool(specs[0].get("sequential")), bool(specs[1].get("sequential"))))
     for name, frame in zip(names, (proxy, reference), strict=True):
         if not has_accuracy(frame):
             counts = frame["status"].value_counts().to_dict() if "status" in frame else {}

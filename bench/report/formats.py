@@ -4,9 +4,11 @@ set, used by report.md, the study section and the fidelity report alike (a varia
 is ``show_value``: ``summarize`` labels rows with it, so it lives in bench.report.tables)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Mapping
 
+from bench.config import DataConfig, TrainConfig
 from bench.console import fmt
 from bench.report.tables import is_missing
 from bench.schema import Status
@@ -77,6 +79,24 @@ def settings(section: Any) -> str:
     if not isinstance(section, Mapping):
         return str(section)
     return ", ".join(f"{k}={settings(v) if isinstance(v, Mapping) else num(v)}" for k, v in section.items())
+
+
+def changed_settings(spec: Mapping[str, Any]) -> str:
+    """A stored spec's data and train sections in one line, only what differs from the defaults
+    (the dataset's name always): ``data name=shapes, train_size=3000; train epochs=2, batch_size=32``."""
+    parts = []
+    for name, cls in (("data", DataConfig), ("train", TrainConfig)):
+        section = spec.get(name)
+        if not isinstance(section, Mapping):
+            parts.append(f"{name} {'none' if section is None else section}")
+            continue
+        default = dataclasses.asdict(cls())
+        shown = {k: v for k, v in section.items() if (k == "name" and name == "data") or default.get(k, object()) != v}
+        if isinstance(shown.get("augment"), Mapping):  # only the recipe's changed keys
+            aug = {k: v for k, v in shown["augment"].items() if default["augment"].get(k, object()) != v}
+            shown = {k: v for k, v in shown.items() if k != "augment"} | ({"augment": aug} if aug else {})
+        parts.append(f"{name} {settings(shown) if shown else 'as the defaults'}")
+    return "; ".join(parts)
 
 
 def space(value: Any) -> str:
