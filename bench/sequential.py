@@ -27,6 +27,10 @@ so that under no effect P(|t_n| > c_n at some look n) ≤ α:
   sequence is then no longer pivotal, but only less likely to cross (the shared part makes
   looks alike): the error rate stays at or below α (simulated in the tests).
 
+An arm out of reach — not even the far end of its 80 % interval would be decided by the last
+seed with 80 % power (``out_of_reach``, from 4 seeds) — gets no more seeds: racing's
+elimination. It decides nothing, so the error rate can only fall.
+
 The guarantee is per arm: across the arms of one table, as many wrong decisions as arms times
 α are possible (the fixed design's report uses Holm's correction; a sequential one says so).
 """
@@ -136,6 +140,24 @@ def seeds_needed(effect: float, seed_var: float, test_var: float, n: int, cap: i
         if 1 - reach + low >= power:
             return k
     return None
+
+
+FUTILE_FROM = 4   # the first look at which an arm can be dropped as out of reach
+OPTIMISM = 0.8    # the two-sided level of the interval whose far end a dropped arm could not reach either
+
+
+def out_of_reach(effect: float, seed_var: float, test_var: float, n: int, cap: int) -> bool:
+    """Whether an undecided arm should get no more seeds (racing's elimination, F-Race's idea):
+    even an effect at the far end of its 80 % interval (|Δ| + t·se) would not be decided with
+    80 % power by ``cap`` seeds. From FUTILE_FROM seeds on. Dropping never decides anything, so
+    it can only lower the error rate; it costs a little power (tests/test_sequential.py)."""
+    from scipy import special
+
+    if n < FUTILE_FROM or n >= cap or not (math.isfinite(effect) and seed_var >= 0):
+        return False
+    se = math.sqrt(seed_var / n + test_var)
+    optimistic = abs(effect) + float(special.stdtrit(n - 1, 0.5 + OPTIMISM / 2)) * se
+    return seeds_needed(optimistic, seed_var, test_var, n, cap, sequential=True) is None
 
 
 def repeated_interval(mean: float, se: float, n: int) -> tuple[float, float] | None:

@@ -5,7 +5,8 @@
 Study NAME was grown with ``bench run SWEEP --until-decided --max-seeds K`` and then extended to
 fixed seeds 0…K−1 (the rerun trains only the missing seeds), so every arm has K seeds. Replayed on
 those records, seed by seed in the order --until-decided added them: per arm, the decision and the
-seeds of the sequential run (the first look whose sequential interval excludes 0, else K), of a
+seeds of the sequential run (the first look whose sequential interval excludes 0, or that finds
+the arm out of reach, else K: what --until-decided does, and on a CPU the same numbers), of a
 fixed design of the sweep's first 3 seeds (the report's t-interval, Holm-free: per arm), and of
 fixed K seeds; then the trials each design spends (an arm's variants and its group's baseline's,
 the baseline as many seeds as its most demanding arm) and whether the designs' decisions agree.
@@ -19,12 +20,15 @@ import pandas as pd
 
 from bench.report.formats import interval, md_table, signed
 from bench.report.tables import comparison, show_value
+from bench.sequential import out_of_reach
 from bench.spec import BASELINE
 from bench.study.ledger import Ledger
 from bench.study.reports import records_frame
 
 
 def decision(row: dict) -> str:
+    if row.get("dropped"):
+        return "undecided (dropped: out of reach)"
     if pd.isna(row["d_low"]):
         return "undecided (no interval)"
     if row["d_low"] > 0 or row["d_high"] < 0:
@@ -55,8 +59,12 @@ def main() -> None:
     seq: dict[tuple, tuple[int, dict]] = {}
     for n in range(3, k + 1):  # the looks --until-decided made, in its order of seeds
         for r in comparison(at_seeds(frame, order[:n]), compare, sequential=True).to_dict("records"):
-            if r["arm"] != BASELINE and key(r) not in seq and (r["significant"] or n == k):
-                seq[key(r)] = (n, r)
+            if r["arm"] == BASELINE or key(r) in seq:
+                continue
+            dropped = out_of_reach(r["d_top1"], r["seed_var"], 0.0 if pd.isna(r["test_var"]) else r["test_var"],
+                                   n, k) if not pd.isna(r["seed_var"]) else False
+            if r["significant"] or dropped or n == k:
+                seq[key(r)] = (n, {**r, "dropped": dropped})
     variants = {key(r): int(r["variants"]) for r in fixedk.to_dict("records")}
     rows, spent = [], {"sequential": 0, "fixed 3": 0, f"fixed {k}": 0}
     groups: dict[tuple, int] = {}

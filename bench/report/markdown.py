@@ -28,7 +28,7 @@ from bench.report.formats import (interval, md_table, multiplier, num, ratio, se
 from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, is_missing, iso_costs,
                                  pareto_front, ranking_by_epoch, show_value, summarize, variant_label,
                                  varying_fields, width_and_re_arms)
-from bench.sequential import HORIZON
+from bench.sequential import HORIZON, out_of_reach
 from bench.schema import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, PER_EXAMPLE, Status
 from bench.spec import BASELINE, variant_of
 from bench.variant import is_re_option
@@ -82,9 +82,10 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
         notes.append(_delta_note(cmp))
     if speed:
         if side is not None and cmp["side_by_side"].all():
+            how = "compiled with torch.compile" if side.get("compiled") else "eager (not compiled)"
             notes.append(f"Train samples/s: timed side by side — every variant of the study in {side['rounds']} "
-                         f"interleaved rounds on {side['device_name']} ({side['dtype']}, batch {side['batch_size']}), "
-                         f"the median over rounds; ⚠: p90/p10 over rounds above {NOISY} (noisy).")
+                         f"interleaved rounds on {side['device_name']} ({side['dtype']}, batch {side['batch_size']}, "
+                         f"{how}), the median over rounds; ⚠: p90/p10 over rounds above {NOISY} (noisy).")
         else:
             notes.append("Train samples/s: timed inside each trial, minutes apart from its comparison, so drift "
                          "on a shared machine can masquerade as a difference; `bench time NAME` times every "
@@ -138,7 +139,10 @@ def arm_states(cmp: pd.DataFrame, by: list[str], cap: int) -> list[str]:
     for r in cmp[(cmp["arm"] != BASELINE) & cmp["d_top1"].notna()].to_dict("records"):
         name = " ".join([*(f"{f}={show_value(f, r[f])}" for f in by), r["arm"]])
         n = int(r["pairs"] or 0)
+        reach = not is_missing(r["seed_var"]) and out_of_reach(r["d_top1"], r["seed_var"],
+                                                               0.0 if is_missing(r["test_var"]) else r["test_var"], n, cap)
         state = (f"decided after {n} seeds" if r["significant"] else f"undecided at {n} seeds" if n >= cap
+                 else f"undecided, dropped at {n} seeds: out of reach by {cap}" if reach
                  else f"undecided at {n} of at most {cap} seeds (rerun with --until-decided to go on)")
         out.append(f"{name}: {state}")
     return out

@@ -5,7 +5,8 @@ rate that stays valid however often one looks (bench.sequential).
 Each round reads the comparison with the sequential interval, and gives the next seed to every
 arm whose interval spans 0 — and to its group's baseline, so pairs stay paired by seed — until
 every arm is decided, has K seeds (``--max-seeds``), or the wall-clock budget is spent. An arm
-already decided gets no more seeds. The study simply grows: the extra trials are ordinary
+already decided gets no more seeds, and neither does one out of reach (not even the far end of
+its 80 % interval would be decided by K: bench.sequential.out_of_reach). The study simply grows: the extra trials are ordinary
 trials of the same sweep (a rerun resumes them; a later run with a larger K continues), and
 the study remembers that it grew this way, so its reports read it with the sequential
 interval (``Ledger.mark_sequential``).
@@ -21,6 +22,7 @@ import pandas as pd
 from bench import console
 from bench.report.tables import comparison
 from bench.schema import Status
+from bench.sequential import out_of_reach
 from bench.spec import BASELINE, Sweep, Trial, trial_key
 from bench.study.ledger import Ledger
 from bench.study.reports import records_frame
@@ -75,15 +77,19 @@ def next_round(sweep: Sweep, frame: pd.DataFrame, max_seeds: int) -> tuple[list[
     ``seed_sequence`` that none of its or its baseline's trials has failed on."""
     cmp = comparison(frame, sweep.compare, sequential=True) if len(frame) else pd.DataFrame()
     by = list((sweep.compare or {}).get("by") or [])
-    decided = {tuple([*(r[f] for f in by), r["arm"]]): (bool(r["significant"]), int(r["pairs"] or 0))
-               for r in cmp.to_dict("records") if r["arm"] != BASELINE}
+    decided = {tuple([*(r[f] for f in by), r["arm"]]): r for r in cmp.to_dict("records") if r["arm"] != BASELINE}
     done, failed = _seeds(frame)
     todo: dict[str, Trial] = {}
     states: dict[str, str] = {}
     for arm in arms(sweep):
-        ok, pairs = decided.get((*arm.group, arm.name), (False, 0))
-        if ok:
+        r = decided.get((*arm.group, arm.name)) or {"significant": False, "pairs": 0}
+        pairs = int(r["pairs"] or 0)
+        if r["significant"]:
             states[arm.label] = f"decided after {pairs} seeds"
+            continue
+        if "seed_var" in r and not pd.isna(r["seed_var"]) and out_of_reach(
+                r["d_top1"], r["seed_var"], 0.0 if pd.isna(r["test_var"]) else r["test_var"], pairs, max_seeds):
+            states[arm.label] = f"dropped after {pairs} seeds: out of reach by {max_seeds}"
             continue
         both = [*arm.variants, *arm.baseline]
         common = set.intersection(*(done.get(v, set()) for v in both))
