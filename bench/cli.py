@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import __version__, console, spec
-from bench.config import DTYPES, CollapseConfig, ProfileConfig
+from bench.config import DATA_ROOT_ENV, DTYPES, CollapseConfig, ProfileConfig
 from bench.sequential import HORIZON
 from bench.errors import BenchError, SpecError, Terminated, first_line
 
@@ -449,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="override a spec value by its dotted name, e.g. --set train.epochs=2 "
                                            "(repeatable)")),
                     (("--name",), dict(default=None, help="study name (default: the sweep's name)")))
+    machine = _parent((("--data-root",), dict(default=None, metavar="DIR",
+                                             help="where this machine keeps the study's data (overrides data.root "
+                                                  "here, changing no trial's identity; the data must be the same: "
+                                                  "checked). Default: $BENCH_DATA_ROOT, else data.root")))
     storage = _parent((("--storage",), dict(default=None, metavar="URL",
                                             help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")),
                       (("--results",), dict(default="results", metavar="DIR",
@@ -489,13 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "compile is timed apart (train_compile_s, infer_compile_s)")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("run", parents=[sweep, device, storage, running, deciding, keep, quiet],
+    p = sub.add_parser("run", parents=[sweep, device, storage, running, deciding, keep, quiet, machine],
                        help="run a sweep: profile and proxy-train every variant × seed",
                        description="Run a sweep. Trials already in the study are skipped, so rerunning "
                                    "the same command resumes an interrupted sweep.")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("study", parents=[sweep, device, storage, running, keep, quiet],
+    p = sub.add_parser("study", parents=[sweep, device, storage, running, keep, quiet, machine],
                        help="an Optuna study: search variants for top-1 against a cost",
                        description="Search a space of variants (the spec's search section) with an Optuna "
                                    "sampler, for one or two objectives; resumable like a sweep, and shared "
@@ -506,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds: no new trial starts after this (per worker)")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("worker", parents=[storage, device, keep, quiet],
+    p = sub.add_parser("worker", parents=[storage, device, keep, quiet, machine],
                        help="join a study's workers: run its queued trials until none is left",
                        description="Run trials queued in study NAME (by `bench run` or `bench study`) until "
                                    "none is left and no other worker runs one; a trial whose worker dies is "
@@ -517,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)  # prefixes this worker's lines
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("plan", parents=[sweep, device, as_json],
+    p = sub.add_parser("plan", parents=[sweep, device, as_json, machine],
                        help="list a sweep's variants with params, GMACs and estimated time",
                        description="Validate a sweep and list its variants; trains nothing.")
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")
@@ -531,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", metavar="DIR", help="with --from: where NAME's results are")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("calibrate", parents=[sweep, device, storage, running, deciding, keep, quiet],
+    p = sub.add_parser("calibrate", parents=[sweep, device, storage, running, deciding, keep, quiet, machine],
                        help="run a sweep at every rung of a budget ladder: from which budget does its verdict hold?",
                        description="Run the sweep at each rung of a budget ladder (e.g. --ladder train.epochs=2,4,8; "
                                    "several --ladder are zipped rung by rung), each rung a resumable study NAME@KEY=V "
@@ -566,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"or {ProfileConfig.rounds} where it is 0)")
     p.set_defaults(func=cmd_time)
 
-    p = sub.add_parser("collapse", parents=[model_set, device, storage, as_json],
+    p = sub.add_parser("collapse", parents=[model_set, device, storage, as_json, machine],
                        help="attention-collapse metrics and heatmaps of one model or trial",
                        description="Cross-layer and cross-head similarity of attention maps (DeepViT's "
                                    "analysis) on a fixed batch: a registered or timm model (untrained, or "
@@ -608,6 +612,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    data_root = os.environ.get(DATA_ROOT_ENV)
+    if getattr(args, "data_root", None):  # this machine's path to the data, for this command and its workers
+        os.environ[DATA_ROOT_ENV] = args.data_root
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)  # preemption: handled as Ctrl-C
     except ValueError:  # not the main thread (an embedding program): leave its handlers alone
@@ -643,6 +650,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if data_root is None:  # as it was (a program calling main() twice)
+            os.environ.pop(DATA_ROOT_ENV, None)
+        else:
+            os.environ[DATA_ROOT_ENV] = data_root
 
 
 if __name__ == "__main__":

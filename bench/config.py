@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ def _check_dtype(value: str) -> None:
 # --- data --------------------------------------------------------------------------------
 
 DATASETS = ("shapes", "cifar10", "cifar100", "imagefolder")
+DATA_ROOT_ENV = "BENCH_DATA_ROOT"  # this machine's path to a study's data (--data-root): see DataConfig.root_path
 NUM_CLASSES = {"shapes": 10, "cifar10": 10, "cifar100": 100}
 CIFAR_SIZES = (50000, 10000)  # train and test images of either CIFAR
 SHAPES_SIZES = (10000, 2000)  # train and test images of `shapes` when the spec does not say
@@ -214,7 +216,11 @@ class DataConfig:
 
     @property
     def root_path(self) -> Path:
-        return Path(self.root).expanduser()
+        """Where this machine reads the data: ``$BENCH_DATA_ROOT`` (``--data-root``) when set — a
+        machine-local path to the same data, which changes no trial's identity (the stored
+        ``root`` stays what the study was made with; the data's fingerprint is checked instead) —
+        else ``root``."""
+        return Path(os.environ.get(DATA_ROOT_ENV) or self.root).expanduser()
 
     def shapes_sizes(self) -> tuple[int, int]:
         """Train and test images of the built-in dataset."""

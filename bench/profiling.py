@@ -264,18 +264,19 @@ def _compile_fault(err: BaseException) -> bool:
     return False
 
 
-def compiled_call(model: nn.Module, first: Callable[[nn.Module], T], reset: Callable[[], None] | None = None
-                  ) -> tuple[nn.Module, T, str | None]:
+def compiled_call(model: nn.Module, first: Callable[[nn.Module], T], reset: Callable[[], None] | None = None,
+                  fresh: bool = True) -> tuple[nn.Module, T, str | None]:
     """Compile ``model`` and make its first call ``first(net)`` — where inductor compiles, reading
     and writing its cache — so that a fault there never fails the run: a damaged cache (files
     that no longer import) is set aside as ``inductor.damaged-<time>`` and the model compiled
     afresh, once; a cache that cannot be written (a full disk), a folder that is not bench's,
     or a second fault runs the model eager. ``reset()`` runs before a retry (the caller's
     state as it was before the failed call). Returns (what ran, ``first``'s result, why it
-    runs eager — one line naming the folder — or None); each fault is said on stderr."""
+    runs eager — one line naming the folder — or None); each fault is said on stderr. ``fresh``:
+    as compile_model's (False when several compiled models must live at once)."""
     for attempt in (0, 1):
         try:
-            net = compile_model(model)
+            net = compile_model(model, fresh=fresh and attempt == 0)
             return net, first(net), None
         except Exception as err:
             if not _compile_fault(err):

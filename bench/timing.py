@@ -21,7 +21,7 @@ import torch
 
 from bench.kernels import choose_kernels
 from bench.models import build_model
-from bench.profiling import Timing, device_name, inference_step, is_oom, time_steps, train_step
+from bench.profiling import Timing, compiled_call, device_name, inference_step, is_oom, time_steps, train_step
 from bench.variant import Variant
 
 def interleave(steps: Mapping[str, Callable[[], Any]], *, rounds: int, iters: int, warmup: int,
@@ -48,9 +48,12 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype: str, batch_size: int,
-                 rounds: int, iters: int, warmup: int, on_progress: Callable[[str], None] | None = None
-                 ) -> dict[str, Any]:
-    """Infer and train throughput of every variant (by name), timed in interleaved rounds.
+                 rounds: int, iters: int, warmup: int, on_progress: Callable[[str], None] | None = None,
+                 compiled: bool = False) -> dict[str, Any]:
+    """Infer and train throughput of every variant (by name), timed in interleaved rounds;
+    ``compiled``: each through torch.compile, as the trials were timed when they were (its
+    compile in the set-up, never in a round; a variant that cannot compile runs eager and its
+    figures say why: ``compile_error``).
 
     Returns ``{"variants": {name: figures}, ...settings}``; figures use the record's
     names (``train_samples_per_sec``, ``train_step_time``, …) plus ``*_sps_p10``/``_p90``
@@ -60,20 +63,39 @@ def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype
     steps: dict[str, Callable[[], Any]] = {}
     resident: dict[str, int] = {}
     kernels: dict[str, str] = {}
+    failed: dict[str, str] = {}
     cuda = device.type == "cuda"
-    for name, v in variants.items():
-        before = torch.cuda.memory_allocated(device) if cuda else 0
-        torch.manual_seed(0)
-        model = build_model(v).to(device)
-        kernels[name] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
-                                       device_name=device_name(device))
-        x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
-        y = torch.randint(v.num_classes, (batch_size,), device=device)
-        trained = copy.deepcopy(model)
-        steps[f"{name}/infer"] = inference_step(model, x, dtype)
-        steps[f"{name}/train"] = train_step(trained, x, y, dtype, torch.optim.AdamW(trained.parameters(), lr=1e-4))
-        steps[f"{name}/train"]()  # optimizer state exists from here on
-        resident[name] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
+    limit = torch._dynamo.config.recompile_limit
+    if compiled:  # every variant's forward is one code object to dynamo: each model is its own entry
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = max(limit, 4 * len(variants) + 8)
+    try:
+        for name, v in variants.items():
+            before = torch.cuda.memory_allocated(device) if cuda else 0
+            torch.manual_seed(0)
+            model = build_model(v).to(device)
+            kernels[name] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
+                                           device_name=device_name(device))
+            x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
+            y = torch.randint(v.num_classes, (batch_size,), device=device)
+            trained = copy.deepcopy(model)
+            opt = torch.optim.AdamW(trained.parameters(), lr=1e-4)
+            make = {"infer": lambda n, x=x: inference_step(n, x, dtype),
+                    "train": lambda n, x=x, y=y, opt=opt: train_step(n, x, y, dtype, opt)}
+            for mode, m in (("infer", model), ("train", trained)):
+                if compiled:  # the first call compiles (and recovers from a damaged cache), out of every round
+                    net, _, why = compiled_call(m, lambda n, mode=mode: make[mode](n)(), fresh=False)
+                    if why is not None:
+                        failed[name] = why
+                else:
+                    net = m
+                    if mode == "train":
+                        make[mode](net)()  # optimizer state exists from here on
+                steps[f"{name}/{mode}"] = make[mode](net)
+            resident[name] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
+    except BaseException:
+        torch._dynamo.config.recompile_limit = limit
+        raise
     peaks: dict[str, float] = {}
     if cuda:  # each visit's peak above what is resident, per step function
         steps = {k: _peak_tracked(k, f, device, peaks) for k, f in steps.items()}
@@ -86,6 +108,8 @@ def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype
             raise RuntimeError(f"out of memory holding all {len(variants)} variants at batch {batch_size}: "
                                "lower profile.batch_size for the side-by-side pass") from None
         raise
+    finally:
+        torch._dynamo.config.recompile_limit = limit
     out: dict[str, dict[str, Any]] = {}
     for name in variants:
         figures: dict[str, Any] = {}
@@ -96,8 +120,10 @@ def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype
                             f"{mode}_step_time": statistics.median(ms[f"{name}/{mode}"])})
             if cuda:
                 figures[f"{mode}_peak_mem_mb"] = (peaks.get(f"{name}/{mode}", 0) + resident[name]) / 2**20
-        out[name] = {**figures, "attn_kernel": kernels[name]}
+        out[name] = {**figures, "attn_kernel": kernels[name], **({"compile_error": failed[name]} if name in failed
+                                                                   else {})}
     return {"variants": out, "device": device.type, "device_name": device_name(device), "dtype": dtype,
+            "compiled": compiled,
             "batch_size": batch_size, "rounds": rounds, "iters": iters, "warmup": warmup,
             "seconds": time.perf_counter() - t0,
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}

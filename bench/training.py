@@ -92,7 +92,7 @@ def _save(path: Path, ident: dict[str, str], epochs: int, step: int, parts: Part
              "schedule": schedule.state_dict(), "loader": loader.state(), "streams": streams_state(),
              "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-             "result": {k: result[k] for k in ("top1_per_epoch", "train_loss_per_epoch")}}
+             "result": {k: result[k] for k in ("top1_per_epoch", "train_loss_per_epoch", PER_EXAMPLE) if k in result}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), lambda f: torch.save(state, f), binary=True)
 
@@ -158,7 +158,7 @@ def _resume(state: dict[str, Any], parts: Parts, result: dict[str, Any]) -> tupl
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    result.update({k: list(v) for k, v in state["result"].items()})
+    result.update({k: v if isinstance(v, str) else list(v) for k, v in state["result"].items()})
     return state["epochs"], state["step"]
 
 
@@ -334,7 +334,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
             result["top1_per_epoch"].append(top1)
             result[PER_EXAMPLE] = pack_bits(right.numpy())  # the last epoch's stands
             result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
-            if path is not None and epoch + 1 < cfg.epochs:
+            if path is not None:  # the last epoch's too: --keep-checkpoints keeps the final state
                 _save(path, ident, epoch + 1, step, parts, result)
             if hooks.on_epoch and hooks.on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
                 result["stopped"] = True

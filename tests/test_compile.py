@@ -159,3 +159,17 @@ def test_prune_removes_only_bench_s_unused_compile_caches(tmp_path, capsys):
     hold_folder(root / "inductor")  # a process compiling with it right now
     assert main(["cache", "--dir", str(root), "--prune", "0"]) == 0
     assert (root / "inductor").is_dir() and "in use" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_side_by_side_pass_times_compiled_models_when_the_trials_were(make_spec, run, tmp_path):
+    """profile.compile: true timed each trial compiled, but the side-by-side pass — whose figures the
+    report prefers — timed eager models: a comparison of compiled trials against eager speeds."""
+    path = make_spec(grid={"depth": [1], "attention": ["self", "re"]}, train=None, collapse=None,
+                     profile={"compile": True, "rounds": 1, "iters": 1, "warmup": 1})
+    summary = run(path)
+    side = summary["side_by_side"]
+    assert side["compiled"] is True and len(side["variants"]) == 2
+    assert all(f["train_samples_per_sec"] > 0 and "compile_error" not in f for f in side["variants"].values())
+    text = (tmp_path / "results" / "tiny" / "report.md").read_text()
+    assert "compiled with torch.compile" in text

@@ -131,3 +131,46 @@ def test_imagefolder_missing_split(tmp_path):
         data.imagefolder(folder_cfg(tmp_path), 8)
     with pytest.raises(BenchError, match=str(tmp_path / "nowhere" / "train")):
         data.imagefolder(folder_cfg(tmp_path / "nowhere"), 8)
+
+
+# --- data where each machine keeps it: --data-root ---------------------------------------------
+
+
+def _folder_sweep(tmp_path, root):
+    import yaml
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "f", "data": {"name": "imagefolder", "root": str(root), "test_dir": "val"},
+        "model": {"img_size": 8, "patch_size": 4, "embed_dim": 16, "num_heads": 2, "mlp_ratio": 2},
+        "train": {"epochs": 1, "batch_size": 2}, "profile": {"batch_size": 2, "warmup": 0, "iters": 1, "rounds": 0},
+        "collapse": None, "grid": {"depth": [1]}, "seeds": [0]}))
+    return path
+
+
+def test_a_machine_local_data_root_keeps_the_trials_and_refuses_other_data(tmp_path, capsys):
+    """data.root is stored in the study: every machine had to keep the data at the same path.
+    --data-root (or $BENCH_DATA_ROOT) reads it elsewhere without changing any trial's identity,
+    and data that is not the study's — another file count, other files — is refused in one line."""
+    import shutil
+    from bench.cli import main
+    from bench.study.ledger import Ledger
+    first = tmp_path / "machine-a" / "pets"
+    _write_folder(first, {"red": (255, 0, 0), "blue": (0, 0, 255)})
+    path = _folder_sweep(tmp_path, first)
+    results = str(tmp_path / "results")
+    assert main(["run", str(path), "--device", "cpu", "--quiet", "--results", results]) == 0
+    moved = tmp_path / "machine-b" / "mnt" / "pets"
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)  # machine B does not have machine A's path
+    args = ["run", str(path), "--device", "cpu", "--quiet", "--results", results, "--set", "seeds=[0, 1]"]
+    assert main([*args, "--data-root", str(moved)]) == 0, capsys.readouterr().err  # not "other settings"
+    lg = Ledger.locate("f", None, results)
+    assert sorted(r["seed"] for r in lg.records()) == [0, 1]  # seed 0 kept, seed 1 trained from B's copy
+    assert {r["config"]["data"]["root"] for r in lg.records()} == {str(first)}  # the identity is unchanged
+    other = tmp_path / "machine-c" / "pets"
+    _write_folder(other, {"red": (255, 0, 0), "blue": (0, 0, 255)}, n_train=3)  # another dataset there
+    capsys.readouterr()
+    assert main([*args[:-1], "seeds=[0, 1, 2]", "--data-root", str(other)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"data at {other} is not the dataset study 'f' was made with" in err
+    assert "--data-root" in err and sorted(r["seed"] for r in lg.records()) == [0, 1]

@@ -126,3 +126,21 @@ def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(tmp_path, a
     resumed = run(path)
     assert resumed["top1_per_epoch"] == whole["top1_per_epoch"]  # to the last digit
     assert resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"] and resumed["steps"] == whole["steps"]
+
+
+def test_keep_checkpoints_keeps_the_final_state_even_of_a_one_epoch_trial(make_spec, run, tmp_path):
+    """The checkpoint was written after every epoch but the last: a kept one was epoch E−1's, and a
+    one-epoch trial kept none, while the docs said 'the last epoch'. Now the final state is kept,
+    and a trial resumed from it trains nothing more and records the same result."""
+    import torch
+    from bench.study.ledger import Ledger
+    path = make_spec(collapse=None, profile={"rounds": 0})  # TINY: one epoch
+    run(path, keep_checkpoints=True)
+    results = tmp_path / "results"
+    records = {r["key"]: r for r in Ledger.locate("tiny", None, results).records()}
+    kept = sorted((results / "tiny" / "checkpoints").glob("*.pt"))
+    assert len(kept) == 4
+    for p in kept:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        assert state["epochs"] == 1 and state["result"]["top1_per_epoch"] == [records[p.stem]["top1"]]
+        assert state["result"]["test_correct"] == records[p.stem]["test_correct"]

@@ -207,3 +207,37 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
     lg = Ledger.open(default_url(results, name), name)
     plan = lg.plan(spec.load(path).trials())
     assert plan.running_elsewhere == 0 and plan.interrupted >= 2  # both trials recorded, to redo
+
+
+@pytest.mark.parametrize("granted, count, expected", [
+    ("2,3", 8, ["2", "3", "2"]),                        # Slurm/Kubernetes granted GPUs 2 and 3: never 0 or 1
+    ("GPU-a1b2,GPU-c3d4", 2, ["GPU-a1b2", "GPU-c3d4", "GPU-a1b2"]),  # UUIDs, as given
+    ("MIG-x/1/0, MIG-x/2/0", 1, ["MIG-x/1/0", "MIG-x/2/0", "MIG-x/1/0"]),
+    ("5", 1, [None, None, None]),                       # one device granted: every worker shares it
+    ("", 0, [None, None, None]),                        # none granted: none taken
+    (None, 2, ["0", "1", "0"]),                         # nothing inherited: the devices this process sees
+    (None, 1, [None, None, None]),
+])
+def test_each_local_worker_gets_a_device_the_scheduler_granted(monkeypatch, tmp_path, granted, count, expected):
+    import subprocess
+    import torch
+    from bench.study import workers
+    from bench.study.context import RunContext
+    from bench.study.ledger import Ledger
+    started = []
+
+    class Done:
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, env=None, **kw: started.append(env) or Done())
+    monkeypatch.setattr(Ledger, "open", classmethod(lambda cls, u, name, **kw: type("L", (), {"records": list})()))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if granted is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", granted)
+    workers.spawn_workers(RunContext(study="tiny", storage="journal:x", workers=3, device=torch.device("cuda"),
+                                     results_dir=tmp_path, quiet=True))
+    got = [env.get("CUDA_VISIBLE_DEVICES") for env in started]
+    assert got == [granted if e is None else e for e in expected]  # None: left as inherited

@@ -242,6 +242,7 @@ class Cached:
     test_labels: np.ndarray
     built_s: float | None  # seconds this process spent building it (None: it was there)
     reading: _Reading | None = field(default=None, repr=False)
+    fingerprint: dict[str, Any] | None = None  # the dataset it holds, wherever it lies (listing: see identity())
 
     @property
     def nbytes(self) -> int:
@@ -847,8 +848,23 @@ def folder(cfg: DataConfig, size: int, *, quiet: bool = False) -> Cached:
     splits = {s: ([p for p, _, _ in picked[s]], listed[s][1][keep[s]]) for s in listed}
     key = fingerprint([f for s in picked for f in picked[s]], root,
                       {"size": size, "classes": chosen, "dirs": [cfg.train_dir, cfg.test_dir]})
-    return cached(Entry(cache_dir(cfg), root.name or "imagefolder", size, key), splits, chosen, {"root": str(root)},
-                  workers=cfg.cache_workers, quiet=quiet)
+    c = cached(Entry(cache_dir(cfg), root.name or "imagefolder", size, key), splits, chosen, {"root": str(root)},
+               workers=cfg.cache_workers, quiet=quiet)
+    c.fingerprint = identity(chosen, {s: [(p, n) for p, n, _ in picked[s]] for s in picked}, root)
+    return c
+
+
+def identity(classes: list[str], files: dict[str, list[tuple[str, int]]], root: Path) -> dict[str, Any]:
+    """A dataset's identity wherever it lies: its classes, its files per split, and a hash of
+    their paths (relative to ``root``) and sizes — the same on every machine that holds the same
+    data at any path (no mtime: a copy has its own)."""
+    prefix = os.fspath(root).rstrip(os.sep) + os.sep
+    h = hashlib.sha256()
+    for split in sorted(files):
+        for p, n in files[split]:
+            h.update(f"{split}\t{p[len(prefix):] if p.startswith(prefix) else Path(p).name}\t{n}\n".encode())
+    return {"classes": list(classes), "files": {s: len(v) for s, v in sorted(files.items())},
+            "listing": h.hexdigest()[:16]}
 
 
 def cifar(cfg: DataConfig, size: int, *, quiet: bool = False) -> Cached:
@@ -861,7 +877,8 @@ def cifar(cfg: DataConfig, size: int, *, quiet: bool = False) -> Cached:
                                     "test_size": cfg.test_size})
     entry = Entry(cache_dir(cfg), cfg.name, size, key)
     c = _open(entry.path) if (entry.path / "meta.json").is_file() else None
-    if c is not None:  # the pickles are read only to build it
-        return c
-    return cached(entry, read_cifar(cfg, all_classes, chosen), chosen, {"root": str(base)},
-                  workers=cfg.cache_workers, quiet=quiet)
+    if c is None:  # the pickles are read only to build it
+        c = cached(entry, read_cifar(cfg, all_classes, chosen), chosen, {"root": str(base)},
+                   workers=cfg.cache_workers, quiet=quiet)
+    c.fingerprint = identity(chosen, {"files": [(p, n) for p, n, _ in stats]}, base)
+    return c

@@ -46,7 +46,7 @@ def cifar_dir(cfg: DataConfig, *, must_exist: bool = True) -> Path:
     base = cfg.root_path / CIFAR_FOLDERS[cfg.name]
     if must_exist and not base.is_dir():
         raise missing_data(cfg.name, base, "Set data.download: true on a machine with internet, or unpack "
-                           f"{base.name} (from {CIFAR_URL}) under data.root={cfg.root!r}.")
+                           f"{base.name} (from {CIFAR_URL}) under data.root={str(cfg.root_path)!r}.")
     return base
 
 

@@ -107,6 +107,7 @@ class Dataset:
     test: Split
     classes: list[str]
     source: Path | None = None  # the cache it was read from (None: in memory only)
+    fingerprint: dict[str, Any] | None = None  # real data: its classes, files and listing (cache.identity)
 
     @property
     def num_classes(self) -> int:
@@ -245,7 +246,8 @@ def cifar_download(cfg: DataConfig) -> None:
 
 def _from_cache(name: str, c: cache.Cached) -> Dataset:
     return Dataset(name, Split(c.train_images, torch.from_numpy(c.train_labels)),
-                   Split(c.test_images, torch.from_numpy(c.test_labels)), list(c.classes), source=c.path)
+                   Split(c.test_images, torch.from_numpy(c.test_labels)), list(c.classes), source=c.path,
+                   fingerprint=c.fingerprint)
 
 
 def cifar(cfg: DataConfig, img_size: int = 32, quiet: bool = True) -> Dataset:

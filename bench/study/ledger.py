@@ -39,6 +39,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import sequential, spec
+from bench.config import DATA_ROOT_ENV
 from bench.errors import BenchError, SpecError
 from bench.schema import DETAILS, Status
 from bench.variant import Variant
@@ -188,6 +189,25 @@ class Ledger:
         if "search" in raw:
             raw["seeds"] = stored["seeds"]
         return spec.parse(raw, f"study {stored['name']!r}", default_name=stored["name"])
+
+    def check_data(self, found: dict[str, Any] | None, where: str) -> None:
+        """The data a worker loaded (``found``: its fingerprint, bench.data.cache.identity) is the
+        data the study was made with — whatever path each machine keeps it at (``where``): the
+        first to load it records it, every later load is held to it."""
+        if found is None:  # the built-in dataset: generated, the same everywhere
+            return
+        stored = self.study.user_attrs.get("data_fingerprint")
+        if stored is None:
+            self.study.set_user_attr("data_fingerprint", found)
+            return
+        differ = [what for what, bad in (
+            (f"classes {found['classes'][:3]}… against its {stored['classes'][:3]}…", found["classes"] != stored["classes"]),
+            (f"{found['files']} files against its {stored['files']}", found["files"] != stored["files"]),
+            ("the same counts, other files (paths or sizes)", found["listing"] != stored["listing"]))
+            if bad]
+        if differ:
+            raise BenchError(f"data at {where} is not the dataset study {self.study.study_name!r} was made with "
+                             f"({differ[0]}); point --data-root (${DATA_ROOT_ENV}) at the same data")
 
     @property
     def sequential(self) -> dict[str, Any] | None:

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 
 from bench import console
-from bench.config import resolve_dtype
+from bench.config import resolve_compile, resolve_dtype
 from bench.data.augment import RandAugment
 from bench.data.loader import residency
-from bench.data.sources import load as load_data
 from bench.errors import BenchError, first_line
 from bench.files import check_writable
 from bench.profiling import device_name, environment
@@ -28,7 +27,7 @@ from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, Plan
 from bench.study.search import budget_used, run_search
 from bench.study.storage import check_workers, safe_url
-from bench.study.trials import label, result_line, run_trial
+from bench.study.trials import label, load_checked, result_line, run_trial
 from bench.timing import side_by_side
 from bench.variant import Variant
 
@@ -72,7 +71,7 @@ def start(sweep: Sweep, ctx: RunContext) -> Run:
         total = None
         if sweep.search is None:
             plan = ledger.plan(sweep.trials(), retry_failed=ctx.retry_failed)
-            datasets = preload(sweep, dev, ctx.quiet) if sweep.train is not None and (plan.todo or plan.queued) \
+            datasets = preload(sweep, dev, ledger, ctx.quiet) if sweep.train is not None and (plan.todo or plan.queued) \
                 else {}
             ledger.enqueue(plan.todo)
             total = len(plan.todo) + plan.queued
@@ -89,7 +88,7 @@ def start(sweep: Sweep, ctx: RunContext) -> Run:
                          f"objectives {', '.join(cfg.objectives)} · sampler {cfg.sampler} · "
                          f"pruner {cfg.pruner or 'none'}" + where)
         if sweep.search is not None:
-            datasets = preload(sweep, dev, ctx.quiet) if sweep.train is not None else {}
+            datasets = preload(sweep, dev, ledger, ctx.quiet) if sweep.train is not None else {}
     except BaseException:  # no trial has run: what this call made goes, what was there stays
         made.undo(ledger)
         raise
@@ -160,7 +159,7 @@ class _Made:
                 pass
 
 
-def preload(sweep: Sweep, dev: torch.device, quiet: bool = False) -> dict[int, Any]:
+def preload(sweep: Sweep, dev: torch.device, ledger: Ledger, quiet: bool = False) -> dict[int, Any]:
     """The sweep's data at each image size its variants use, loaded (a real dataset: its
     cache built) before any work: a missing or unreadable file, or a RandAugment string timm
     cannot read, stops the run here with one message rather than failing every trial in
@@ -170,7 +169,7 @@ def preload(sweep: Sweep, dev: torch.device, quiet: bool = False) -> dict[int, A
     for img in sorted({v.img_size for v in sweep.variants}):
         if augment.rand_augment:
             RandAugment(augment.rand_augment, img)  # a string timm cannot read fails here
-        datasets[img] = ds = load_data(sweep.data, img, quiet=quiet)
+        datasets[img] = ds = load_checked(sweep, img, ledger, quiet=quiet)
         if not quiet:
             where, why = residency(ds, dev, sweep.data.residency, sweep.data.memory_budget_gb,
                                    host_transform=augment.rand_augment is not None)
@@ -192,17 +191,18 @@ def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds
         raise BenchError(f"study {sweep.name!r} has no variant to time")
     variants = {variant_key(v): v for v in variants}
     dtype = resolve_dtype(sweep.profile.dtype, dev)
+    compiled = resolve_compile(sweep.profile.compile, dev)  # timed as the trials were
     rounds = sweep.profile.rounds if rounds is None else rounds
     if rounds < 1:  # no round, no figure (statistics.median of nothing)
         raise BenchError(f"side-by-side timing needs at least 1 round, not {rounds}")
     stored = ledger.side_by_side()
-    if (not again and stored and set(stored["variants"]) >= set(variants)
-            and stored["device_name"] == device_name(dev) and stored["dtype"] == dtype):
+    if (not again and stored and set(stored["variants"]) >= set(variants) and stored["device_name"] == device_name(dev)
+            and stored["dtype"] == dtype and bool(stored.get("compiled")) == compiled):
         return stored
     warmup, iters = sweep.profile.steps(dev)
     with console.status("side-by-side timing", quiet=quiet) as update:
         result = side_by_side(variants, device=dev, dtype=dtype, batch_size=sweep.profile.batch_size,
-                              rounds=rounds, iters=iters, warmup=max(warmup, 1), on_progress=update)
+                              rounds=rounds, iters=iters, warmup=max(warmup, 1), on_progress=update, compiled=compiled)
     ledger.save_side_by_side(result)
     if not quiet:
         console.info(f"{sweep.name}: {len(variants)} variants timed side by side, {rounds} interleaved rounds "

@@ -114,6 +114,14 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
     return record
 
 
+def load_checked(sweep: Sweep, img: int, ledger: Ledger, quiet: bool = True) -> Dataset:
+    """The sweep's data at ``img`` pixels, from where this machine keeps it (bench.config's
+    DataConfig.root_path), held to the data the study was made with (Ledger.check_data)."""
+    ds = load_data(sweep.data, img, quiet=quiet)
+    ledger.check_data(ds.fingerprint, str(sweep.data.root_path))
+    return ds
+
+
 def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
     """The fixed evaluation batch: the first ``n`` test images, normalised as in training."""
     first = Split(data.test.rows(slice(0, n)), data.test.labels[:n])
@@ -176,7 +184,7 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
             img = trial.variant.img_size
             if img not in loaded:
                 progress.phase("loading data")
-                loaded[img] = load_data(sweep.data, img)
+                loaded[img] = load_checked(sweep, img, ledger)
             data = loaded[img]
         prune = sweep.study is not None and bool(sweep.study.pruner)  # a study with a pruner may stop it early
         on_epoch, on_resume = _reporting(ledger, handle, prune)

@@ -29,15 +29,16 @@ PARENT_ENV = "BENCH_PARENT_PID"  # set for the workers `bench run --workers N` s
 def spawn_workers(ctx: RunContext) -> list[dict[str, Any]]:
     """Start ``ctx.workers`` local ``bench worker`` processes on study ``ctx.study`` (its storage
     ``ctx.storage``, a URL) and wait for them; with several GPUs each worker gets its own
-    (CUDA_VISIBLE_DEVICES). Ctrl-C stops them all (each marks its trial interrupted). Returns
-    the records they finished."""
+    (``worker_devices``: those the scheduler granted, as CUDA_VISIBLE_DEVICES named them).
+    Ctrl-C stops them all (each marks its trial interrupted). Returns the records they finished."""
     n, dev, url = ctx.workers, ctx.device, ctx.storage
-    gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    devices = worker_devices(n, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             torch.cuda.device_count() if dev.type == "cuda" else 0)
     procs = []
     for i in range(n):
         env = dict(os.environ)
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        if devices[i] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         if dev.type == "cpu" and "OMP_NUM_THREADS" not in env:  # share the cores, do not oversubscribe them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         env[STORAGE_ENV] = url  # not in argv: anyone on the machine can read a process's argv (ps), with its password
@@ -66,6 +67,18 @@ def spawn_workers(ctx: RunContext) -> list[dict[str, Any]]:
                          "rerun the same command to finish the sweep")
     ledger = Ledger.open(url, ctx.study)
     return [r for r in ledger.records() if r.get("finished_at") and _after(r["finished_at"], started)]
+
+
+def worker_devices(n: int, granted: str | None, count: int) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of ``n`` local workers: worker i gets the i-th device the
+    scheduler granted this job (``granted``: the inherited CUDA_VISIBLE_DEVICES — ids, UUIDs or
+    MIG names, as given), round-robin when there are more workers than devices; with none
+    granted, device i % ``count`` of the ``count`` this process sees. None: leave it as it is
+    (one device, or none: every worker shares what this process has)."""
+    if granted is not None:  # what the scheduler granted, even none (""): never another device
+        listed = [d.strip() for d in granted.split(",") if d.strip()]
+        return [listed[i % len(listed)] if len(listed) > 1 else None for i in range(n)]
+    return [str(i % count) if count > 1 else None for i in range(n)]
 
 
 def join(ctx: RunContext) -> tuple[Ledger, list[dict[str, Any]]]:
