@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -47,19 +48,33 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
     return t.median, t.quantile(0.1), t.quantile(0.9)
 
 
-def side_by_side(variants: Mapping[str, Variant], *, device: torch.device, dtype: str, batch_size: int,
-                 rounds: int, iters: int, warmup: int, on_progress: Callable[[str], None] | None = None,
-                 compiled: bool = False) -> dict[str, Any]:
-    """Infer and train throughput of every variant (by name), timed in interleaved rounds;
-    ``compiled``: each through torch.compile, as the trials were timed when they were (its
-    compile in the set-up, never in a round; a variant that cannot compile runs eager and its
-    figures say why: ``compile_error``).
+@dataclass(frozen=True)
+class Pass:
+    """How a side-by-side pass times: the dtype and batch, ``rounds`` interleaved rounds of
+    ``iters`` steps after ``warmup`` untimed ones, and whether through torch.compile (as the
+    trials were timed when they were)."""
+
+    dtype: str
+    batch_size: int
+    rounds: int
+    iters: int
+    warmup: int
+    compiled: bool = False
+
+
+def side_by_side(variants: Mapping[str, Variant], how: Pass, *, device: torch.device,
+                 on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Infer and train throughput of every variant (by name), timed in interleaved rounds as
+    ``how`` says; compiled, each model's compile is in the set-up, never in a round, and a
+    variant that cannot compile runs eager, its figures saying why (``compile_error``).
 
     Returns ``{"variants": {name: figures}, ...settings}``; figures use the record's
     names (``train_samples_per_sec``, ``train_step_time``, …) plus ``*_sps_p10``/``_p90``
     over rounds and, on CUDA, ``*_peak_mem_mb`` (this variant's weights, optimizer state
     and activations: the peak of its visits above what the other variants hold)."""
     say = on_progress or (lambda _msg: None)
+    dtype, batch_size, rounds, iters, warmup, compiled = (how.dtype, how.batch_size, how.rounds, how.iters,
+                                                          how.warmup, how.compiled)
     steps: dict[str, Callable[[], Any]] = {}
     resident: dict[str, int] = {}
     kernels: dict[str, str] = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.stats import cost_to_reach, delta, holm, iso_cost, mean_interval, top1_at
-from bench.timing import interleave, side_by_side
+from bench.timing import Pass, interleave, side_by_side
 from bench.variant import Variant
 
 
@@ -178,8 +178,8 @@ def test_side_by_side_rounds_interleave_the_variants():
 
 def test_side_by_side_times_every_variant():
     base = Variant(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, num_classes=10)
-    result = side_by_side({"self": base, "re": base.replace(attention="re")}, device=torch.device("cpu"),
-                          dtype="fp32", batch_size=4, rounds=3, iters=2, warmup=1)
+    result = side_by_side({"self": base, "re": base.replace(attention="re")}, Pass("fp32", 4, 3, 2, 1),
+                          device=torch.device("cpu"))
     assert set(result["variants"]) == {"self", "re"} and result["rounds"] == 3
     for figures in result["variants"].values():
         assert figures["train_sps_p10"] <= figures["train_samples_per_sec"] <= figures["train_sps_p90"]

@@ -28,7 +28,7 @@ from bench.study.ledger import DONE, Ledger, Plan
 from bench.study.search import budget_used, run_search
 from bench.study.storage import check_workers, safe_url
 from bench.study.trials import label, load_checked, result_line, run_trial
-from bench.timing import side_by_side
+from bench.timing import Pass, side_by_side
 from bench.variant import Variant
 
 
@@ -201,8 +201,8 @@ def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds
         return stored
     warmup, iters = sweep.profile.steps(dev)
     with console.status("side-by-side timing", quiet=quiet) as update:
-        result = side_by_side(variants, device=dev, dtype=dtype, batch_size=sweep.profile.batch_size,
-                              rounds=rounds, iters=iters, warmup=max(warmup, 1), on_progress=update, compiled=compiled)
+        how = Pass(dtype, sweep.profile.batch_size, rounds, iters, max(warmup, 1), compiled)
+        result = side_by_side(variants, how, device=dev, on_progress=update)
     ledger.save_side_by_side(result)
     if not quiet:
         console.info(f"{sweep.name}: {len(variants)} variants timed side by side, {rounds} interleaved rounds "
