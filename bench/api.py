@@ -44,7 +44,8 @@ from bench.study.context import RunContext
 from bench.study.grow import arms as arms_of, grow
 from bench.study.ledger import Ledger
 from bench.study.reports import calibration_report, open_arms, records_frame, report_ledger, rung_study
-from bench.study.trials import eval_images, label
+from bench.study.artifacts import WEIGHTS
+from bench.study.trials import eval_images, label, trial_files
 from bench.variant import FIELD_TYPES, Variant
 
 
@@ -81,6 +82,12 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
         raise SpecError("compare", sweep.compare, "--until-decided grows the arms of a comparison: it needs a trained "
                         "grid sweep with compare (baseline and arms)", where=sweep.path or sweep.name)
     run = runner.start(sweep, ctx)
+    if ctx.queue_only:  # the study made and its trials queued: workers on other machines run them
+        if sweep.search is not None:
+            raise SpecError("search", None, "--queue-only queues a grid's trials; a study's are asked of its sampler "
+                            "by each worker (bench worker NAME)", where=sweep.path or sweep.name)
+        return {"url": run.ctx.storage, "ran": 0, "plan": run.plan, "records": [], "failed": 0, "failure": None,
+                "queued": run.total, "open": [], "grown": None}
     finished = workers.spawn_workers(run.ctx) if run.ctx.workers > 1 else runner.work_here(sweep, run)
     grown = None
     if run.ctx.until_decided is not None:
@@ -390,13 +397,16 @@ def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights
                     "data": "shapes (built-in) test images", "attention": _attention_types(model)}
 
 
-def analyse_trial(study: str, trial: str, *, storage: str | None = None, results_dir: str | Path = "results",
+def analyse_trial(study: str, trial: str, *, context: RunContext | None = None,
                   settings: dict[str, Any] | None = None, device: str | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A trained trial of a sweep, from its saved weights, on the sweep's evaluation batch
-    (the first test images of its dataset); ``settings`` change the sweep's collapse section."""
-    where = RunContext(study=study, results_dir=results_dir, storage=storage)
-    records = Ledger.locate(study, storage, results_dir).records()
+    """A trained trial of a sweep, from its saved weights (fetched from the study's artifact
+    store when another machine trained it), on the sweep's evaluation batch (the first test
+    images of its dataset); ``settings`` change the sweep's collapse section; ``context``: where
+    the study and its files are (results folder, storage, artifacts)."""
+    where = (context or RunContext()).replace(study=study)
+    ledger = Ledger.locate(study, where.storage, where.results_dir)
+    records = ledger.records()
     found = [r for r in records if str(r["trial"]) == str(trial) or r["key"] == str(trial)]
     if not found:
         raise BenchError(f"no finished trial {trial!r} in study {study!r} (trials: "
@@ -404,6 +414,11 @@ def analyse_trial(study: str, trial: str, *, storage: str | None = None, results
     record = found[0]
     path = record.get("weights")
     beside = where.weights_path(record["key"])
+    files = trial_files(where, ledger)
+    if (not path or not Path(path).is_file()) and not beside.is_file() and files is not None:
+        meta = next((t.user_attrs.get(WEIGHTS) for t in ledger.queries.trials() if t.number == record["trial"]), None)
+        if isinstance(meta, dict) and files.fetch(meta, beside):  # trained elsewhere: from the artifact store
+            path = str(beside)
     if (not path or not Path(path).is_file()) and beside.is_file():  # results moved or copied elsewhere
         path = str(beside)
     if not path or not Path(path).is_file():

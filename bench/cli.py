@@ -123,7 +123,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = api.run_sweep(sweep, storage=args.storage, results_dir=args.results, device=args.device,
                             retry_failed=args.retry_failed, quiet=args.quiet, save_weights=args.save_weights,
-                            keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args))
+                            keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args),
+                            artifacts=artifacts(args), queue_only=getattr(args, "queue_only", False))
+    if summary.get("queued") is not None:
+        console.info(f"{sweep.name}: {summary['queued']} trial(s) queued in {_shown(summary['url'])}; start workers "
+                     f"anywhere with `bench worker {sweep.name} --storage URL`")
+        return 0
     records = summary["records"]
     if records and not args.quiet:
         variants = list(dict.fromkeys([*sweep.variants, *(api.record_variant(r) for r in records if "depth" in r)]))
@@ -139,6 +144,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary.get("open") or []:
             console.info(f"{sweep.name}: {line}")
     return finish(summary)
+
+
+def _shown(url: str) -> str:
+    from bench.study.storage import safe_url
+    return safe_url(url)
+
+
+def artifacts(args: argparse.Namespace) -> str | None:
+    """--artifacts, else $BENCH_ARTIFACTS (None: the study's own, else the results folder)."""
+    from bench.study.artifacts import ARTIFACTS_ENV
+    return getattr(args, "artifacts", None) or os.environ.get(ARTIFACTS_ENV) or None
 
 
 def growing(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,7 +189,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = api.calibrate(args.sweep, rungs, parse_sets(args.set), name=args.name, stop_when_stable=args.stop_when_stable,
                         storage=args.storage, results_dir=args.results, device=args.device, quiet=args.quiet,
                         retry_failed=args.retry_failed, save_weights=args.save_weights,
-                        keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args))
+                        keep_checkpoints=args.keep_checkpoints, workers=args.workers, **growing(args),
+                        artifacts=artifacts(args))
     if not args.quiet:
         rows = [{**r, "tau": row["tau_top"] if row["tau_top"] == row["tau_top"] else None,  # NaN: the largest
                  "agrees": {True: "yes", False: f"no: {row['why']}", None: "reference"}[row["agrees"]]}
@@ -198,7 +215,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # `bench run --workers N` passes its storage in the environment: a URL in argv is public (ps)
     ctx = api.run_context(args.name, storage=args.storage or os.environ.get(STORAGE_ENV), results_dir=args.results,
                           device=args.device, quiet=args.quiet, save_weights=args.save_weights,
-                          keep_checkpoints=args.keep_checkpoints, tag=args.tag, report=not args.no_report)
+                          keep_checkpoints=args.keep_checkpoints, tag=args.tag, report=not args.no_report,
+                          artifacts=artifacts(args))
     return finish(api.run_worker(ctx), worker=True, quiet=args.quiet)
 
 
@@ -387,8 +405,10 @@ def cmd_collapse(args: argparse.Namespace) -> int:
         if args.trial is not None:
             if args.set or args.weights:
                 raise BenchError("--trial analyses a sweep's trial as trained: --set and --weights do not apply")
-            result, context = api.analyse_trial(args.name, args.trial, storage=args.storage,
-                                                results_dir=args.results, settings=settings, device=args.device)
+            from bench.study.context import RunContext
+            where = RunContext(storage=args.storage, results_dir=args.results, artifacts=artifacts(args))
+            result, context = api.analyse_trial(args.name, args.trial, context=where, settings=settings,
+                                                device=args.device)
         else:
             try:
                 result, context = api.analyse_model(args.name, parse_sets(args.set), weights=args.weights,
@@ -449,10 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="override a spec value by its dotted name, e.g. --set train.epochs=2 "
                                            "(repeatable)")),
                     (("--name",), dict(default=None, help="study name (default: the sweep's name)")))
-    machine = _parent((("--data-root",), dict(default=None, metavar="DIR",
-                                             help="where this machine keeps the study's data (overrides data.root "
-                                                  "here, changing no trial's identity; the data must be the same: "
-                                                  "checked). Default: $BENCH_DATA_ROOT, else data.root")))
+    data_root = (("--data-root",), dict(default=None, metavar="DIR",
+                                        help="where this machine keeps the study's data (overrides data.root here, "
+                                             "changing no trial's identity; the data must be the same: checked). "
+                                             "Default: $BENCH_DATA_ROOT, else data.root"))
+    local_data = _parent(data_root)
+    machine = _parent(data_root,
+                      (("--artifacts",), dict(default=None, metavar="PATH|URL",
+                                              help="keep checkpoints and saved weights in this artifact store (a "
+                                                   "shared folder, s3://BUCKET, gs://BUCKET) where any worker finds "
+                                                   "them; default: $BENCH_ARTIFACTS, else the one the study was "
+                                                   "started with, else the results folder")))
     storage = _parent((("--storage",), dict(default=None, metavar="URL",
                                             help="Optuna storage URL (default: sqlite:///RESULTS/NAME/study.db)")),
                       (("--results",), dict(default="results", metavar="DIR",
@@ -497,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run a sweep: profile and proxy-train every variant × seed",
                        description="Run a sweep. Trials already in the study are skipped, so rerunning "
                                    "the same command resumes an interrupted sweep.")
+    p.add_argument("--queue-only", action="store_true", help="make the study and queue the trials it lacks, run "
+                   "none: workers (`bench worker NAME`, e.g. a Slurm array) run them")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("study", parents=[sweep, device, storage, running, keep, quiet, machine],
@@ -521,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)  # prefixes this worker's lines
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("plan", parents=[sweep, device, as_json, machine],
+    p = sub.add_parser("plan", parents=[sweep, device, as_json, local_data],
                        help="list a sweep's variants with params, GMACs and estimated time",
                        description="Validate a sweep and list its variants; trains nothing.")
     p.add_argument("--no-estimate", action="store_true", help="skip the timing calibration")

@@ -74,6 +74,7 @@ class Hooks:
     on_step: Callable[[int, int, float | None], None] | None = None
     on_epoch: Callable[[int, float, float], bool | None] | None = None
     on_resume: Callable[[list[float]], None] | None = None
+    on_checkpoint: Callable[[Path, int], None] | None = None  # after each checkpoint is written: (path, epochs)
 
 
 @dataclass
@@ -336,6 +337,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
             result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
             if path is not None:  # the last epoch's too: --keep-checkpoints keeps the final state
                 _save(path, ident, epoch + 1, step, parts, result)
+                if hooks.on_checkpoint:
+                    hooks.on_checkpoint(path, epoch + 1)
             if hooks.on_epoch and hooks.on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
                 result["stopped"] = True
                 break

@@ -1,5 +1,5 @@
 """One GPU check: everything only a GPU can show, in one run of at most ten minutes on one
-H100/H200, written as a markdown page (``--out docs/gpu.md``).
+H100/H200, written as a markdown page (``--out docs/gpu-check.md``; docs/gpu.md says how to read it).
 
 1. The paper's six models (ViT and DeepViT, 16/24/32 blocks, 224², batch 64): train samples/s in
    fp32 and bf16 eager and bf16 ``torch.compile``d (the first step, compile included, apart), each
@@ -12,7 +12,7 @@ H100/H200, written as a markdown page (``--out docs/gpu.md``).
 5. A 2-trial sweep interrupted (SIGTERM after the first checkpoint) and resumed, against the
    same sweep uninterrupted: the CUDA RNG state travels in the checkpoint.
 
-    python -m benchmarks.gpu_check --out docs/gpu.md            # on a GPU
+    python -m benchmarks.gpu_check --out docs/gpu-check.md      # on a GPU
     python -m benchmarks.gpu_check --device cpu --smoke         # the test suite's: tiny models, seconds
 """
 from __future__ import annotations

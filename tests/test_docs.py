@@ -140,3 +140,60 @@ SHIPPED_TEXT = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*") if p.suff
 def test_no_machine_paths(page):
     """Docs, example reports and sweeps name no folder of the machine that made them."""
     assert not MACHINE_PATHS.findall(page.read_text()), f"{page.name} names a path of this machine"
+
+
+# --- docs/commands.md's synopses against the parser ---------------------------------------------
+
+def synopses() -> dict[str, str]:
+    """``bench CMD …`` lines of docs/commands.md's synopsis block, continuation lines joined."""
+    block = (DOCS / "commands.md").read_text().split("```text", 1)[1].split("```", 1)[0]
+    out: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line.startswith("bench "):
+            current = line.split()[1]
+            out[current] = line
+        elif line.strip() and current:
+            out[current] += " " + line.strip()
+    return out
+
+
+def parser_flags() -> dict[str, set[str]]:
+    """Each subcommand's flags as the parser knows them (help and hidden ones aside)."""
+    import argparse
+
+    from bench.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {s for a in p._actions if a.help != argparse.SUPPRESS for s in a.option_strings
+                   if s.startswith("--") and s != "--help"} for name, p in sub.choices.items()}
+
+
+def test_every_command_and_flag_is_in_its_synopsis_and_every_synopsis_flag_exists():
+    docs, code = synopses(), parser_flags()
+    assert sorted(docs) == sorted(code), "commands documented ≠ commands of the parser"
+    for name, flags in code.items():
+        written = set(re.findall(r"--[a-z][a-z-]*", docs[name]))
+        assert written - flags == set(), f"bench {name}: documented flags the parser lacks: {written - flags}"
+        assert flags - written == set(), f"bench {name}: flags missing from docs/commands.md: {flags - written}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", shipped_docs(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_anchors_of_links_exist(page):
+    bad = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or "#" not in target:
+            continue
+        file, anchor = target.split("#", 1)
+        path = (page.parent / file).resolve() if file else page
+        if path.suffix != ".md" or not path.exists():
+            continue
+        anchors = {slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.M)}
+        if anchor not in anchors:
+            bad.append(target)
+    assert not bad, f"{page.name}: links to missing headings: {bad}"

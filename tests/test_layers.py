@@ -22,7 +22,8 @@ LAYERS = [
     ("core", ["reattention", "models", "kernels", "utilisation", "profiling", "timing", "training", "collapse"]),
     ("report", ["report.tables", "report.decide", "report.formats", "report.plots", "report.markdown", "report.fidelity",
                 "report.calibration"]),
-    ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.context", "study.trials", "study.search",
+    ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.artifacts", "study.context",
+               "study.trials", "study.search",
                "study.runner", "study.workers", "study.reports", "study.grow"]),
     ("front", ["api", "cli"]),
 ]

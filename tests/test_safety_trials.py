@@ -173,7 +173,7 @@ def unreadable(*_args, **_kwargs):
 @pytest.mark.parametrize("storage", [None, "sqlite", "journal"])
 def test_a_run_stopped_before_any_trial_removes_what_it_made(storage, sweep_file, tmp_path, monkeypatch, run):
     url = {None: None, "sqlite": f"sqlite:///{tmp_path / 's.db'}", "journal": f"journal:{tmp_path / 's.journal'}"}
-    monkeypatch.setattr(runner, "load_data", unreadable)
+    monkeypatch.setattr(trials, "load_data", unreadable)
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(BenchError, match="cannot read"):
         run(sweep_file, storage=url[storage])
@@ -186,7 +186,7 @@ def test_a_run_stopped_before_any_trial_leaves_what_was_there(sweep_file, tmp_pa
     (out / "notes.txt").write_text("mine")
     (out / "checkpoints" / "keep.txt").write_text("also mine")
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"}
-    monkeypatch.setattr(runner, "load_data", unreadable)
+    monkeypatch.setattr(trials, "load_data", unreadable)
     with pytest.raises(BenchError, match="cannot read"):
         run(sweep_file)  # depth 2 to run: its data cannot load
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"} == files

@@ -33,6 +33,8 @@ class RunContext:
     report: bool = True              # write the report when done
     poll: float = POLL_S
     tag: str = ""                    # prefixes this worker's lines (w0, w1, … for local workers)
+    artifacts: str | None = None     # an artifact store for checkpoints and weights any worker reaches (a folder or URL)
+    queue_only: bool = False         # make the study and queue its trials, run none (workers elsewhere will)
     until_decided: int | None = None  # grow undecided arms seed by seed up to this many seeds (bench.study.grow)
     budget_min: float | None = None   # with until_decided: stop adding seeds after this many minutes
 

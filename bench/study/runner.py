@@ -23,6 +23,7 @@ from bench.files import check_writable
 from bench.profiling import device_name, environment
 from bench.schema import Status
 from bench.spec import Sweep, variant_key
+from bench.study.artifacts import open_store
 from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, Plan
 from bench.study.search import budget_used, run_search
@@ -65,6 +66,10 @@ def start(sweep: Sweep, ctx: RunContext) -> Run:
             check_folder(folder)
         ledger = Ledger.for_sweep(sweep, url)
         ledger.bind(sweep)
+        if ctx.artifacts:  # checked before any work, and remembered: workers joining by name find it
+            open_store(ctx.artifacts)
+            if ledger.study.user_attrs.get("artifacts") != ctx.artifacts:
+                ledger.study.set_user_attr("artifacts", ctx.artifacts)
         where = f" | {safe_url(url)} | " + (f"{ctx.workers} workers" if ctx.workers > 1 else
                                             environment(dev, 'fp32')['device_name'])
         plan = None
@@ -72,7 +77,7 @@ def start(sweep: Sweep, ctx: RunContext) -> Run:
         if sweep.search is None:
             plan = ledger.plan(sweep.trials(), retry_failed=ctx.retry_failed)
             datasets = preload(sweep, dev, ledger, ctx.quiet) if sweep.train is not None and (plan.todo or plan.queued) \
-                else {}
+                and not ctx.queue_only else {}
             ledger.enqueue(plan.todo)
             total = len(plan.todo) + plan.queued
             if not ctx.quiet:

@@ -5,6 +5,7 @@ both run their trials through ``run_trial``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -23,6 +25,7 @@ from bench.data.loader import Loader
 from bench.data.sources import Dataset, Split, load as load_data
 from bench.errors import BenchError, first_line
 from bench.schema import COLLAPSE_SUMMARY, Status
+from bench.study.artifacts import CHECKPOINT, WEIGHTS, TrialFiles, open_store
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
 from bench.models import build_model, save_weights
@@ -49,9 +52,7 @@ def signals_held() -> Iterator[None]:
 
 
 def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None = None,
-            progress: console.SweepProgress | None = None,
-            on_epoch: Callable[[int, float, float], bool | None] | None = None,
-            on_resume: Callable[[list[float]], None] | None = None) -> dict[str, Any]:
+            progress: console.SweepProgress | None = None, hooks: Hooks | None = None) -> dict[str, Any]:
     """Profile ``trial``'s variant and (with the sweep's train section) proxy-train it from its
     seed, on ``ctx.device``: one flat record. ``data``: the dataset at the variant's image size.
     Training resumes from ``ctx.checkpoint_path`` if that exists and was made by this very
@@ -60,10 +61,10 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
 
     With the sweep's collapse section, the trained model's attention collapse on the first test
     images (and, ``at_init``, the untrained one's); with ``ctx.save_weights``, the trained weights
-    kept at ``ctx.weights_path``. ``progress``: told each phase and step. ``on_epoch(epoch, top1,
-    loss)`` returning True stops training (a pruned trial); ``on_resume(top1_per_epoch)``: the
-    epochs a resumed training carries over from its checkpoint (bench.training.Hooks). ``status``
-    is complete, diverged or pruned; exceptions propagate to the caller.
+    kept at ``ctx.weights_path``. ``progress``: told each phase and step. ``hooks``: what the
+    caller hears of training (bench.training.Hooks: each epoch, where True stops it — a pruned
+    trial —, a resumption's earlier epochs, each checkpoint written); its ``on_step`` is the
+    progress display's. ``status`` is complete, diverged or pruned; exceptions propagate.
     """
     variant, seed, device = trial.variant, trial.seed, ctx.device
     profile, train_cfg, collapse = sweep.profile, sweep.train, sweep.collapse
@@ -90,7 +91,7 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
         say("training")
         t0 = time.perf_counter()
         result = train(model, data, train_cfg, device=device, seed=seed, recipe=sweep.data,
-                       hooks=Hooks(on_step=on_step, on_epoch=on_epoch, on_resume=on_resume),
+                       hooks=dataclasses.replace(hooks or Hooks(), on_step=on_step),
                        checkpoint=Checkpoint(checkpoint, {"variant": variant.to_dict()}))
         record["resumed"] = result.pop("resumed", False)
         record["time_train_s"] = time.perf_counter() - t0
@@ -188,7 +189,15 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
             data = loaded[img]
         prune = sweep.study is not None and bool(sweep.study.pruner)  # a study with a pruner may stop it early
         on_epoch, on_resume = _reporting(ledger, handle, prune)
-        record = measure(trial, sweep, ctx, data=data, progress=progress, on_epoch=on_epoch, on_resume=on_resume)
+        files = trial_files(ctx, ledger)
+        upload = None
+        if files is not None and checkpoint is not None:
+            _fetch_checkpoint(files, trial.key, checkpoint)
+            upload = lambda path, epochs: files.upload(handle, path, CHECKPOINT, epochs=epochs)  # noqa: E731
+        record = measure(trial, sweep, ctx, data=data, progress=progress,
+                         hooks=Hooks(on_epoch=on_epoch, on_resume=on_resume, on_checkpoint=upload))
+        if files is not None and record.get("weights"):
+            files.upload(handle, Path(record["weights"]), WEIGHTS)
         record = {**base, **record}
     except KeyboardInterrupt:
         with signals_held():  # a second Ctrl-C must not cut the write that records the first
@@ -210,7 +219,32 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
     ledger.finish(handle, _jsonable(record), objectives)
     if checkpoint is not None and not ctx.keep_checkpoints and record["status"] != Status.FAILED:
         checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
+        files = trial_files(ctx, ledger)
+        if files is not None:  # and every checkpoint the point's trials left in the store
+            for t in ledger.queries.trials():
+                meta = t.user_attrs.get(CHECKPOINT) if t.user_attrs.get("key") == trial.key else None
+                if isinstance(meta, dict):
+                    files.remove(meta["artifact_id"])
     return record
+
+
+def trial_files(ctx: RunContext, ledger: Ledger) -> TrialFiles | None:
+    """The study's artifact store (``ctx.artifacts``, else the one the study was started with),
+    or None: files stay in this machine's results folder."""
+    where = ctx.artifacts or ledger.study.user_attrs.get("artifacts")
+    return TrialFiles(open_store(where), ledger) if where else None
+
+
+def _fetch_checkpoint(files: TrialFiles, key: str, local: Path) -> None:
+    """Bring the newest checkpoint any worker uploaded for point ``key`` beside this machine's
+    results, unless the one here is newer; checked against its sha256 (set aside if it fails)."""
+    meta = files.newest(key)
+    if meta is None:
+        return
+    if local.is_file() and local.stat().st_mtime >= meta.get("written", 0):
+        return
+    if files.fetch(meta, local):
+        console.info(f"checkpoint of {key} ({meta.get('epochs')} epoch(s)) fetched from the artifact store")
 
 
 def _reporting(ledger: Ledger, handle: Any, prune: bool) -> tuple[Callable[[int, float, float], bool],
