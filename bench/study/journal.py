@@ -8,6 +8,7 @@ level: no Optuna object is built, so a foreign file is never parsed as a study.
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
@@ -19,17 +20,25 @@ from typing import Any
 from bench import console
 from bench.errors import BenchError
 
-# Optuna's journal operations (optuna.storages.journal JournalOperation) and the id each refers
-# to: a line without them is no journal record
-CREATE_STUDY, CREATE_TRIAL = 0, 4
-_OP_FIELDS = {0: ("study_name", str), 1: ("study_id", int), 2: ("study_id", int), 3: ("study_id", int),
-              4: ("study_id", int), 5: ("trial_id", int), 6: ("trial_id", int), 7: ("trial_id", int),
-              8: ("trial_id", int), 9: ("trial_id", int), 10: (None, None)}
+try:  # Optuna's names for its journal operations: its own enum, which Optuna keeps in a private module
+    from optuna.storages.journal._storage import JournalOperation as Op
+except ImportError:  # the numbers are the on-disk format, fixed since Optuna 3.1: the same names, here
+    class Op(enum.IntEnum):  # type: ignore[no-redef]
+        CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR, CREATE_TRIAL = range(5)
+        SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES, SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR = range(5, 9)
+        SET_TRIAL_SYSTEM_ATTR, DISCARD_TRIALS = 9, 10
+
+CREATE_STUDY, CREATE_TRIAL = Op.CREATE_STUDY, Op.CREATE_TRIAL
+STUDY_OPS = (Op.DELETE_STUDY, Op.SET_STUDY_USER_ATTR, Op.SET_STUDY_SYSTEM_ATTR)
+TRIAL_OPS = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_STATE_VALUES, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
+             Op.SET_TRIAL_SYSTEM_ATTR)
+# the id each operation refers to: a line without it is no journal record
+_OP_FIELDS = {Op.CREATE_STUDY: ("study_name", str), **{op: ("study_id", int) for op in (*STUDY_OPS, Op.CREATE_TRIAL)},
+              **{op: ("trial_id", int) for op in TRIAL_OPS}, Op.DISCARD_TRIALS: (None, None)}
 _START = b'{"op_code":'  # how Optuna writes every record: op_code first, then worker_id, then the id
 _OP = re.compile(rb'\{"op_code":(\d+),')
 _ID = re.compile(rb'"(study_id|trial_id)":(\d+)[,}]')  # where it stands in a damaged line (quotes in strings are escaped)
 _WORKER = re.compile(rb'"worker_id":"([^"\\\n]*)')  # its readable start, even when cut inside it
-TRIAL_OPS = (5, 6, 7, 8, 9)  # set a trial's param, state and values, intermediate value, user and system attribute
 _FIRST_LINE_MAX = 1 << 20  # a journal's first record (a study's creation) is far shorter
 FAIL, WAITING = 3, 4  # optuna TrialState values, as the journal stores them
 
@@ -102,7 +111,7 @@ class _Replay:
         op = rec["op_code"]
         if op == CREATE_STUDY and rec["study_name"] not in self.studies:
             self.studies[rec["study_name"]] = self.names_add(rec["study_name"])
-        elif op == 1 and rec["study_id"] in self.names:
+        elif op == Op.DELETE_STUDY and rec["study_id"] in self.names:
             self.studies.pop(self.names.pop(rec["study_id"]), None)
         elif op == CREATE_TRIAL and rec["study_id"] in self.names:
             sid = rec["study_id"]
@@ -182,10 +191,10 @@ def plan_repair(data: bytes) -> Repair | None:
                 if op in TRIAL_OPS and kind == "trial_id" and ids:
                     dead.update(ids)
                     touched.update(ids)
-                elif op in (1, 2, 3) and kind == "study_id":
+                elif op in STUDY_OPS and kind == "study_id":
                     study = replay.names.get(ident, f"study {ident}")
                     rep.studies[study] = rep.studies.get(study, 0) + 1
-                elif op == 10 or (op == CREATE_TRIAL and kind == "study_id" and ident not in replay.names):
+                elif op == Op.DISCARD_TRIALS or (op == CREATE_TRIAL and kind == "study_id" and ident not in replay.names):
                     pass  # it changed nothing Optuna replays
                 elif op == CREATE_TRIAL and kind == "study_id":
                     stand_in = _stand_in(ident)
@@ -250,9 +259,9 @@ def _nearby_trials(recs: list[dict[str, Any] | None], at: int, line: bytes) -> s
             i += step
         return None
     before, after = near(-1), near(+1)
-    if before is not None and before["op_code"] == 8 and "record" in before.get("user_attr", {}):
+    if before is not None and before["op_code"] == Op.SET_TRIAL_USER_ATTR and "record" in before.get("user_attr", {}):
         return {before["trial_id"]}
-    if after is not None and after["op_code"] == 8 and "worker" in after.get("user_attr", {}):
+    if after is not None and after["op_code"] == Op.SET_TRIAL_USER_ATTR and "worker" in after.get("user_attr", {}):
         return {after["trial_id"]}
     return {r["trial_id"] for r in (before, after) if r is not None}
 
