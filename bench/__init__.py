@@ -16,9 +16,9 @@ each sub-package's modules stand together (``tests/test_layers.py`` holds it to 
    iso-cost readings
 3. ``bench.data`` — datasets, the decoded cache, the loader, augmentation
 4. ``spec`` — the sweep file, validated (torch-free)
-5. the measuring core: ``reattention``, ``models``, ``kernels``, ``utilisation``, ``profiling``,
-   ``timing``, ``training``, ``collapse`` — DeepViT's re-attention, timm models, each attention
-   type's fastest exact kernel, achieved FLOP/s against the device's peak, cost, side-by-side
+5. the measuring core: ``costs``, ``reattention``, ``models``, ``kernels``, ``utilisation``,
+   ``profiling``, ``timing``, ``training``, ``collapse`` — every cost figure's one definition
+   (torch on use), DeepViT's re-attention, timm models, each attention type's fastest exact kernel, achieved FLOP/s against the device's peak, cost, side-by-side
    timing, the proxy, collapse metrics
 6. ``bench.report`` — tables, plots and report files from records (torch-free)
 7. ``bench.study`` — storage, the ledger, trials, sweeps and their workers, searches

@@ -25,12 +25,12 @@ from torch import nn
 from bench import console
 from bench.collapse import analyse
 from bench.config import CollapseConfig, DataConfig, Dim, ProfileConfig, resolve_dtype
-from bench.data.folders import split_sizes
+from bench.costs import closed_form, estimated_macs, planned_train_pmacs, train_macs
 from bench.data.sources import Dataset, load as load_data, make_shapes
 from bench.errors import BenchError, SpecError
 from bench.files import atomic_write
 from bench.models import build_model, load_weights
-from bench.profiling import closed_form, create, input_size_of, measure_speed, resolve_device
+from bench.profiling import create, input_size_of, measure_speed, resolve_device
 from bench.reattention import ReAttention
 from bench.report import plots
 from bench.report.calibration import agreement
@@ -251,17 +251,15 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
 
 def plan_ladder(sweeps: list[Sweep], device: str | None = None, calibrate: bool = True) -> list[dict[str, Any]]:
     """What a ladder (bench.spec.load_rungs) will cost before anything runs: per rung its
-    trials, the train MACs they count (closed form: forward + backward = 3× forward, per image
-    trained) and an estimated time (as plan_rows: one rate, timed on the first rung's cheapest
-    variant)."""
+    trials, the train PMACs they will count (bench.costs.planned_train_pmacs: the figure the
+    report sums from the records) and an estimated time (as plan_rows: one rate, timed on the
+    first rung's cheapest variant)."""
     dev = resolve_device(device)
     first = sweeps[0]
     cheapest = min(first.variants, key=lambda v: closed_form(v)["macs"])
     rate = _calibrate(cheapest, first, dev) if calibrate else None
     rows = []
     for sweep in sweeps:
-        n_train = split_sizes(sweep.data)[0] if sweep.train is not None else 0
-        epochs = sweep.train.epochs if sweep.train is not None else 0
         seeds = len(sweep.seeds)
         pmacs = sum(planned_train_pmacs(sweep, v) for v in sweep.variants) * seeds
         est = None if rate is None else sum(estimated_macs(sweep, v, dev) / rate + 1.0 for v in sweep.variants) * seeds
@@ -321,27 +319,6 @@ def _witnesses(variants: list[Variant]) -> list[Variant]:
     return list(dict.fromkeys(found))
 
 
-def planned_train_pmacs(sweep: Sweep, v: Variant) -> float:
-    """The train PMACs one trial of ``v`` will count: train MACs per image (forward + backward,
-    3 × the closed-form forward) × the images it trains (train size × epochs)."""
-    if sweep.train is None:
-        return 0.0
-    return 3 * closed_form(v)["macs"] * split_sizes(sweep.data)[0] * sweep.train.epochs / 1e15
-
-
-def estimated_macs(sweep: Sweep, v: Variant, device: Any) -> float:
-    """The MACs one trial of ``v`` runs: every epoch's training (forward + backward ≈ 3×
-    forward) and evaluation, and the profiling steps (warm-up and timed, inference and train)."""
-    train_macs = 3 * closed_form(v)["macs"]
-    work = 0.0
-    if sweep.train is not None:
-        n_train, n_test = split_sizes(sweep.data)
-        work += sweep.train.epochs * (n_train * train_macs + n_test * train_macs / 3)
-    if sweep.profile.speed:
-        work += sum(sweep.profile.steps(device)) * sweep.profile.batch_size * (train_macs + train_macs / 3)
-    return work
-
-
 def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
     """Train-step MACs per second of ``v`` on ``dev`` (a few timed steps)."""
     batch = sweep.train.batch_size if sweep.train else sweep.profile.batch_size
@@ -349,7 +326,7 @@ def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
     r = measure_speed(model, (v.in_chans, v.img_size, v.img_size),
                       ProfileConfig(dtype=resolve_dtype(sweep.train.dtype if sweep.train else sweep.profile.dtype, dev),
                                     batch_size=batch, warmup=1, iters=3), mode="train", device=dev)
-    return 3 * closed_form(v)["macs"] * r["train_samples_per_sec"]
+    return train_macs(v) * r["train_samples_per_sec"]
 
 
 def corners(dims: dict[str, Dim], base: Variant) -> list[Variant]:

@@ -47,7 +47,7 @@ def study_name(name: str, flag: str = "NAME") -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from bench.models import VARIANTS
-    from bench.profiling import closed_form
+    from bench.costs import closed_form
 
     rows = []
     for name, v in VARIANTS.items():

@@ -1,12 +1,7 @@
 """Cost of one model: parameters, MACs, activations, speed and peak memory.
 
-Counting follows timm's benchmark.py (fvcore, one image, MACs called "flops" by fvcore)
-with two fixes: fused ``scaled_dot_product_attention`` is counted (fvcore has no handle
-and silently counts it as zero), and ``matmul`` with a broadcast batch (re-attention's
-head mixing, ``(H, H) @ (B, H, N²)``) is counted in full (fvcore drops the batch).
-``closed_form`` gives the same count from the architecture alone; tests hold the two
-together. The train-step count (forward + backward) comes from PyTorch's
-``FlopCounterMode``, which sees the backward kernels, so it is measured, not assumed 3×.
+The counts and their definitions are bench.costs'; this module builds the model, counts it
+there, and times it.
 
 Timing: warm-up, then one measurement per iteration (CUDA events on GPU,
 ``time.perf_counter`` on CPU), reported as median and p10/p90.
@@ -21,7 +16,6 @@ import os
 import platform
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -33,121 +27,13 @@ from torch import nn
 
 from bench import __version__, console
 from bench.config import DTYPES, ProfileConfig, resolve_compile, resolve_dtype
+from bench.costs import count_macs, count_train_macs, param_count
 from bench.data.cache import INDUCTOR_DIR, default_dir
 from bench.errors import BenchError, did_you_mean, first_line
 from bench.files import hold_folder
 from bench.kernels import autocast, choose_kernels
 from bench.models import VARIANTS, Variant, build_model, resolve
 from bench.utilisation import utilisation
-
-LAYERNORM_MACS_PER_ELEMENT = 5  # fvcore's convention for an affine norm
-
-
-# --- counting -------------------------------------------------------------------------
-
-def param_count(model: nn.Module) -> float:
-    """Parameters in millions (timm benchmark.py's ``param_count``)."""
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
-def closed_form(v: Variant) -> dict[str, int]:
-    """MACs per image and parameters of ``v``, from its architecture alone.
-
-    ``matmul_macs``: patch embedding, QKV, QKᵀ, AV, head mixing (re-attention blocks:
-    N²·H²), output projection, MLP and head. ``norm_macs``: the LayerNorms, at fvcore's
-    5 per element (``re_norm='layer'`` adds one over the heads of the N×N map;
-    ``'batch'`` is folded into the mixing weights and costs nothing per element).
-    Softmax, GELU, residual adds and biases are not counted, as fvcore does not.
-    """
-    N, D, H, hid = v.seq_len, v.embed_dim, v.num_heads, v.mlp_hidden
-    per_block = N * D * 3 * D + 2 * N * N * D + N * D * D + 2 * N * D * hid
-    matmul = (v.num_patches * v.in_chans * v.patch_size ** 2 * D  # patch embedding (conv)
-              + v.depth * per_block + v.n_re_blocks * N * N * H * H
-              + D * v.num_classes)  # head on the class token
-    norms = (2 * v.depth + 1) * N * D * LAYERNORM_MACS_PER_ELEMENT
-    if v.re_norm == "layer":  # LayerNorm over the heads of every (query, key) pair
-        norms += v.n_re_blocks * N * N * H * LAYERNORM_MACS_PER_ELEMENT
-
-    block_params = (2 * D  # norm1
-                    + 3 * D * D + (3 * D if v.qkv_bias else 0) + D * D + D  # qkv, proj
-                    + 2 * D  # norm2
-                    + D * hid + hid + hid * D + D)  # mlp
-    re_params = H * H + H + {"batch": 2 * H, "layer": 2 * H, "none": 0}[v.re_norm]
-    params = (v.in_chans * v.patch_size ** 2 * D + D  # patch embedding
-              + D + v.seq_len * D  # class token, position embedding
-              + v.depth * block_params + v.n_re_blocks * re_params
-              + 2 * D + D * v.num_classes + v.num_classes)  # final norm, head
-    return {"matmul_macs": matmul, "norm_macs": norms, "macs": matmul + norms, "params": params}
-
-
-def _shape(value) -> list[int]:
-    from fvcore.nn.jit_handles import get_shape  # fvcore on use: its import costs ~1 s
-    return get_shape(value)
-
-
-def _matmul_macs(inputs, outputs) -> int:
-    a, out = _shape(inputs[0]), _shape(outputs[0])
-    return math.prod(out) * a[-1]  # every output element is a K-long dot product
-
-
-def _sdpa_macs(inputs, outputs) -> int:
-    q, k, v = (_shape(x) for x in inputs[:3])
-    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])  # QKᵀ then AV
-
-
-def _sdpa_activations(inputs, outputs) -> int:
-    q, k = _shape(inputs[0]), _shape(inputs[1])
-    return math.prod(q[:-1]) * k[-2] + math.prod(_shape(outputs[0]))  # the map and the output
-
-
-def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> tuple[int, int]:
-    """fvcore MACs and activations for one image of ``input_size`` (C, H, W)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit
-        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis  # on use, as above
-
-    model = model.eval()
-    param = next(model.parameters())
-    x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
-    handles = {"aten::matmul": _matmul_macs, "aten::scaled_dot_product_attention": _sdpa_macs}
-    counts = []
-    for analysis, extra in ((FlopCountAnalysis, handles),
-                            (ActivationCountAnalysis, {"aten::scaled_dot_product_attention": _sdpa_activations})):
-        a = analysis(model, x).set_op_handle(**extra)
-        a.unsupported_ops_warnings(False)
-        a.uncalled_modules_warnings(False)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit
-            counts.append(int(a.total()))
-    return counts[0], counts[1]
-
-
-def flop_counter():
-    """PyTorch's FlopCounterMode, taught the CPU flash-attention kernels it misses."""
-    from torch.utils import flop_counter as fc  # on use: only train-step counting needs it
-
-    def forward(q, k, v, *_args, out_shape=None, **_kwargs):
-        return fc.sdpa_flop_count(q, k, v)
-
-    def backward(grad_out, q, k, v, *_args, out_shape=None, **_kwargs):
-        return fc.sdpa_backward_flop_count(grad_out, q, k, v)
-
-    aten = torch.ops.aten
-    return fc.FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-    })
-
-
-def count_train_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """MACs of one forward + backward pass, per image (FlopCounterMode FLOPs / 2)."""
-    model = copy.deepcopy(model).train()  # training mode updates norm statistics
-    param = next(model.parameters())
-    x = torch.randn(2, *input_size, device=param.device, dtype=param.dtype)
-    counter = flop_counter()
-    with counter:
-        model(x).float().logsumexp(-1).sum().backward()
-    return counter.get_total_flops() // 2 // len(x)
 
 
 # --- timing ---------------------------------------------------------------------------
@@ -491,7 +377,7 @@ def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig,
     say("counting MACs (fvcore)")
     macs, acts = count_macs(model, size)
     record.update(infer_gmacs=macs / 1e9, infer_macts=acts / 1e6)
-    say("counting train-step MACs (FlopCounterMode)")
+    say("counting train-step MACs (FlopCounterMode, the math formulation)")
     record["train_gmacs"] = count_train_macs(model, size) / 1e9
     if speed:
         if cuda:
@@ -507,7 +393,7 @@ def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig,
         record.update(measure_speed(model, size, timed, mode="train", device=device, on_retry=say))
         record.update(warmup=warmup, iters=iters)
         say(f"measuring this device's {dtype} GEMM peak (once per device, dtype and torch version)")
-        record.update(utilisation(record["infer_gmacs"], record.get("train_samples_per_sec"), device=device,
+        record.update(utilisation(record["train_gmacs"], record.get("train_samples_per_sec"), device=device,
                                   dtype=dtype, device_name=device_name(device)))
     record.update(environment(device, dtype))
     return record

@@ -1,10 +1,9 @@
 """How close a train step runs to the machine's limit: achieved train FLOP/s from the counted
 MACs, and its fraction of the device's peak in that dtype (model FLOPs utilisation, MFU).
 
-Convention (nanoGPT's and PaLM's): 2 FLOPs per multiply-accumulate, and a train step costs 3×
-its forward pass (the backward pass 2×), so train FLOPs per image = 6 × the forward MACs that
-fvcore counts (``infer_gmacs``: attention's two matmuls and re-attention's head mixing included;
-norms, softmax and activations are not — as the papers count). The peak is *measured* once per
+Convention (PaLM's model FLOPs): 2 FLOPs per multiply-accumulate, times the train MACs per image
+(bench.costs: the matrix products of forward and backward as the model's math defines them —
+no recomputation, no norms, softmax or activations), times samples per second. The peak is *measured* once per
 device × dtype × torch version: the best FLOP/s of large square matmuls in that dtype, cached in
 bench's cache folder (peak-flops.json); for known GPUs the datasheet's dense peak is recorded
 beside it. MFU is against the measured peak: what this machine's GEMM can do, not a brochure.
@@ -19,9 +18,9 @@ from typing import Any
 
 import torch
 
+from bench.costs import train_tflops
 from bench.data.cache import PEAKS_FILE, default_dir
 from bench.files import Memo, remembered
-from bench.variant import train_tflops
 
 # dense (no sparsity) peak TFLOP/s by GPU name and dtype; fp32 is the plain (non-tensor-core) rate
 DATASHEET = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},
@@ -95,13 +94,13 @@ def measured_peak(device: torch.device, dtype: str, device_name: str, cache_dir:
     return _measured[key]
 
 
-def utilisation(infer_gmacs: float, samples_per_sec: float | None, *, device: torch.device, dtype: str,
+def utilisation(train_gmacs: float, samples_per_sec: float | None, *, device: torch.device, dtype: str,
                 device_name: str) -> dict[str, Any]:
     """The record's utilisation columns: ``train_tflops``, ``train_mfu`` (against the measured
     peak), ``peak_tflops`` and, for a known GPU, ``datasheet_tflops``."""
     if not samples_per_sec or not math.isfinite(samples_per_sec) or dtype not in _DTYPES:
         return {}
-    achieved = train_tflops(infer_gmacs, samples_per_sec)
+    achieved = train_tflops(train_gmacs, samples_per_sec)
     peak = measured_peak(device, dtype, device_name)
     return {"train_tflops": achieved, "train_mfu": achieved / peak, "peak_tflops": peak,
             "datasheet_tflops": datasheet_tflops(device_name, dtype)}

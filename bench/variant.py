@@ -12,10 +12,6 @@ from bench.errors import SpecError, check_keys, check_type
 
 RE_NORMS = ("batch", "layer", "none")  # how re-attention normalises the mixed maps over heads
 ATTENTION_TYPES = ("self", "re")
-# utilisation's convention (nanoGPT's and PaLM's): 2 FLOPs per multiply-accumulate, and a train step
-# is 3 passes' worth of the forward (the backward costs 2×)
-FLOPS_PER_MAC = 2
-TRAIN_PASSES = 3
 MAX_SIZE = 2**31 - 1  # any size field, and the MLP's width: past it no model builds, and MAC counts overflow floats
 
 
@@ -150,10 +146,3 @@ FIELD_TYPES: dict[str, Any] = {
     "drop_path_rate": float, "attention": str, "re_blocks": (int, None), "re_norm": str,
     "re_transform_scale": bool,
 }
-
-
-def train_tflops(infer_gmacs: Any, samples_per_sec: Any) -> Any:
-    """Achieved train TFLOP/s of a model of ``infer_gmacs`` forward GMACs per image training at
-    ``samples_per_sec``: FLOPS_PER_MAC × TRAIN_PASSES FLOPs per counted forward MAC (numbers or
-    pandas columns alike)."""
-    return FLOPS_PER_MAC * TRAIN_PASSES * infer_gmacs * 1e9 * samples_per_sec / 1e12

@@ -34,9 +34,10 @@ from bench.data.loader import Loader
 from bench.data.sources import make_shapes
 from bench.kernels import choose_kernels
 from bench.models import VARIANTS, build_model
-from bench.profiling import closed_form, compile_model, device_name, resolve_device, time_steps, train_step
+from bench.costs import train_macs, train_tflops
+from bench.profiling import compile_model, device_name, resolve_device, time_steps, train_step
 from bench.utilisation import datasheet_tflops, measured_peak
-from bench.variant import Variant, train_tflops
+from bench.variant import Variant
 
 PAPER = ["vit_16b", "vit_24b", "vit_32b", "deepvit_16b", "deepvit_24b", "deepvit_32b"]
 MICRO = ["vit_micro", "deepvit_micro"]
@@ -55,7 +56,7 @@ def models_table(names: list[str], dev: torch.device, dtypes: list[str], compile
     rows = []
     for name in names:
         v: Variant = VARIANTS[name]
-        gmacs = closed_form(v)["macs"] / 1e9
+        gmacs = train_macs(v) / 1e9  # train GMACs per image (bench.costs)
         for dtype in dtypes:
             peak = measured_peak(dev, dtype, device_name(dev))
             sheet = datasheet_tflops(device_name(dev), dtype)

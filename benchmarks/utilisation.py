@@ -5,7 +5,8 @@ cache); then, in interleaved rounds, train steps of a pure-GEMM model — four b
 linear layers on inputs that need gradients, so a step is exactly 3× its forward GEMMs: if the
 accounting is right it reaches ≥ 0.8 of the peak — and of the quickstart's model (q4x64: depth 4,
 dim 64, 32², batch 32) and a wider one (c6x128: depth 6, dim 128, batch 128), self- and
-re-attention. Train FLOPs = 6 × counted forward MACs per image (bench.variant.train_tflops).
+re-attention. Train FLOPs = 2 × train MACs per image (bench.costs: for the GEMM model 3× its forward,
+every input needing its gradient).
 
     python -m benchmarks.utilisation                    # fp32 and bf16, about 2 minutes on 2 cores
 """
@@ -18,9 +19,9 @@ from torch import nn
 
 from bench.kernels import choose_kernels
 from bench.models import Variant, build_model
-from bench.profiling import closed_form, device_name, time_steps, train_step
+from bench.costs import train_macs, train_tflops
+from bench.profiling import device_name, time_steps, train_step
 from bench.utilisation import gemm_tflops
-from bench.variant import train_tflops
 from benchmarks.common import header, parser, run_rounds
 
 GEMM_DIM, GEMM_LAYERS, GEMM_BATCH = 1024, 4, 2048  # large GEMMs: M = 2048 in every pass
@@ -47,13 +48,13 @@ def main() -> None:
     for d, v in peaks.items():
         print(f"measured GEMM peak {d}: {v * 1e3:.1f} GFLOP/s", flush=True)
 
-    models = {"gemm": (Gemms(), GEMM_LAYERS * GEMM_DIM ** 2 / 1e9, GEMM_BATCH, (GEMM_DIM,))}
+    models = {"gemm": (Gemms(), 3 * GEMM_LAYERS * GEMM_DIM ** 2 / 1e9, GEMM_BATCH, (GEMM_DIM,))}  # train GMACs
     for name, depth, dim, batch in (("q4x64", 4, 64, 32), ("c6x128", 6, 128, 128)):
         for attention in ("self", "re"):
             v = Variant(img_size=32, patch_size=4, embed_dim=dim, depth=depth, num_heads=4, mlp_ratio=2.0,
                         num_classes=10, attention=attention)
             torch.manual_seed(0)
-            models[f"{name} {attention}"] = (build_model(v), closed_form(v)["macs"] / 1e9, batch,
+            models[f"{name} {attention}"] = (build_model(v), train_macs(v) / 1e9, batch,
                                              (3, v.img_size, v.img_size))
     arms, info = {}, {}
     for name, (base, gmacs, batch, shape) in models.items():

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from bench import spec
 from bench.cli import main
 from bench.study.artifacts import CHECKPOINT, TrialFiles, open_store
 from bench.study.ledger import Ledger

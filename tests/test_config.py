@@ -3,12 +3,13 @@ and every caller asks it. Each test here would have caught a copy that disagreed
 import pytest
 import torch
 
-from bench import api, config, spec
+from bench import config, spec
 from bench.cli import build_parser
 from bench.errors import SpecError, first_line
 from bench.models import build_model
 from bench.kernels import autocast
-from bench.profiling import closed_form, profile_model
+from bench.costs import closed_form, estimated_macs
+from bench.profiling import profile_model
 from bench.study.trials import label
 from bench.variant import FIELD_TYPES, Variant, is_re_option
 
@@ -18,9 +19,9 @@ def test_zero_warm_up_means_zero_in_profiling_and_in_the_plan(sweep_file):
     assert config.ProfileConfig().steps("cuda") == (10, 50) and config.ProfileConfig(iters=3).steps("cpu") == (2, 3)
     sweep = spec.load(sweep_file)  # profile: {batch_size: 4, warmup: 0, iters: 1}; 48 train, 24 test, 1 epoch
     v = sweep.variants[0]
-    train_macs = 3 * closed_form(v)["macs"]
-    by_hand = 1 * (48 * train_macs + 24 * train_macs / 3) + (0 + 1) * 4 * (train_macs + train_macs / 3)
-    assert api.estimated_macs(sweep, v, "cpu") == pytest.approx(by_hand)  # the old estimate took 2 warm-ups
+    cf = closed_form(v)
+    by_hand = 48 * cf["train_macs"] + 24 * cf["macs"] + (0 + 1) * 4 * (cf["train_macs"] + cf["macs"])
+    assert estimated_macs(sweep, v, "cpu") == pytest.approx(by_hand)  # the old estimate took 2 warm-ups
     record = profile_model(build_model(v), v, config.ProfileConfig(dtype="fp32", batch_size=2, warmup=0, iters=1),
                            device=torch.device("cpu"))
     assert (record["warmup"], record["iters"]) == (0, 1)

@@ -19,7 +19,7 @@ LAYERS = [
     ("config", ["variant", "config", "sequential", "stats"]),
     ("data", ["data.folders", "data.cache", "data.sources", "data.loader", "data.augment"]),
     ("spec", ["spec"]),
-    ("core", ["reattention", "models", "kernels", "utilisation", "profiling", "timing", "training", "collapse"]),
+    ("core", ["costs", "reattention", "models", "kernels", "utilisation", "profiling", "timing", "training", "collapse"]),
     ("report", ["report.tables", "report.decide", "report.formats", "report.plots", "report.markdown", "report.fidelity",
                 "report.calibration"]),
     ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.artifacts", "study.context",

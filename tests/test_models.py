@@ -10,7 +10,7 @@ import bench
 from bench.errors import SpecError
 from bench.models import VARIANTS, Variant, build_model, capture_attention
 from bench.reattention import ReAttention
-from bench.profiling import closed_form, param_count
+from bench.costs import closed_form, param_count
 
 MICRO = VARIANTS["vit_micro"]
 

@@ -6,99 +6,11 @@ from torch import nn
 
 from bench.config import ProfileConfig
 from bench.errors import BenchError
-from bench.models import VARIANTS, build_model
-from bench.profiling import (Request, Timing, closed_form, count_macs, count_train_macs, flop_counter,
-                             measure_speed, profile, time_steps)
+from bench.models import VARIANTS
+from bench.costs import closed_form
+from bench.profiling import Request, Timing, measure_speed, profile, time_steps
 
 MICRO = VARIANTS["vit_micro"]
-SHAPES = {  # varied so that no term of the closed form can hide behind another
-    "vit": MICRO,
-    "deepvit": MICRO.replace(attention="re"),
-    "deepvit_last1_layer": MICRO.replace(attention="re", re_blocks=1, re_norm="layer", depth=3),
-    "odd": MICRO.replace(img_size=24, patch_size=4, embed_dim=48, num_heads=6, mlp_ratio=2.5,
-                         num_classes=7, in_chans=1, qkv_bias=False),
-    "deepvit_odd": MICRO.replace(img_size=24, patch_size=4, embed_dim=48, num_heads=6,
-                                 mlp_ratio=2.5, attention="re", re_transform_scale=True),
-}
-
-
-def set_fused(model, fused):
-    for m in model.modules():
-        if hasattr(m, "fused_attn") and type(m).__name__ == "Attention":
-            m.fused_attn = fused
-    return model
-
-
-def size(v):
-    return (v.in_chans, v.img_size, v.img_size)
-
-
-def test_closed_form_by_hand():
-    # vit_micro: N = 17 tokens, D = 32, hidden 64, 4 heads, 4 blocks, 10 classes
-    block = 17 * 32 * 96 + 2 * 17 * 17 * 32 + 17 * 32 * 32 + 2 * 17 * 32 * 64
-    expected = 16 * 192 * 32 + 4 * block + 32 * 10
-    assert closed_form(MICRO)["matmul_macs"] == expected
-    assert closed_form(MICRO.replace(attention="re"))["matmul_macs"] == expected + 4 * 17 * 17 * 16
-    assert closed_form(MICRO)["norm_macs"] == 9 * 17 * 32 * 5
-
-
-@pytest.mark.parametrize("name", list(SHAPES))
-@pytest.mark.parametrize("fused", [True, False])
-def test_fvcore_count_equals_closed_form(name, fused):
-    v = SHAPES[name]
-    macs, acts = count_macs(set_fused(build_model(v), fused), size(v))
-    assert macs == closed_form(v)["macs"]  # exact; the requirement is 0.5%
-    assert acts > 0
-
-
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_flop_counter_mode_agrees_on_the_matmuls(name):
-    """PyTorch's counter sees kernels, not the traced graph: an independent check."""
-    v = SHAPES[name]
-    model = build_model(v).eval()
-    counter = flop_counter()
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *size(v)))
-    assert counter.get_total_flops() == 2 * closed_form(v)["matmul_macs"]
-
-
-def test_vit_base_counts_attention():
-    """DESIGN.md: fvcore alone says 16.87 GMACs for ViT-B/16; attention makes it 17.58."""
-    model = timm.create_model("vit_base_patch16_224")
-    assert model.blocks[0].attn.fused_attn  # timm's default: SDPA, invisible to plain fvcore
-    macs, _ = count_macs(model, (3, 224, 224))
-    assert round(macs / 1e9, 2) == 17.58
-    v = MICRO.replace(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                      mlp_ratio=4.0, num_classes=1000)
-    assert macs == closed_form(v)["macs"]
-
-
-@pytest.mark.parametrize("fused", [True, False])
-def test_train_step_macs_are_counted_not_assumed(fused):
-    v = MICRO
-    model = set_fused(build_model(v), fused)
-    cf = closed_form(v)
-    patch = v.num_patches * v.in_chans * v.patch_size ** 2 * v.embed_dim
-    # backward = 2× every matmul, but the image needs no gradient: no input grad for the patch conv
-    explicit = 3 * cf["matmul_macs"] - patch
-    train = count_train_macs(model, size(v))
-    if fused:  # flash-attention backward recomputes QKᵀ: one more N²·D per block
-        assert train == explicit + v.depth * v.seq_len ** 2 * v.embed_dim
-    else:
-        assert train == explicit
-
-
-def test_reattention_train_macs_include_batchnorm_statistics():
-    v = MICRO.replace(attention="re")
-    cf = closed_form(v)
-    patch = v.num_patches * v.in_chans * v.patch_size ** 2 * v.embed_dim
-    mixing = v.seq_len ** 2 * v.num_heads ** 2
-    # the Gram matrix of the maps for the BatchNorm statistics (forward), and its
-    # backward as one accumulating GEMM: 2 more N²·H² per block; the rest is H×H algebra
-    expected = 3 * cf["matmul_macs"] - patch + 2 * v.depth * mixing
-    assert count_train_macs(build_model(v), size(v)) == pytest.approx(expected, rel=0.005)
-
-
 def test_timing_quantiles_and_call_count():
     t = Timing([4.0, 1.0, 3.0, 2.0, 5.0])
     assert t.median == 3.0 and t.quantile(0.0) == 1.0 and t.quantile(1.0) == 5.0
@@ -142,6 +54,8 @@ def test_profile_record():
     assert r["depth"] == 2 and r["attention"] == "re"
     assert r["infer_gmacs"] * 1e9 == pytest.approx(closed_form(v)["macs"])
     assert r["param_count"] * 1e6 == closed_form(v)["params"]
+    assert r["train_gmacs"] * 1e9 == closed_form(v)["train_macs"]  # the one definition (bench.costs)
+    assert r["train_tflops"] == pytest.approx(2 * r["train_gmacs"] * r["train_samples_per_sec"] / 1e3)
     assert r["infer_step_time_p10"] <= r["infer_step_time"] <= r["infer_step_time_p90"]
     assert r["infer_samples_per_sec"] == pytest.approx(4 / (r["infer_step_time"] / 1e3))
     assert r["train_batch_size"] == 4 and r["train_peak_mem_mb"] is None  # CPU: not measured

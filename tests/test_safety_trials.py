@@ -10,7 +10,6 @@ import pytest
 
 from bench import spec, training
 from bench import api
-from bench.study import runner
 from bench.study import trials
 from bench.study.context import RunContext
 from bench.cli import main

@@ -10,7 +10,7 @@ from bench import spec
 from bench.study import search
 from bench.cli import main
 from bench.errors import SpecError
-from bench.profiling import closed_form
+from bench.costs import closed_form
 from bench.variant import Variant
 from bench.study.ledger import Ledger
 from bench.study.storage import default_url

@@ -23,7 +23,7 @@ from bench.study.ledger import Ledger
 from bench.cli import main
 from bench.schema import COLLAPSE_SUMMARY
 from bench.errors import BenchError, SpecError
-from bench.profiling import closed_form
+from bench.costs import closed_form
 from bench.training import Hooks
 
 def states(lg):

@@ -10,12 +10,12 @@ from bench import utilisation
 from bench.data.cache import PEAKS_FILE, prune
 from bench.report.markdown import markdown
 from bench.report.tables import comparison
-from bench.variant import train_tflops
+from bench.costs import train_tflops
 
 
-def test_six_flops_per_counted_forward_mac_per_image():
-    assert train_tflops(1.0, 1000.0) == pytest.approx(6.0)  # 1 GMAC × 2 FLOPs × 3 passes × 1000 images/s
-    assert train_tflops(0.0111, 335.0) == pytest.approx(6 * 0.0111e9 * 335 / 1e12)
+def test_two_flops_per_train_mac_per_image():
+    assert train_tflops(1.0, 1000.0) == pytest.approx(2.0)  # 1 train GMAC × 2 FLOPs × 1000 images/s
+    assert train_tflops(0.0333, 335.0) == pytest.approx(2 * 0.0333e9 * 335 / 1e12)
 
 
 def test_datasheet_peaks_for_known_gpus_only():
@@ -78,7 +78,7 @@ def test_a_remembered_peak_this_device_cannot_have_is_measured_over(fresh, cache
     key = f"cpu A | fp32 | torch {torch.__version__}"
     (cache_dir / PEAKS_FILE).write_text(json.dumps({"format": "bench-memo", "version": 1, "kind": "GEMM peak",
                                                     "entries": {key: stored}}))
-    got = utilisation.utilisation(0.001, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
+    got = utilisation.utilisation(0.003, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
     assert got["peak_tflops"] == 0.2 and got["train_mfu"] == pytest.approx(0.03)
     assert _entries(cache_dir / PEAKS_FILE) == {key: 0.2}
 
@@ -91,7 +91,7 @@ def test_a_gpu_peak_above_its_datasheet_is_measured_over(fresh, cache_dir):
 
 
 def test_utilisation_columns(fresh):
-    got = utilisation.utilisation(0.001, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
+    got = utilisation.utilisation(0.003, 1000.0, device=torch.device("cpu"), dtype="fp32", device_name="cpu A")
     assert got == {"train_tflops": pytest.approx(0.006), "train_mfu": pytest.approx(0.03), "peak_tflops": 0.2,
                    "datasheet_tflops": None}
     assert utilisation.utilisation(0.001, None, device=torch.device("cpu"), dtype="fp32", device_name="A") == {}
@@ -113,7 +113,7 @@ def test_the_report_shows_mfu_from_the_speed_it_compares():
     base = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 4, "num_heads": 4,
             "mlp_ratio": 2.0, "num_classes": 10, "status": "complete", "peak_tflops": 0.05}
     rows = [{**base, "attention": a, "seed": s, "key": f"{a}-s{s}", "trial": i, "top1": 50.0 + s,
-             "infer_gmacs": 0.001, "param_count": 0.1, "train_samples_per_sec": sps}
+             "infer_gmacs": 0.001, "train_gmacs": 0.003, "param_count": 0.1, "train_samples_per_sec": sps}
             for i, (a, s, sps) in enumerate([("self", 0, 1000.0), ("self", 1, 1000.0), ("re", 0, 500.0),
                                               ("re", 1, 500.0)])]
     df = pd.DataFrame(rows)

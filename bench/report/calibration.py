@@ -1,6 +1,6 @@
 """Verdict against budget: one sweep run at every rung of a budget ladder (more epochs, more
 images), each rung a study of its own, read together. Per rung: what it cost (measured train
-time, counted train MACs), how its ranking agrees with the largest rung's and the next rung's
+time, train PMACs: bench.costs), how its ranking agrees with the largest rung's and the next rung's
 (Kendall τ, Spearman ρ, bootstrap intervals: bench.report.fidelity), and whether each decision
 (the sign of an arm's Δtop-1) holds against the largest rung; then the cheapest rung from which
 everything agrees, or that none does. Written as calibration.md, calibration.json and two plots;
@@ -17,11 +17,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from bench.costs import TRAIN_PMACS_SAID
 from bench.files import atomic_write
 from bench.report import plots
 from bench.report.decide import needed_cell, projections
 from bench.report.fidelity import (FLIPPED, KEPT, STATE_SAID, STATES, UNDECIDED, UNSURE, WRONG, decision_state, fidelity,
-                                   resolved_said, verdicts)
+                                   verdicts)
 from bench.report.formats import changed_settings, interval, md_table, signed, two_places
 from bench.report.tables import comparison, has_accuracy, is_missing, show_value, train_pmacs
 from bench.sequential import HORIZON
@@ -47,8 +48,8 @@ class RungStudy:
 
 def rung_cost(frame: pd.DataFrame) -> dict[str, Any]:
     """What a rung cost: its finished trials, their measured train time (seconds, summed), and
-    the train MACs they counted (PMACs: bench.report.tables.train_pmacs, summed; evaluation and
-    profiling left out). NaN where the records do not say."""
+    their train PMACs (bench.costs: train MACs per image × images trained, summed; evaluation
+    and profiling left out). NaN where the records do not say."""
     ok = frame[frame["status"].isin([Status.COMPLETE.value, Status.DIVERGED.value])] if "status" in frame else frame
     seconds = pd.to_numeric(ok.get("train_time_s", pd.Series(dtype=float)), errors="coerce")
     macs = train_pmacs(ok)
@@ -258,9 +259,8 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
               "dangerous one first: *wrong* — both exclude 0, on opposite sides; *flipped* — the largest rung "
               "decides, the rung leans the other way without deciding; *unsure* — the rung leans the same way "
               "without deciding; *undecided* — the largest rung's own interval spans 0, never counted as "
-              "agreement. Train time: the trials' measured training, summed; train PMACs: counted train MACs per "
-              "image (forward + backward) × images trained, summed (evaluation and profiling left out); cost: "
-              "against the first rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
+              f"agreement. Train time: the trials' measured training, summed; {TRAIN_PMACS_SAID} (evaluation and "
+              "profiling left out); cost: against the first rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
     open_ = result.get("open")
     if open_ is not None and len(open_):
         cells = [[show_value(f, p[f]) for f in by] + [p["arm"], signed(p["d_top1"]), str(p["seeds"]), needed_cell(p)]
@@ -309,7 +309,7 @@ def write_calibration(result: Mapping[str, Any], *, name: str, ladder: Mapping[s
     out.mkdir(parents=True, exist_ok=True)
     rows, table = result["rows"], result["verdicts"]
     x = [r["train_pmacs"] for r in rows]
-    axis = "train PMACs (counted)"
+    axis = "train PMACs"
     if not all(math.isfinite(v) and v > 0 for v in x):
         x, axis = list(range(1, len(rows) + 1)), "rung"
     at = dict(zip([r["rung"] for r in rows], x, strict=True))

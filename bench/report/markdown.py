@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import NOISY, OBJECTIVES, StudyConfig
+from bench.costs import MFU_SAID
 from bench.errors import first_line
 from bench.files import atomic_write
 from bench.report import plots
@@ -91,9 +92,7 @@ def _comparison_md(cmp: pd.DataFrame, compare: Mapping[str, Any], accuracy: bool
                          "on a shared machine can masquerade as a difference; `bench time NAME` times every "
                          "variant side by side.")
     if mfu:
-        notes.append("Train TFLOP/s: 2 FLOPs per counted forward MAC, a train step 3× the forward (nanoGPT's and "
-                     "PaLM's convention), at the train samples/s shown; MFU: its share of this device's measured "
-                     "GEMM peak in the same dtype (bench.utilisation).")
+        notes.append(MFU_SAID)
     return lines + [" ".join(notes), ""] if notes else lines
 
 

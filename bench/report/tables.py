@@ -19,7 +19,8 @@ from bench.errors import did_you_mean
 from bench.schema import COLLAPSE_COLS, COST_COLS, PER_EXAMPLE, TEST_LIST, Status, unpack_bits
 from bench.spec import BASELINE, variant_of
 from bench.stats import Delta, delta, holm, iso_cost, mean_interval
-from bench.variant import FIELD_TYPES, train_tflops
+from bench.costs import train_tflops, trained_pmacs
+from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
 _FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
@@ -70,7 +71,7 @@ def work(df: pd.DataFrame) -> pd.DataFrame:
         side = num(f"side_{mode}_samples_per_sec")
         cols[f"{mode}_samples_per_sec"] = side.where(side.notna(), cols[f"{mode}_samples_per_sec"])
     # utilisation from the speed compared (side by side where timed so) against the record's measured peak
-    cols["train_tflops"] = train_tflops(cols["infer_gmacs"], cols["train_samples_per_sec"])
+    cols["train_tflops"] = train_tflops(cols["train_gmacs"], cols["train_samples_per_sec"])
     cols["train_mfu"] = cols["train_tflops"] / num("peak_tflops")
     cols["_side"] = num("side_train_samples_per_sec").notna()
     cols["train_spread"] = num("side_train_spread")  # p90/p10 over rounds
@@ -84,13 +85,13 @@ def work(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_pmacs(df: pd.DataFrame) -> pd.Series:
-    """Each trial's counted train PMACs: its train MACs per image (forward + backward, counted)
-    times the images it trained (steps × batch size); NaN where the record does not say."""
+    """Each trial's train PMACs (bench.costs.trained_pmacs: its train MACs per image × the images
+    it trained); NaN where the record does not say."""
     num = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df else pd.Series(np.nan, index=df.index)  # noqa: E731
     configs = df["config"] if "config" in df else pd.Series([None] * len(df), index=df.index)
     batch = pd.Series([((c or {}).get("train") or {}).get("batch_size") if isinstance(c, dict) else None
                        for c in configs], index=df.index, dtype=float)
-    return num("train_gmacs") * num("steps") * batch / 1e6
+    return trained_pmacs(num("train_gmacs"), num("steps"), batch)
 
 
 def _aggregate(work: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
