@@ -66,16 +66,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_settings(args: argparse.Namespace) -> ProfileConfig:
+    """`bench profile`'s settings: ProfileConfig's defaults (a sweep's profile section's), the flags
+    given overriding them; a bad value named by its flag."""
+    try:
+        return ProfileConfig(speed=not args.no_speed, **given(args, "dtype", "batch_size", "warmup", "iters",
+                                                              "compile"))
+    except SpecError as e:
+        raise BenchError(f"--{(e.key or '').replace('_', '-')} {e.value}: {e.reason}") from None
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
-    from bench.profiling import Request, profile
+    from bench.profiling import profile
 
     overrides = parse_sets(args.set)
+    settings = profile_settings(args)
     with console.status(f"profiling {args.name}", quiet=args.json) as update:
         try:
-            record = profile(args.name, overrides, Request(speed=not args.no_speed,
-                                                           **given(args, "dtype", "batch_size", "warmup", "iters",
-                                                                   "compile")),
-                             device=args.device, on_progress=update)
+            record = profile(args.name, overrides, settings, device=args.device, on_progress=update)
         except SpecError as e:
             raise e.within("--set") from None
     if args.json:
@@ -511,13 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Parameters, MACs (fvcore, attention included), activations, "
                                    "inference and train-step speed, and peak CUDA memory of one model.")
     p.add_argument("name", metavar="NAME", help="a bench variant (`bench models`) or any timm model name")
-    p.add_argument("--dtype", default=None, choices=DTYPES, help="bf16 = autocast (default fp32)")
-    p.add_argument("--batch-size", type=int, default=None, help="halved on out-of-memory (default 32)")
+    p.add_argument("--dtype", default=None, choices=("auto", *DTYPES), help="bf16 = autocast; auto = bf16 on CUDA, fp32 on "
+                   "CPU (default: auto, as a sweep's profile section)")
+    p.add_argument("--batch-size", type=int, default=None, help="halved on out-of-memory (default 64, as a sweep's "
+                   "profile section)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 CPU, 10 CUDA)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default: 5 CPU, 50 CUDA)")
     p.add_argument("--no-speed", action="store_true", help="count only: skip timing")
-    p.add_argument("--compile", action="store_true", help="time the torch.compile'd model (fullgraph); the "
-                   "compile is timed apart (train_compile_s, infer_compile_s)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the torch.compile'd model (fullgraph; the compile timed apart: train_compile_s, "
+                        "infer_compile_s), or not (default: on CUDA only, as a sweep's profile section)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("run", parents=[sweep, device, storage, running, deciding, keep, quiet, machine],

@@ -331,33 +331,15 @@ def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, 
     return size
 
 
-@dataclass(frozen=True)
-class Request:
-    """What ``bench profile`` asks for, as given: ProfileConfig's settings less ``rounds``, with
-    the command's defaults. Not a ProfileConfig because ``profile`` checks it and names a bad
-    value by its command-line flag (a one-line BenchError, exit code 1)."""
-    dtype: str = "fp32"
-    batch_size: int = 32
-    warmup: int | None = None  # None: config.TIMING_STEPS for the device
-    iters: int | None = None
-    speed: bool = True  # False: count only
-    compile: bool = False  # time the torch.compile'd model (compile time apart)
-
-
-def profile(name: str, overrides: dict[str, Any] | None = None, request: Request | None = None, *,
+def profile(name: str, overrides: dict[str, Any] | None = None, cfg: ProfileConfig | None = None, *,
             device: str | None = None, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every cost figure of one model (a bench variant or a timm name), as one flat record."""
-    r = request or Request()
-    if r.dtype not in DTYPES:
-        raise BenchError(f"--dtype {r.dtype}: expected one of {', '.join(DTYPES)}")
-    if r.batch_size < 1:
-        raise BenchError(f"--batch-size {r.batch_size}: must be at least 1")
-    if (r.iters is not None and r.iters < 1) or (r.warmup is not None and r.warmup < 0):
-        raise BenchError("--iters must be at least 1 and --warmup at least 0")
+    """Every cost figure of one model (a bench variant or a timm name), as one flat record,
+    measured as ``cfg`` says — by default ProfileConfig's defaults, the same as a sweep's
+    profile section (``bench profile``'s flags override them)."""
     dev = resolve_device(device)
     model, variant = create(name, overrides)
-    cfg = ProfileConfig(**dataclasses.asdict(r))
-    return {"model": name, **profile_model(model, variant, cfg, device=dev, on_progress=on_progress)}
+    return {"model": name, **profile_model(model, variant, cfg or ProfileConfig(), device=dev,
+                                           on_progress=on_progress)}
 
 
 def profile_model(model: nn.Module, variant: Variant | None, cfg: ProfileConfig, *, device: torch.device,

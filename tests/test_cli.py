@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench.cli import main, parse_sets
+from bench.config import ProfileConfig
 from bench.errors import SpecError
 
 
@@ -35,6 +36,23 @@ def test_profile_json(capsys):
                 "infer_step_time", "infer_batch_size", "train_samples_per_sec", "train_step_time",
                 "train_batch_size", "device_name", "dtype", "torch_version", "timm_version"):
         assert key in record
+
+
+def test_profile_measures_as_a_sweeps_profile_section_does(capsys, monkeypatch):
+    """`bench profile` had its own defaults (fp32, batch 32, eager) beside the profile section's
+    (auto, 64, compiled on CUDA): on a GPU the two measured different things. One set now,
+    ProfileConfig's; each flag overrides one."""
+    import bench.profiling
+    seen = []
+    monkeypatch.setattr(bench.profiling, "profile_model", lambda model, v, cfg, **kw: seen.append(cfg) or {})
+    assert run(capsys, "profile", "vit_micro", "--json")[0] == 0
+    assert seen[-1] == ProfileConfig()
+    assert run(capsys, "profile", "vit_micro", "--batch-size", "8", "--no-compile", "--dtype", "bf16", "--json")[0] == 0
+    assert seen[-1] == ProfileConfig(batch_size=8, compile=False, dtype="bf16")
+    assert run(capsys, "profile", "vit_micro", "--compile", "--no-speed", "--json")[0] == 0
+    assert seen[-1] == ProfileConfig(compile=True, speed=False)
+    code, _, err = run(capsys, "profile", "vit_micro", "--iters", "0")
+    assert code == 1 and "--iters 0: must be at least 1" in err
 
 
 def test_profile_table(capsys):

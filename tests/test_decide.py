@@ -115,3 +115,15 @@ def test_a_study_from_before_per_image_results_keeps_its_seed_only_intervals_and
     assert row["m"] == 0 and row["d_low"] > 0
     text = markdown(df, {"name": "m", "compare": COMPARE}, {})
     assert "kept no per-image results" in text and "by test image" not in text
+
+
+def test_the_report_prices_the_decidable_arms_and_says_when_none_is():
+    decidable = records({"self": [50.0, 51.0, 49.5], "re": [52.5, 52.0, 53.0]})  # +2.33: decided by ~5 seeds
+    text = markdown(decidable, {"name": "m", "compare": COMPARE}, {})
+    n = seq.seeds_needed(2.333333, np.var([2.5, 1.0, 3.5], ddof=1), 0.0, 3, seq.HORIZON, sequential=True)
+    assert f"Deciding the 1 decidable arm(s): {2 * (n - 3)} trials" in text
+    assert "`bench run SWEEP --until-decided`" in text
+    hopeless = records({"self": [50.0, 56.0, 44.0], "re": [50.5, 44.0, 57.0]})  # +0.5 under a 6-point spread
+    text = markdown(hopeless, {"name": "m", "compare": COMPARE}, {})
+    assert f"No undecided arm is decidable within {seq.HORIZON} seeds (1 arm(s) beyond {seq.HORIZON} seeds)." in text
+    assert "Deciding the 0" not in text and "0 trials" not in text

@@ -8,7 +8,7 @@ from bench.config import ProfileConfig
 from bench.errors import BenchError
 from bench.models import VARIANTS
 from bench.costs import closed_form
-from bench.profiling import Request, Timing, measure_speed, profile, time_steps
+from bench.profiling import Timing, measure_speed, profile, time_steps
 
 MICRO = VARIANTS["vit_micro"]
 def test_timing_quantiles_and_call_count():
@@ -49,7 +49,7 @@ def test_out_of_memory_at_batch_one_is_a_clear_error():
 
 
 def test_profile_record():
-    r = profile("deepvit_micro", {"depth": 2}, Request(batch_size=4, warmup=1, iters=3), device="cpu")
+    r = profile("deepvit_micro", {"depth": 2}, ProfileConfig(batch_size=4, warmup=1, iters=3), device="cpu")
     v = VARIANTS["deepvit_micro"].replace(depth=2)
     assert r["depth"] == 2 and r["attention"] == "re"
     assert r["infer_gmacs"] * 1e9 == pytest.approx(closed_form(v)["macs"])
@@ -64,15 +64,15 @@ def test_profile_record():
 
 
 def test_profile_bf16_and_timm_names():
-    r = profile("test_vit", None, Request(dtype="bf16", batch_size=2, warmup=0, iters=1), device="cpu")
+    r = profile("test_vit", None, ProfileConfig(dtype="bf16", batch_size=2, warmup=0, iters=1), device="cpu")
     assert r["dtype"] == "bf16" and r["infer_gmacs"] > 0 and "depth" not in r
 
 
 def test_profile_rejects_bad_requests():
     with pytest.raises(BenchError, match="unknown model 'vit_mikro'.*did you mean 'vit_micro'"):
         profile("vit_mikro")
-    with pytest.raises(BenchError, match="--dtype fp16"):
-        profile("vit_micro", None, Request(dtype="fp16"))
+    with pytest.raises(BenchError, match="dtype='fp16'"):
+        profile("vit_micro", None, ProfileConfig(dtype="fp16"))
     if not torch.cuda.is_available():
         with pytest.raises(BenchError, match="CUDA is not available"):
             profile("vit_micro", device="cuda")
@@ -83,7 +83,7 @@ def test_a_timm_vit_built_at_another_size_is_counted_at_that_size():
     config's) and failed with an AssertionError: the model's own patch embedding says its size."""
     from bench.profiling import profile
     from bench.variant import Variant
-    record = profile("vit_tiny_patch16_224", {"img_size": 32}, Request(speed=False), device="cpu")
+    record = profile("vit_tiny_patch16_224", {"img_size": 32}, ProfileConfig(speed=False), device="cpu")
     same = Variant(img_size=32, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, num_classes=1000)
     assert record["img_size"] == 32
     assert record["infer_gmacs"] == pytest.approx(closed_form(same)["macs"] / 1e9, rel=1e-9)

@@ -169,10 +169,17 @@ def _decide_md(cmp: pd.DataFrame, by: list[str], cap: int, sequential: bool) -> 
             f"At each arm's observed Δ and spread, the seeds at which `--until-decided` would decide it 4 times in 5 "
             f"(its sequential boundary); \"beyond {cap}\": the effect is smaller than {cap} seeds can resolve{share}. "
             "Cost: one trial per seed for the arm's variants and its baseline's, priced at this study's own trials "
-            f"(counted train PMACs, measured minutes). Deciding the {t['decidable']} decidable arm(s): "
-            f"{t['trials']:.0f} trials, {t['pmacs']:.3g} train PMACs, {t['minutes']:.0f} min"
-            + (f"; {t['beyond']} arm(s) beyond {cap} seeds." if t["beyond"] else ".")
-            + ("" if sequential else " Grow the study: `bench run SWEEP --until-decided`."), ""]
+            f"(train PMACs, measured minutes). {_deciding_said(t, cap, sequential)}", ""]
+
+
+def _deciding_said(t: Mapping[str, Any], cap: int, sequential: bool) -> str:
+    """What deciding the decidable arms would cost, and what cannot be decided within ``cap`` seeds."""
+    beyond = f"{t['beyond']} arm(s) beyond {cap} seeds" if t["beyond"] else ""
+    if not t["decidable"]:
+        return f"No undecided arm is decidable within {cap} seeds ({beyond})." if beyond else ""
+    said = (f"Deciding the {t['decidable']} decidable arm(s): {t['trials']:.0f} trials, {t['pmacs']:.3g} train "
+            f"PMACs, {t['minutes']:.0f} min" + (f"; {beyond}." if beyond else "."))
+    return said + ("" if sequential else " Grow the study: `bench run SWEEP --until-decided`.")
 
 
 def _iso_md(iso: pd.DataFrame, compare: Mapping[str, Any]) -> list[str]:
