@@ -9,19 +9,23 @@ The package is layered; a module imports only from the layers before it in this 
 each sub-package's modules stand together (``tests/test_layers.py`` holds it to that;
 ``docs/architecture.md`` draws it):
 
-1. base: ``errors``, ``console``, ``files``, ``schema`` — one-line errors, all terminal output,
-   atomic writes, the record's vocabulary
+1. base: ``errors``, ``console``, ``own_files``, ``records`` — one-line errors, all terminal
+   output, files written whole and only bench's own (its folder and the names in it), the
+   record's vocabulary
 2. config: ``variant``, ``config``, ``sequential``, ``stats`` — torch-free: an architecture, the
    spec's sections with their defaults and rules; the sequential boundary; intervals and
    iso-cost readings
 3. ``bench.data`` — datasets, the decoded cache, the loader, augmentation
 4. ``spec`` — the sweep file, validated (torch-free)
-5. the measuring core: ``costs``, ``reattention``, ``models``, ``kernels``, ``utilisation``,
-   ``profiling``, ``timing``, ``training``, ``collapse`` — every cost figure's one definition
-   (torch on use), DeepViT's re-attention, timm models, each attention type's fastest exact kernel, achieved FLOP/s against the device's peak, cost, side-by-side
-   timing, the proxy, collapse metrics
+5. the measuring core: ``costs``, ``device``, ``reattention``, ``models``, ``attention_kernels``,
+   ``utilisation``, ``profiling``, ``side_by_side``, ``training``, ``collapse`` — every cost
+   figure's one definition (torch on use), the device (naming, environment, autocast, compile,
+   out-of-memory), DeepViT's re-attention, timm models, each attention type's fastest exact
+   kernel, achieved FLOP/s against the device's peak, one model's cost, timing every variant
+   side by side, the proxy, collapse metrics
 6. ``bench.report`` — tables, plots and report files from records (torch-free)
-7. ``bench.study`` — storage, the ledger, trials, sweeps and their workers, searches
+7. ``bench.study`` — storage, the ledger, trials, sweeps and their workers, searches, reports
+   of a stored study
 8. front: ``api``, ``cli`` — the Python entry points and the ``bench`` command
 """
 from bench.errors import BenchError, SpecError

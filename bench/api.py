@@ -27,24 +27,25 @@ from bench.collapse import analyse
 from bench.config import CollapseConfig, DataConfig, Dim, ProfileConfig, resolve_dtype
 from bench.costs import closed_form, estimated_macs, planned_train_pmacs, train_macs
 from bench.data.sources import Dataset, load as load_data, make_shapes
+from bench.device import resolve_device
 from bench.errors import BenchError, SpecError
-from bench.files import atomic_write
 from bench.models import build_model, load_weights
-from bench.profiling import create, input_size_of, measure_speed, resolve_device
+from bench.own_files import atomic_write
+from bench.profiling import create, input_size_of, measure_speed
 from bench.reattention import ReAttention
+from bench.records import Status
 from bench.report import plots
 from bench.report.calibration import agreement
-from bench.report.tables import comparison, is_missing
 from bench.report.formats import two_places
-from bench.schema import Status
+from bench.report.tables import comparison, is_missing
 from bench.sequential import HORIZON, seeds_needed
 from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs, variant_key
 from bench.study import runner, workers
+from bench.study.artifacts import WEIGHTS
 from bench.study.context import RunContext
 from bench.study.grow import arms as arms_of, grow
 from bench.study.ledger import Ledger
-from bench.study.reports import calibration_report, open_arms, records_frame, report_ledger, rung_study
-from bench.study.artifacts import WEIGHTS
+from bench.study.stored_reports import calibration_report, open_arms, records_frame, report_ledger, rung_study
 from bench.study.trials import eval_images, label, trial_files
 from bench.variant import FIELD_TYPES, Variant
 

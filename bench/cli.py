@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 from bench import __version__, console, spec
 from bench.config import DATA_ROOT_ENV, DTYPES, CollapseConfig, ProfileConfig
-from bench.sequential import HORIZON
 from bench.errors import BenchError, SpecError, Terminated, first_line
+from bench.sequential import HORIZON
 
 
 def parse_sets(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
@@ -324,7 +324,7 @@ def plan_ladder(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.study.reports import report_study
+    from bench.study.stored_reports import report_study
 
     name = args.name
     if name.endswith((".yaml", ".yml")):  # its name only: a report needs no dataset
@@ -338,8 +338,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import math
 
-    from bench.data.cache import INDUCTOR_DIR, caches, default_dir, prune
-    from bench.files import prune_folders
+    from bench.data.cache import caches, prune
+    from bench.own_files import INDUCTOR_DIR, default_dir
+    from bench.own_files import prune_folders
 
     where = Path(args.dir).expanduser() if args.dir else default_dir()
     if args.prune is not None:
@@ -369,7 +370,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
     from bench.report.fidelity import no_ranking, states_said
-    from bench.study.reports import fidelity_report
+    from bench.study.stored_reports import fidelity_report
 
     study_name(args.name)  # fidelity-REF.md goes into RESULTS/NAME: neither name may lead out of it
     study_name(args.reference, "--reference")
@@ -678,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # out of memory outside the retry loop, or a bug
         if os.environ.get("BENCH_DEBUG"):
             raise
-        from bench.profiling import is_oom
+        from bench.device import is_oom
         from bench.study.storage import explain
         if is_oom(e):
             console.error(f"out of memory: {first_line(e)}")

@@ -283,7 +283,7 @@ class ProfileConfig:
     warmup: int | None = None  # None: TIMING_STEPS (2 on CPU, 10 on CUDA)
     iters: int | None = None   # None: TIMING_STEPS (5 on CPU, 50 on CUDA)
     speed: bool = True         # false: count params and MACs only
-    rounds: int = 5            # side-by-side pass after the sweep: interleaved rounds (0: off; see bench.timing)
+    rounds: int = 5            # side-by-side pass after the sweep: interleaved rounds (0: off; see bench.side_by_side)
     compile: bool | str = "auto"  # time the torch.compile'd model (compile time apart): auto = on CUDA only
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from bench.errors import BenchError
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.reattention import ReAttention
 from bench.variant import ATTENTION_TYPES, FIELD_TYPES, Variant  # noqa: F401 (re-exported)
 

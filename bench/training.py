@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from bench import __version__, console
+from bench.attention_kernels import choose_kernels
 from bench.config import DataConfig, TrainConfig, resolve_compile
 from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
 from bench.data.loader import Loader, residency
 from bench.data.sources import Dataset
+from bench.device import autocast, compiled_call, device_name
 from bench.errors import first_line
-from bench.files import atomic_write
-from bench.kernels import autocast, choose_kernels
-from bench.profiling import compiled_call, device_name
-from bench.schema import PER_EXAMPLE, TEST_LIST, list_key, pack_bits
+from bench.own_files import atomic_write
+from bench.records import PER_EXAMPLE, TEST_LIST, list_key, pack_bits
 
 
 def identity(cfg: TrainConfig, recipe: DataConfig, seed: int, dtype: str,
@@ -311,7 +311,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
                     loss.item()  # waits for the device
                     if why is None:
                         result["compile_s"] = time.perf_counter() - t0
-                    else:  # a compile fault (bench.profiling.compiled_call): eager, and the trial says why
+                    else:  # a compile fault (bench.device.compiled_call): eager, and the trial says why
                         result.update(compiled=False, compile_error=why)
                 else:
                     loss = forward_backward(net)

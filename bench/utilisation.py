@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from bench.costs import train_tflops
-from bench.data.cache import PEAKS_FILE, default_dir
-from bench.files import Memo, remembered
+from bench.own_files import PEAKS_FILE, Memo, default_dir, remembered
 
 # dense (no sparsity) peak TFLOP/s by GPU name and dtype; fp32 is the plain (non-tensor-core) rate
 DATASHEET = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},

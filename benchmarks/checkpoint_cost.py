@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.config import TrainConfig
 from bench.data.loader import Loader
 from bench.data.sources import Split
-from bench.config import TrainConfig
 from bench.models import VARIANTS, build_model
 from bench.training import Parts, _save  # noqa: PLC2701 (the benchmark times the trainer's own writer)
 from bench.variant import Variant

@@ -20,8 +20,9 @@ from bench import spec
 from bench.collapse import analyse
 from bench.config import ProfileConfig
 from bench.data.sources import Dataset, make_shapes
+from bench.device import device_name, resolve_device
 from bench.models import build_model
-from bench.profiling import device_name, measure_speed, resolve_device
+from bench.profiling import measure_speed
 from bench.study.trials import eval_images
 
 

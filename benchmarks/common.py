@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from bench.profiling import device_name, environment, resolve_device
+from bench.device import device_name, environment, resolve_device
 
 
 def parser(doc: str, batch_size: int) -> argparse.ArgumentParser:

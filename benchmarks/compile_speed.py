@@ -3,7 +3,7 @@ compile costs the first time and the next (a new process, inductor's cache in be
 
 Models: the quickstart's (q4x64: depth 4, dim 64, 32², batch 32) and a wider one (c6x128: depth
 6, dim 128, batch 128), self- and re-attention, each on its fastest exact kernel
-(bench.kernels). Compiled with bench.profiling.compile_model (fullgraph=True: a graph break is an
+(bench.attention_kernels). Compiled with bench.device.compile_model (fullgraph=True: a graph break is an
 error, so re-attention's line proves it compiles whole).
 
     python -m benchmarks.compile_speed                       # fp32 and bf16 interleaved; ~10 min on 2 cores
@@ -17,17 +17,19 @@ import time
 
 import torch
 
-from bench.kernels import choose_kernels
+from bench.attention_kernels import choose_kernels
+from bench.device import compile_model, device_name
 from bench.models import Variant, build_model
-from bench.profiling import compile_model, device_name, time_steps, train_step
+from bench.profiling import time_steps, train_step
 from benchmarks.common import header, parser, run_rounds
 
 MODELS = {"q4x64": (4, 64, 32), "c6x128": (6, 128, 128)}
 _AGAIN = """
 import sys, time, torch
+from bench.attention_kernels import choose_kernels
+from bench.device import compile_model, device_name
 from bench.models import Variant, build_model
-from bench.kernels import choose_kernels
-from bench.profiling import compile_model, device_name, train_step
+from bench.profiling import train_step
 depth, dim, batch, attention, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 v = Variant(img_size=32, patch_size=4, embed_dim=dim, depth=depth, num_heads=4, mlp_ratio=2.0, num_classes=10,
             attention=attention)

@@ -128,8 +128,8 @@ def part_stream(work: Path, rounds: int, device: str) -> None:
 RSS_CHILD = """
 import json, sys, time, torch
 from pathlib import Path
-from bench.data import loader, sources
 from bench.config import DataConfig, TrainConfig
+from bench.data import loader, sources
 from bench.models import Variant, build_model
 from bench.training import train
 

@@ -3,7 +3,7 @@ H100/H200, written as a markdown page (``--out docs/gpu-check.md``; docs/gpu.md 
 
 1. The paper's six models (ViT and DeepViT, 16/24/32 blocks, 224², batch 64): train samples/s in
    fp32 and bf16 eager and bf16 ``torch.compile``d (the first step, compile included, apart), each
-   attention type on its fastest exact kernel (bench.kernels), achieved TFLOP/s (6 FLOPs per
+   attention type on its fastest exact kernel (bench.attention_kernels), achieved TFLOP/s (6 FLOPs per
    counted forward MAC) and MFU against the measured GEMM peak and the datasheet's.
 2. CUDA-event step times against wall-clock (synchronised perf_counter) for the same steps.
 3. Peak memory: ``max_memory_allocated`` against a second measure, the device's used memory
@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
+from bench.attention_kernels import choose_kernels
 from bench.config import DataConfig
+from bench.costs import train_macs, train_tflops
 from bench.data.loader import Loader
 from bench.data.sources import make_shapes
-from bench.kernels import choose_kernels
+from bench.device import compile_model, device_name, resolve_device
 from bench.models import VARIANTS, build_model
-from bench.costs import train_macs, train_tflops
-from bench.profiling import compile_model, device_name, resolve_device, time_steps, train_step
+from bench.profiling import time_steps, train_step
 from bench.utilisation import datasheet_tflops, measured_peak
 from bench.variant import Variant
 

@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.device import autocast
 from bench.models import VARIANTS, build_model
-from bench.kernels import autocast
 from bench.profiling import time_steps, train_step
 from benchmarks.common import header, parser, run_rounds
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.models import VARIANTS
 from bench.config import ProfileConfig
+from bench.models import VARIANTS
 from bench.profiling import profile
 
 PAPER = ["vit_16b", "deepvit_16b", "vit_24b", "deepvit_24b", "vit_32b", "deepvit_32b"]

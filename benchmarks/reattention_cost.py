@@ -14,8 +14,8 @@ import copy
 import torch
 
 from bench.models import Variant, build_model
-from bench.reattention import ReAttention
 from bench.profiling import time_steps, train_step
+from bench.reattention import ReAttention
 from benchmarks.common import header, parser, run_rounds
 
 

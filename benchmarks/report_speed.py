@@ -27,8 +27,8 @@ import numpy as np
 
 from bench.report.tables import pareto_front
 from bench.spec import trial_key
-from bench.study.reports import report_study
 from bench.study.storage import default_url, open_study
+from bench.study.stored_reports import report_study
 from bench.variant import Variant
 
 

@@ -23,7 +23,7 @@ from bench.report.tables import comparison, show_value
 from bench.sequential import out_of_reach
 from bench.spec import BASELINE
 from bench.study.ledger import Ledger
-from bench.study.reports import records_frame
+from bench.study.stored_reports import records_frame
 
 
 def decision(row: dict) -> str:

@@ -16,8 +16,8 @@ from torch import nn
 from bench import spec
 from bench.cli import parse_sets
 from bench.data.sources import load as load_data
+from bench.device import resolve_device
 from bench.models import build_model
-from bench.profiling import resolve_device
 from bench.training import train
 
 

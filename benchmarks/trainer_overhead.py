@@ -8,7 +8,7 @@ loop cycles over batches already on the device; the trainer (bench.training.trai
 adds what it adds: device-side shuffling and augmentation (crop + flip), the LR
 schedule, divergence checks, progress callbacks and a one-image evaluation. Arms are
 interleaved per round; the medians are compared. Target: trainer/bare >= 0.95 in every mode
-(--dtype fp32|bf16, --compile): both arms run the same attention kernel (bench.kernels) and,
+(--dtype fp32|bf16, --compile): both arms run the same attention kernel (bench.attention_kernels) and,
 compiled, leave the compiling first step out (the trainer's ``compile_s``).
 """
 from __future__ import annotations
@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import header, parser, run_rounds
+from bench.attention_kernels import choose_kernels
 from bench.cli import parse_sets
+from bench.config import DataConfig, TrainConfig
 from bench.data.loader import MEAN, STD
 from bench.data.sources import Dataset, Split, make_shapes
+from bench.device import autocast, compile_model, device_name
 from bench.models import Variant, build_model
-from bench.kernels import autocast, choose_kernels
-from bench.profiling import compile_model, device_name
-from bench.config import DataConfig, TrainConfig
 from bench.training import Hooks, param_groups, train
+from benchmarks.common import header, parser, run_rounds
 
 QUICKSTART = dict(img_size=32, patch_size=4, embed_dim=64, num_heads=4, mlp_ratio=2.0, depth=4, num_classes=10)
 
@@ -41,7 +41,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0], batch_size=32)
     p.add_argument("--steps", type=int, default=40, help="train steps per arm per round")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a model field")
-    p.add_argument("--compile", action="store_true", help="torch.compile both arms (bench.profiling.compile_model)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both arms (bench.device.compile_model)")
     args = p.parse_args()
     dev = header(args)
     variant = Variant(**{**QUICKSTART, **parse_sets(args.set)})

@@ -17,10 +17,11 @@ import copy
 import torch
 from torch import nn
 
-from bench.kernels import choose_kernels
-from bench.models import Variant, build_model
+from bench.attention_kernels import choose_kernels
 from bench.costs import train_macs, train_tflops
-from bench.profiling import device_name, time_steps, train_step
+from bench.device import device_name
+from bench.models import Variant, build_model
+from bench.profiling import time_steps, train_step
 from bench.utilisation import gemm_tflops
 from benchmarks.common import header, parser, run_rounds
 

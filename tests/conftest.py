@@ -6,8 +6,7 @@ import re
 import pytest
 import yaml
 
-from bench import spec
-from bench import api
+from bench import spec, api
 from bench.study.ledger import Ledger
 
 # 16² images, 16-dim models, 48 training images: 4 trials in a few seconds on a CPU
@@ -27,7 +26,7 @@ compare: {baseline: {attention: self}, arms: {re-attention: {attention: re}}}
 def cache_dir(tmp_path, monkeypatch):
     """Every test's decoded-data caches in its own folder, never the user's ~/.cache."""
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    # torch.compile's cache follows it (bench.profiling.compile_model): each test starts from torch's default
+    # torch.compile's cache follows it (bench.device.compile_model): each test starts from torch's default
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     return tmp_path / "cache"

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ProfileConfig, TrainConfig, resolve_compile
-from bench.data.cache import INDUCTOR_DIR
 from bench.data.sources import Dataset, make_shapes
+from bench.device import compile_model
 from bench.errors import SpecError
 from bench.models import build_model
-from bench.profiling import compile_model, measure_speed
+from bench.own_files import INDUCTOR_DIR
+from bench.profiling import measure_speed
 from bench.training import train
 from bench.variant import Variant
 
@@ -142,7 +143,7 @@ def test_prune_removes_only_bench_s_unused_compile_caches(tmp_path, capsys):
     import os
     import time
     from bench.cli import main
-    from bench.files import MARK, hold_folder
+    from bench.own_files import MARK, hold_folder
     root = tmp_path / "cache"
     old = time.time() - 40 * 86400
     for name in ("inductor", "inductor.damaged-20260101-000000-1"):

@@ -5,10 +5,10 @@ import torch
 
 from bench import config, spec
 from bench.cli import build_parser
+from bench.costs import closed_form, estimated_macs
+from bench.device import autocast
 from bench.errors import SpecError, first_line
 from bench.models import build_model
-from bench.kernels import autocast
-from bench.costs import closed_form, estimated_macs
 from bench.profiling import profile_model
 from bench.study.trials import label
 from bench.variant import FIELD_TYPES, Variant, is_re_option

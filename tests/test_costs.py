@@ -12,7 +12,7 @@ from bench.costs import (closed_form, count_macs, count_matmul_macs, count_train
 from bench.models import VARIANTS, build_model
 from bench.report.tables import train_pmacs
 from bench.study.ledger import Ledger
-from bench.study.reports import records_frame
+from bench.study.stored_reports import records_frame
 
 MICRO = VARIANTS["vit_micro"]
 SHAPES = {  # varied so that no term of the closed form can hide behind another

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from bench.config import DataConfig
-from bench.data import folders
-from bench.data import sources as data
+from bench.data import folders, sources as data
 from bench.errors import BenchError
 
 

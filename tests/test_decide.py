@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from bench import sequential as seq
+from bench.records import list_key, pack_bits, unpack_bits
 from bench.report.decide import needed_cell, projections, spread
 from bench.report.markdown import markdown, runs_frame
 from bench.report.tables import comparison
-from bench.schema import list_key, pack_bits, unpack_bits
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,

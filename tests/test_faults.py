@@ -6,9 +6,9 @@ import sqlite3
 import pytest
 
 from bench import spec
-from bench.study import trials
 from bench.cli import main
 from bench.errors import SpecError
+from bench.study import trials
 from bench.study.storage import explain, safe_url
 
 

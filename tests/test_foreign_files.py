@@ -81,10 +81,10 @@ MEMOS = ("peak-flops.json", "attention-kernels.json")
 @pytest.fixture(autouse=True)
 def new_process(monkeypatch):
     """Each test as a new process: nothing measured or said yet."""
-    from bench import files, kernels, utilisation
+    from bench import attention_kernels, own_files, utilisation
     monkeypatch.setattr(utilisation, "_measured", {})
-    monkeypatch.setattr(kernels, "_chosen", {})
-    monkeypatch.setattr(files, "_warned", set())
+    monkeypatch.setattr(attention_kernels, "_chosen", {})
+    monkeypatch.setattr(own_files, "_warned", set())
 
 
 def _profile(cache_dir):

@@ -15,16 +15,16 @@ PACKAGE = Path(bench.__file__).parent
 # bench/__init__.py's layers, in order: a module imports only modules before it. A sub-package's
 # modules are listed together, so its place in the order is the package's.
 LAYERS = [
-    ("base", ["errors", "console", "files", "schema"]),
+    ("base", ["errors", "console", "own_files", "records"]),
     ("config", ["variant", "config", "sequential", "stats"]),
     ("data", ["data.folders", "data.cache", "data.sources", "data.loader", "data.augment"]),
     ("spec", ["spec"]),
-    ("core", ["costs", "reattention", "models", "kernels", "utilisation", "profiling", "timing", "training", "collapse"]),
+    ("core", ["costs", "device", "reattention", "models", "attention_kernels", "utilisation", "profiling", "side_by_side", "training", "collapse"]),
     ("report", ["report.tables", "report.decide", "report.formats", "report.plots", "report.markdown", "report.fidelity",
                 "report.calibration"]),
     ("study", ["study.journal", "study.storage", "study.queries", "study.ledger", "study.artifacts", "study.context",
                "study.trials", "study.search",
-               "study.runner", "study.workers", "study.reports", "study.grow"]),
+               "study.runner", "study.workers", "study.stored_reports", "study.grow"]),
     ("front", ["api", "cli"]),
 ]
 ORDER = [m for _, modules in LAYERS for m in modules]

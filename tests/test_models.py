@@ -7,10 +7,10 @@ import torch
 from timm.layers import Attention
 
 import bench
+from bench.costs import closed_form, param_count
 from bench.errors import SpecError
 from bench.models import VARIANTS, Variant, build_model, capture_attention
 from bench.reattention import ReAttention
-from bench.costs import closed_form, param_count
 
 MICRO = VARIANTS["vit_micro"]
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from bench.config import ProfileConfig
+from bench.costs import closed_form
 from bench.errors import BenchError
 from bench.models import VARIANTS
-from bench.costs import closed_form
 from bench.profiling import Timing, measure_speed, profile, time_steps
 
 MICRO = VARIANTS["vit_micro"]

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.report import plots
 from bench.report.fidelity import fidelity, fidelity_markdown
 from bench.report.markdown import markdown, study_section, write_report
 from bench.report.tables import VARIANT_FIELDS, comparison, pareto_front, ranking_by_epoch, summarize, variant_label
-from bench.study.reports import report_study, shown_storage
+from bench.study.stored_reports import report_study, shown_storage
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,

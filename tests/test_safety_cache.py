@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.config import DataConfig
-from bench.data import cache
-from bench.data import sources as data
 from bench.cli import main
+from bench.config import DataConfig
+from bench.data import cache, sources as data
 from bench.errors import BenchError
 
 OLD = time.time() - 40 * 86400  # 40 days ago

@@ -15,8 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from bench import spec
-from bench import api
+from bench import spec, api
 from bench.cli import main, parse_sets
 from bench.errors import SpecError
 

@@ -16,15 +16,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from bench import spec
-from bench import api
-from bench.study import workers
-from bench.study.context import RunContext
+from bench import spec, api
 from bench.cli import main
 from bench.errors import BenchError
+from bench.study import workers
+from bench.study.context import RunContext
 from bench.study.ledger import Ledger
-from bench.study.reports import report_ledger
 from bench.study.storage import open_study, safe_url
+from bench.study.stored_reports import report_ledger
 
 from conftest import TINY
 

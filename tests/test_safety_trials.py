@@ -8,13 +8,12 @@ import random
 
 import pytest
 
-from bench import spec, training
-from bench import api
-from bench.study import trials
-from bench.study.context import RunContext
+from bench import spec, training, api
 from bench.cli import main
 from bench.config import DataConfig, TrainConfig
 from bench.errors import BenchError
+from bench.study import trials
+from bench.study.context import RunContext
 
 # one trial of two epochs: a checkpoint after the first
 ONE = {"grid.depth": [2], "grid.attention": ["re"], "compare": None, "train.epochs": 2}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.side_by_side import Pass, interleave, side_by_side
 from bench.stats import cost_to_reach, delta, holm, iso_cost, mean_interval, top1_at
-from bench.timing import Pass, interleave, side_by_side
 from bench.variant import Variant
 
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 from bench import spec
-from bench.study import search
 from bench.cli import main
-from bench.errors import SpecError
 from bench.costs import closed_form
-from bench.variant import Variant
+from bench.errors import SpecError
+from bench.study import search
 from bench.study.ledger import Ledger
 from bench.study.storage import default_url
+from bench.variant import Variant
 
 STUDY = """
 name: st

@@ -14,16 +14,14 @@ import pytest
 
 from conftest import TINY
 
-from bench import spec
-from bench.study import reports as report
-from bench import api
-from bench.study import trials
+from bench import spec, api
+from bench.cli import main
+from bench.costs import closed_form
+from bench.errors import BenchError, SpecError
+from bench.records import COLLAPSE_SUMMARY
+from bench.study import stored_reports as report, trials
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
-from bench.cli import main
-from bench.schema import COLLAPSE_SUMMARY
-from bench.errors import BenchError, SpecError
-from bench.costs import closed_form
 from bench.training import Hooks
 
 def states(lg):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from bench.config import DataConfig, TrainConfig
 from bench.data import sources as data
 from bench.errors import SpecError
 from bench.models import build_model, resolve
-from bench.config import DataConfig, TrainConfig
 from bench.training import Checkpoint, Hooks, lr_lambda, param_groups, train
 
 CPU = torch.device("cpu")

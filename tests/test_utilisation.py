@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from bench import utilisation
-from bench.data.cache import PEAKS_FILE, prune
+from bench.costs import train_tflops
+from bench.data.cache import prune
+from bench.own_files import PEAKS_FILE
 from bench.report.markdown import markdown
 from bench.report.tables import comparison
-from bench.costs import train_tflops
 
 
 def test_two_flops_per_train_mac_per_image():

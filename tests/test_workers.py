@@ -14,8 +14,7 @@ import uuid
 
 import pytest
 
-from bench import spec
-from bench import api
+from bench import spec, api
 from bench.cli import main
 from bench.study.ledger import Ledger
 from bench.study.storage import default_url

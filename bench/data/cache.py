@@ -66,6 +66,7 @@ from bench.config import DataConfig
 from bench.data.folders import (cifar_classes, cifar_files, decode, fit, imagefolder_classes, list_split, read_cifar,
                                 select_classes, selection)
 from bench.errors import BenchError
+from bench.own_files import default_dir, is_own_name
 
 VERSION = 2  # bump when the cache's content or layout changes: old caches are then not read (2: checksums)
 FORMAT = "bench-cache"  # meta.json's marker: prune removes only a folder that says this (or a version-1 cache)
@@ -80,20 +81,6 @@ _CACHE = re.compile(r"[^/]+-[1-9][0-9]*px-[0-9a-f]{20}")  # <name>-<size>px-<key
 _PARTIAL = re.compile(rf"({_CACHE.pattern})\.partial-[0-9]+-[0-9a-f]+")
 _LOCK = re.compile(rf"({_CACHE.pattern})\.lock")
 _STAMP_TMP = re.compile(r"verified\.json\.[0-9]+-[0-9a-f]+")  # a verified.json being replaced
-
-
-PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks, kept beside the caches
-INDUCTOR_DIR = "inductor"  # torch.compile's cache (bench.profiling.compile_model)
-KERNELS_FILE = "attention-kernels.json"  # bench.kernels' measured choices
-OWN_FILES = (PEAKS_FILE, INDUCTOR_DIR, KERNELS_FILE)  # bench's own, not caches: never listed, pruned or called foreign
-_OWN_NAME = re.compile(rf"{re.escape(PEAKS_FILE)}|{re.escape(KERNELS_FILE)}|{INDUCTOR_DIR}(\.damaged-[0-9-]+)?")
-
-
-def default_dir() -> Path:
-    """``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/bench``, else ``~/.cache/bench``."""
-    if os.environ.get("BENCH_CACHE_DIR"):
-        return Path(os.environ["BENCH_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "bench"
 
 
 def host_memory() -> int:
@@ -550,7 +537,7 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
         kept.append({"cache": path.name, "path": str(path), "why": why})
 
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if _OWN_NAME.fullmatch(path.name) and not path.is_symlink():  # memos; the compile cache (files.prune_folders)
+        if is_own_name(path.name) and not path.is_symlink():  # memos; the compile cache (own_files.prune_folders)
             continue
         kind, why = _whose(path)
         if kind is None:

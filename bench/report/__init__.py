@@ -4,5 +4,5 @@ comparisons with intervals, iso-cost verdicts, rankings), ``formats`` (every cel
 ``fidelity`` (a proxy study against a reference, from two frames).
 
 May import: the base, config and spec layers and the statistics; never torch, never bench.study
-(it receives records and writes files; bench.study.reports reads the ledger and hands them over).
+(it receives records and writes files; bench.study.stored_reports reads the ledger and hands them over).
 """

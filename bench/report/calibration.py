@@ -4,7 +4,7 @@ time, train PMACs: bench.costs), how its ranking agrees with the largest rung's 
 (Kendall τ, Spearman ρ, bootstrap intervals: bench.report.fidelity), and whether each decision
 (the sign of an arm's Δtop-1) holds against the largest rung; then the cheapest rung from which
 everything agrees, or that none does. Written as calibration.md, calibration.json and two plots;
-bench.study.reports reads the rungs' ledgers.
+bench.study.stored_reports reads the rungs' ledgers.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 
 from bench.costs import TRAIN_PMACS_SAID
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.report import plots
 from bench.report.decide import needed_cell, projections
 from bench.report.fidelity import (FLIPPED, KEPT, STATE_SAID, STATES, UNDECIDED, UNSURE, WRONG, decision_state, fidelity,
                                    verdicts)
+from bench.records import Status
 from bench.report.formats import changed_settings, interval, md_table, signed, two_places
 from bench.report.tables import comparison, has_accuracy, is_missing, show_value, train_pmacs
 from bench.sequential import HORIZON
-from bench.schema import Status
 
 THRESHOLD = 0.8  # Kendall τ from which two rankings count as agreeing (NAS-Bench-201: ≈ 0.9, 12 vs 200 epochs)
 FILES = ("calibration.md", "calibration.json", "calibration_verdicts.png", "calibration_agreement.png")

@@ -1,6 +1,6 @@
 """Proxy fidelity: how a cheap study's ranking and decisions agree with a reference study of the
 same variants (a longer budget, more data, another dataset), computed from the two studies'
-records and written as fidelity-<reference>.md. bench.study.reports reads both ledgers.
+records and written as fidelity-<reference>.md. bench.study.stored_reports reads both ledgers.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.report.formats import interval, md_table, settings, signed, two_places
 from bench.report.tables import (by_seed, comparison, examples_by_seed, has_accuracy, is_missing, iso_costs,
                                  show_value, variant_means, work)

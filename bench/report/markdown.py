@@ -6,7 +6,7 @@ re-attention buy more top-1 per unit of cost than making it wider? The tables
 (bench.report.tables), cells (bench.report.formats) and plots (bench.report.plots) are derived
 from the records alone. Profile-only sweeps (no ``top1``) get cost reports; studies (a
 ``search``) get their Pareto front, best trials and the importances bench.study computed.
-No torch, no storage: bench.study.reports reads the ledger and hands the records over.
+No torch, no storage: bench.study.stored_reports reads the ledger and hands the records over.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pandas as pd
 from bench.config import NOISY, OBJECTIVES, StudyConfig
 from bench.costs import MFU_SAID
 from bench.errors import first_line
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.report import plots
 from bench.report.decide import needed_cell, projections, spread, spread_sentence, totals
 from bench.report.formats import (interval, md_table, multiplier, num, ratio, settings, signed, space,
@@ -29,8 +29,8 @@ from bench.report.formats import (interval, md_table, multiplier, num, ratio, se
 from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, is_missing, iso_costs,
                                  pareto_front, ranking_by_epoch, show_value, summarize, variant_label,
                                  varying_fields, width_and_re_arms)
+from bench.records import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, PER_EXAMPLE, Status
 from bench.sequential import HORIZON, out_of_reach
-from bench.schema import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, PER_EXAMPLE, Status
 from bench.spec import BASELINE, variant_of
 from bench.variant import is_re_option
 
@@ -320,7 +320,7 @@ def markdown(df: pd.DataFrame, spec: Mapping[str, Any], info: Mapping[str, Any],
                         ("timm_version", "timm "), ("bench_version", "bench ")):
         if col in df and df[col].notna().any():
             env.append(prefix + ", ".join(map(str, df[col].dropna().unique())))
-    if "attn_kernel" in df and df["attn_kernel"].notna().any():  # bench.kernels: the fastest exact, measured
+    if "attn_kernel" in df and df["attn_kernel"].notna().any():  # bench.attention_kernels: the fastest exact, measured
         by_type = df.dropna(subset=["attn_kernel"]).groupby("attention")["attn_kernel"].unique() \
             if "attention" in df else {}
         env.append("attention kernels " + "; ".join(f"{t}: {', '.join(map(str, k))}" for t, k in dict(by_type).items()))
@@ -463,8 +463,8 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Any], out_dir: Path, info:
                  importances: Importances | None = None, side: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """runs.csv, report.md and the plots in ``out_dir``; paths by file name. ``info``: the header
     line (when generated, the storage as shown); ``importances``: a search's parameter
-    importances (bench.study.reports computes them from the Optuna study); ``side``: the
-    side-by-side timing pass (bench.timing), whose speeds the tables compare."""
+    importances (bench.study.stored_reports computes them from the Optuna study); ``side``: the
+    side-by-side timing pass (bench.side_by_side), whose speeds the tables compare."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv", "report.md": out_dir / "report.md"}

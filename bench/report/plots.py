@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bench.config import OBJECTIVES
-from bench.files import atomic_write
+from bench.own_files import atomic_write
 from bench.report.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
                                  varying_fields, width_and_re_arms)
-from bench.schema import DETAILS, Status
+from bench.records import DETAILS, Status
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields

@@ -1,6 +1,6 @@
 """Tables from trial records: labels, per-variant summaries, the comparison of arms with the
 baseline, width against re-attention at equal cost, rankings and the Pareto front. Pure pandas
-and numpy: one row per trial (variant × seed) in the record vocabulary (timm's names, bench.schema)
+and numpy: one row per trial (variant × seed) in the record vocabulary (timm's names, bench.records)
 in, DataFrames out; the cells they become are bench.report.formats'. Accuracy comes from complete
 trials only; cost means use every trial that has them.
 """
@@ -15,11 +15,11 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from bench.console import fmt
+from bench.costs import train_tflops, trained_pmacs
 from bench.errors import did_you_mean
-from bench.schema import COLLAPSE_COLS, COST_COLS, PER_EXAMPLE, TEST_LIST, Status, unpack_bits
+from bench.records import COLLAPSE_COLS, COST_COLS, PER_EXAMPLE, TEST_LIST, Status, unpack_bits
 from bench.spec import BASELINE, variant_of
 from bench.stats import Delta, delta, holm, iso_cost, mean_interval
-from bench.costs import train_tflops, trained_pmacs
 from bench.variant import FIELD_TYPES
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)

@@ -24,7 +24,7 @@ class RunContext:
     study: str = ""                  # the study's name: its files go to results_dir/study
     results_dir: Path = Path("results")
     storage: str | None = None       # a storage URL; None: the study's own file (url())
-    device: Any = None               # a torch.device (bench.profiling.resolve_device); None: not resolved yet
+    device: Any = None               # a torch.device (bench.device.resolve_device); None: not resolved yet
     quiet: bool = False              # no progress bars: one line per trial (for logs)
     save_weights: bool = False       # keep each trained model (weights_path)
     keep_checkpoints: bool = False   # keep a finished trial's last checkpoint (checkpoint_path)

@@ -20,12 +20,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench import console
+from bench.records import Status
 from bench.report.tables import comparison
-from bench.schema import Status
 from bench.sequential import out_of_reach
 from bench.spec import BASELINE, Sweep, Trial, trial_key
 from bench.study.ledger import Ledger
-from bench.study.reports import records_frame
+from bench.study.stored_reports import records_frame
 from bench.variant import FIELD_TYPES, Variant
 
 

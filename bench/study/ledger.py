@@ -41,10 +41,10 @@ from optuna.trial import TrialState
 from bench import sequential, spec
 from bench.config import DATA_ROOT_ENV
 from bench.errors import BenchError, SpecError
-from bench.schema import DETAILS, Status
-from bench.variant import Variant
+from bench.records import DETAILS, Status
 from bench.study.queries import DONE, Heartbeats, Queries
 from bench.study.storage import HEARTBEAT, default_url, open_study
+from bench.variant import Variant
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 RANK = {TrialState.COMPLETE: 3, TrialState.PRUNED: 3, TrialState.RUNNING: 2, TrialState.WAITING: 1}
@@ -224,7 +224,7 @@ class Ledger:
             self.study.set_user_attr("sequential", mark)
 
     def side_by_side(self) -> dict[str, Any] | None:
-        """The last side-by-side timing pass (bench.timing) over the study's variants."""
+        """The last side-by-side timing pass (bench.side_by_side) over the study's variants."""
         return self.study.user_attrs.get("side_by_side")
 
     def save_side_by_side(self, result: dict[str, Any]) -> None:

@@ -18,10 +18,11 @@ from bench import console
 from bench.config import resolve_compile, resolve_dtype
 from bench.data.augment import RandAugment
 from bench.data.loader import residency
+from bench.device import device_name, environment
 from bench.errors import BenchError, first_line
-from bench.files import check_writable
-from bench.profiling import device_name, environment
-from bench.schema import Status
+from bench.own_files import check_writable
+from bench.records import Status
+from bench.side_by_side import Pass, side_by_side
 from bench.spec import Sweep, variant_key
 from bench.study.artifacts import open_store
 from bench.study.context import RunContext
@@ -29,7 +30,6 @@ from bench.study.ledger import DONE, Ledger, Plan
 from bench.study.search import budget_used, run_search
 from bench.study.storage import check_workers, safe_url
 from bench.study.trials import label, load_checked, result_line, run_trial
-from bench.timing import Pass, side_by_side
 from bench.variant import Variant
 
 
@@ -124,7 +124,7 @@ def summary(sweep: Sweep, run: Run, finished: list[dict[str, Any]]) -> dict[str,
 
 
 def check_folder(folder: Path) -> None:
-    """``folder`` made and writable (bench.files.check_writable); a file in the way is named,
+    """``folder`` made and writable (bench.own_files.check_writable); a file in the way is named,
     and left as it was (not bench's)."""
     blocker = next((p for p in [folder, *folder.parents] if os.path.lexists(p) and not p.is_dir()), None)
     if blocker is not None:
@@ -186,7 +186,7 @@ def preload(sweep: Sweep, dev: torch.device, ledger: Ledger, quiet: bool = False
 def time_side_by_side(ledger: Ledger, sweep: Sweep, dev: torch.device, *, rounds: int | None = None,
                       quiet: bool = False, again: bool = False, variants: list[Variant] | None = None
                       ) -> dict[str, Any]:
-    """Time every variant of the study side by side on ``dev`` (bench.timing) and store the
+    """Time every variant of the study side by side on ``dev`` (bench.side_by_side) and store the
     pass in the ledger, where reports find it. A stored pass over the same variants on the
     same device is kept unless ``again``. ``variants``: those to time (default: the sweep's
     and every one the study queued; a stored sweep's own is only its base model)."""

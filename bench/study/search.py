@@ -22,10 +22,10 @@ from optuna.trial import TrialState
 from bench import console
 from bench.config import Dim, StudyConfig
 from bench.errors import SpecError
-from bench.schema import Status
+from bench.records import Status
+from bench.spec import Sweep, Trial, trial_key
 from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, interrupted
-from bench.spec import Sweep, Trial, trial_key
 from bench.study.trials import label, result_line, run_trial
 from bench.variant import Variant, is_re_option
 

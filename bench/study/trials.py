@@ -23,15 +23,16 @@ from bench.collapse import analyse
 from bench.config import CollapseConfig, resolve_dtype
 from bench.data.loader import Loader
 from bench.data.sources import Dataset, Split, load as load_data
+from bench.device import environment, is_oom
 from bench.errors import BenchError, first_line
-from bench.schema import COLLAPSE_SUMMARY, Status
+from bench.models import build_model, save_weights
+from bench.profiling import profile_model
+from bench.records import COLLAPSE_SUMMARY, Status
+from bench.report.tables import variant_label
+from bench.spec import Sweep, Trial
 from bench.study.artifacts import CHECKPOINT, WEIGHTS, TrialFiles, open_store
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
-from bench.models import build_model, save_weights
-from bench.profiling import environment, is_oom, profile_model
-from bench.spec import Sweep, Trial
-from bench.report.tables import variant_label
 from bench.training import Checkpoint, Hooks, train
 from bench.variant import Variant
 

@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from bench.kernels import choose_kernels
+from bench.attention_kernels import choose_kernels
+from bench.device import compiled_call, device_name, is_oom
 from bench.models import build_model
-from bench.profiling import Timing, compiled_call, device_name, inference_step, is_oom, time_steps, train_step
+from bench.profiling import Timing, inference_step, time_steps, train_step
 from bench.variant import Variant
 
 def interleave(steps: Mapping[str, Callable[[], Any]], *, rounds: int, iters: int, warmup: int,

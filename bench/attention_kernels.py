@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,23 +23,15 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from bench.data.cache import KERNELS_FILE, default_dir
-from bench.files import Memo, remembered
+from bench.device import autocast
+from bench.own_files import KERNELS_FILE, Memo, default_dir, remembered
 from bench.reattention import ReAttention
 
 SELF_KERNELS = ("sdpa", "explicit")
-_AMP = {"bf16": torch.bfloat16}  # config.DTYPES that run under autocast (fp32 runs as is)
 _chosen: dict[str, str] = {}  # this process's choices
 CHOICES = Memo("attention-kernel", re.compile(r".+ \| (fp32|bf16) \| torch \S+ \| dim \d+ heads \d+ tokens \d+ "
                                               r"batch \d+"),
                lambda v: (isinstance(v, dict) and v.get("kernel") in SELF_KERNELS) or v in SELF_KERNELS)
-
-
-def autocast(device: torch.device, dtype: str) -> Any:
-    """The autocast context of ``dtype`` on ``device`` (bf16), or none (fp32): every timed or
-    trained step enters it."""
-    amp = _AMP.get(dtype)
-    return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
 
 
 def _ms(run: Callable[[], Any], device: torch.device, iters: int = 2) -> float:

@@ -15,15 +15,15 @@ import optuna
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.records import DETAILS
 from bench.report import plots
 from bench.report.calibration import RungStudy, calibration, write_calibration
-from bench.report.fidelity import write_fidelity
 from bench.report.decide import needed_cell, projections
+from bench.report.fidelity import write_fidelity
 from bench.report.formats import signed
 from bench.report.markdown import Importances, study_objectives, write_report
 from bench.report.tables import comparison, has_accuracy, show_value
 from bench.sequential import HORIZON
-from bench.schema import DETAILS
 from bench.spec import Rung, Sweep, check_name
 from bench.study.ledger import Ledger
 from bench.study.storage import safe_url

@@ -1,4 +1,6 @@
-"""Files bench writes: whole or not at all, and only its own (memo files carry a marker)."""
+"""Files bench writes: whole or not at all, and only its own (memo files carry a marker); bench's
+own folder (``default_dir``) and the name of every non-data file bench keeps in it, here and
+nowhere else: the decoded-data caches beside them are bench.data.cache's."""
 from __future__ import annotations
 
 import errno
@@ -13,6 +15,25 @@ from typing import Any, Callable
 
 from bench import console
 from bench.errors import BenchError
+
+
+PEAKS_FILE = "peak-flops.json"  # bench.utilisation's measured GEMM peaks (a memo)
+KERNELS_FILE = "attention-kernels.json"  # bench.attention_kernels' measured choices (a memo)
+INDUCTOR_DIR = "inductor"  # torch.compile's cache (bench.device.compile_model): a folder bench holds
+_OWN_NAME = re.compile(rf"{re.escape(PEAKS_FILE)}|{re.escape(KERNELS_FILE)}|{INDUCTOR_DIR}(\.damaged-[0-9-]+)?")
+
+
+def default_dir() -> Path:
+    """bench's own folder: ``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/bench``, else ``~/.cache/bench``."""
+    if os.environ.get("BENCH_CACHE_DIR"):
+        return Path(os.environ["BENCH_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "bench"
+
+
+def is_own_name(name: str) -> bool:
+    """Whether ``name`` in bench's folder is one of its non-data files (a memo, the compile cache or
+    a damaged copy of it set aside)."""
+    return _OWN_NAME.fullmatch(name) is not None
 
 
 def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> None:

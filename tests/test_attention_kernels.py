@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from bench import kernels
-from bench.data.cache import KERNELS_FILE, prune
+from bench import attention_kernels as kernels
+from bench.data.cache import prune
 from bench.models import build_model
+from bench.own_files import KERNELS_FILE
 from bench.variant import Variant
 
 TINY = Variant(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
