@@ -4,6 +4,7 @@ an artifact folder. One task is cancelled (scancel: Slurm's SIGTERM) in the midd
 other task — or a resubmitted one — resumes that trial from the checkpoint the first left in the
 store. Every point is complete exactly once, with the top-1 of a run never interrupted."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,15 +78,18 @@ def test_a_slurm_array_shares_a_study_and_a_cancelled_task_is_resumed_elsewhere(
     script.write_text(JOB.format(out=tmp_path, python=sys.executable, name=name))
     job = sh("sbatch", "--parsable", "--array=0-1", script, env=env).strip().split(";")[0]
     ledger = Ledger.open(pg, name)
-    # task 0's pid, then one of its trials with a checkpoint in the store: cancel task 0 there
+    # task 0's pid, then one of its trials with a checkpoint in the store: cancel task 0 there. The
+    # task is frozen (SIGSTOP) before the trial is confirmed mid-run, so the trial cannot finish
+    # between the look and the cancel; Slurm sends SIGCONT before its SIGTERM.
     deadline, victim = time.monotonic() + 300, None
     while time.monotonic() < deadline and victim is None:
         log = tmp_path / f"task-0-{job}.log"
-        pid = log.read_text().split()[1] if log.is_file() and log.read_text().startswith("pid ") else None
-        for t in ledger.study.get_trials():
-            if pid and t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{pid}") \
-                    and CHECKPOINT in t.user_attrs:
-                victim = t.user_attrs["key"]
+        pid = int(log.read_text().split()[1]) if log.is_file() and log.read_text().startswith("pid ") else None
+        if pid and _held(ledger, pid):
+            os.kill(pid, signal.SIGSTOP)
+            victim = _held(ledger, pid)
+            if victim is None:  # it finished in between: let it go on
+                os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
     assert victim, "task 0 never held a trial with a checkpoint in the store"
     sh("scancel", f"{job}_0")  # Slurm's SIGTERM, as on preemption
@@ -99,6 +103,15 @@ def test_a_slurm_array_shares_a_study_and_a_cancelled_task_is_resumed_elsewhere(
     states = {key: _states(ledger, key) for key in expected}
     assert all(s.count("COMPLETE") == 1 for s in states.values()), states  # every point exactly once
     assert {r["key"]: r["top1"] for r in ledger.records()} == expected  # as if never interrupted
+
+
+def _held(ledger, pid):
+    """The key of the trial worker ``pid`` is running with a checkpoint in the store, or None."""
+    for t in ledger.study.get_trials():
+        if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{pid}") \
+                and CHECKPOINT in t.user_attrs:
+            return t.user_attrs["key"]
+    return None
 
 
 def _states(ledger, key):
