@@ -37,7 +37,7 @@ from bench.records import Status
 from bench.report import plots
 from bench.report.calibration import agreement
 from bench.report.formats import two_places
-from bench.report.tables import comparison, is_missing
+from bench.report.tables import comparison
 from bench.sequential import HORIZON, seeds_needed
 from bench.spec import MAX_CORNERS, Rung, Sweep, load_rungs, variant_key
 from bench.study import runner, workers
@@ -46,25 +46,23 @@ from bench.study.context import RunContext
 from bench.study.grow import arms as arms_of, grow
 from bench.study.ledger import Ledger
 from bench.study.stored_reports import calibration_report, open_arms, records_frame, report_ledger, rung_study
-from bench.study.trials import eval_images, label, trial_files
-from bench.variant import FIELD_TYPES, Variant
+from bench.study.trials import eval_images, trial_files
+from bench.variant import FIELD_TYPES, Variant, is_missing, variant_label, varying_fields
 
 
 # --- runs ----------------------------------------------------------------------------------
 
-def run_context(study: str, context: RunContext | None = None, **options: Any) -> RunContext:
-    """The run context of study ``study``: ``context`` (or a new one) with ``options`` (its
-    fields by keyword: results_dir=, device=, quiet=, …) and the device resolved (a name, or
-    None for CUDA when available)."""
-    ctx = (context or RunContext()).replace(study=study, **options)
-    return ctx if isinstance(ctx.device, torch.device) else ctx.replace(device=resolve_device(ctx.device))
+def run_context(context: RunContext) -> RunContext:
+    """``context`` with its device resolved (a name, or None for CUDA when available)."""
+    return context if isinstance(context.device, torch.device) else context.replace(
+        device=resolve_device(context.device))
 
 
-def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -> dict[str, Any]:
+def run_sweep(sweep: Sweep, context: RunContext | None = None) -> dict[str, Any]:
     """Queue every trial of ``sweep`` that the study lacks, run the queue, write the report:
-    what ``bench run`` and ``bench study`` do. ``options``: RunContext's fields by keyword
-    (``storage``, ``results_dir``, ``device``, ``retry_failed``, ``quiet``, ``report``,
-    ``save_weights``, ``keep_checkpoints``, ``workers``, ``poll``).
+    what ``bench run`` and ``bench study`` do. ``context``: where and how (a RunContext: its
+    ``storage``, ``results_dir``, ``device``, ``retry_failed``, ``quiet``, ``report``,
+    ``save_weights``, ``keep_checkpoints``, ``workers``, …; its study is the sweep's name).
 
     ``workers`` > 1 starts that many local worker processes (one per GPU where there are
     several) instead of working here. Other workers (``bench worker``, or ``bench run``
@@ -78,7 +76,7 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
     ``summary["failure"]``: one line when trials of this run failed (not diverged or pruned:
     a failure is the machine's or bench's, not the model's), None when none did."""
     started = time.monotonic()
-    ctx = run_context(sweep.name, context, **options)
+    ctx = run_context((context or RunContext()).replace(study=sweep.name))
     if ctx.until_decided is not None and (sweep.search is not None or not sweep.compare or not sweep.train):
         raise SpecError("compare", sweep.compare, "--until-decided grows the arms of a comparison: it needs a trained "
                         "grid sweep with compare (baseline and arms)", where=sweep.path or sweep.name)
@@ -108,10 +106,10 @@ def run_sweep(sweep: Sweep, context: RunContext | None = None, **options: Any) -
 
 
 def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None = None, *, name: str | None = None,
-              stop_when_stable: bool = False, context: RunContext | None = None, **options: Any) -> dict[str, Any]:
+              stop_when_stable: bool = False, context: RunContext | None = None) -> dict[str, Any]:
     """``bench calibrate``: run the sweep file ``path`` (with ``sets``) at every rung of a budget
     ladder (bench.spec.parse_ladder), each rung its own study NAME@label in the same storage
-    (``options``: RunContext's fields, as run_sweep's), then read the rungs together and write
+    (``context``: as run_sweep's), then read the rungs together and write
     results_dir/NAME/calibration.md (bench.report.calibration). Every rung is a resumable sweep:
     a rung already run runs nothing again, so a rerun with one more rung runs only that one.
 
@@ -121,7 +119,7 @@ def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None =
     and ``failure`` (one line when trials failed, as run_sweep's)."""
     sweeps = load_rungs(path, dict(sets or {}), rungs, name)
     stem = sweeps[0].name[:-len(rungs[0].label) - 1]  # NAME of NAME@label
-    ctx = (context or RunContext()).replace(**options)
+    ctx = context or RunContext()
     done, ran, failures, stopped = [], [], [], None
     runs: dict[int, int] = {}
 
@@ -129,7 +127,7 @@ def calibrate(path: str | Path, rungs: list[Rung], sets: dict[str, Any] | None =
         if not ctx.quiet:
             console.info(f"rung {i + 1} of {len(rungs)}: {rungs[i].label} (study {sweeps[i].name})"
                          + (" — the reference, grown first" if ctx.until_decided and i == len(rungs) - 1 else ""))
-        summary = run_sweep(sweeps[i], context, **options)
+        summary = run_sweep(sweeps[i], ctx)
         runs[i] = runs.get(i, 0) + summary["ran"]
         if summary.get("failure"):
             failures.append(f"rung {rungs[i].label}: {summary['failure']}")
@@ -215,7 +213,8 @@ def time_study(context: RunContext, rounds: int | None = None) -> tuple[dict[str
     rounds = rounds or sweep.profile.rounds or ProfileConfig.rounds
     result = runner.time_side_by_side(ledger, sweep, context.device, rounds=rounds, again=True,
                                       quiet=context.quiet, variants=variants)
-    labels = {variant_key(v): label(v, variants) for v in variants}  # as the report names them
+    fields = varying_fields(variants)
+    labels = {variant_key(v): variant_label(v, fields) for v in variants}  # as the report names them
     return {**result, "labels": labels}, report_ledger(ledger, context.study, context.results_dir)
 
 
@@ -237,10 +236,10 @@ def plan_rows(sweep: Sweep, device: str | None = None, calibrate: bool = True) -
     variants = sweep.variants
     if sweep.search is not None:  # a study: its cheapest and dearest corners bound every trial
         variants = corners(sweep.search, sweep.variants[0])
-    witnesses = _witnesses(variants)  # label(v, variants) for each v would be quadratic: minutes at 10,000
+    fields = varying_fields(variants)
     for v in variants:
         cf = closed_form(v)
-        rows.append({"variant": label(v, witnesses), "depth": v.depth, "embed_dim": v.embed_dim,
+        rows.append({"variant": variant_label(v, fields), "depth": v.depth, "embed_dim": v.embed_dim,
                      "attention": v.attention, "param_count": cf["params"] / 1e6,
                      "infer_gmacs": cf["macs"] / 1e9, "_variant": v})
     rate = _calibrate(min(variants, key=lambda v: closed_form(v)["macs"]), sweep, dev) if calibrate else None
@@ -306,20 +305,6 @@ def plan_decisions(sweep: Sweep, earlier: str, *, storage: str | None = None, re
     return out
 
 
-def _witnesses(variants: list[Variant]) -> list[Variant]:
-    """A few of ``variants`` that vary in exactly the fields all of them vary in (two per
-    such field): labels against them are the labels against all."""
-    found: list[Variant] = []
-    for field in FIELD_TYPES:
-        seen: dict[Any, Variant] = {}
-        for v in variants:
-            seen.setdefault(getattr(v, field), v)
-            if len(seen) > 1:
-                break
-        found += seen.values()
-    return list(dict.fromkeys(found))
-
-
 def _calibrate(v: Variant, sweep: Sweep, dev: torch.device) -> float:
     """Train-step MACs per second of ``v`` on ``dev`` (a few timed steps)."""
     batch = sweep.train.batch_size if sweep.train else sweep.profile.batch_size
@@ -370,7 +355,7 @@ def analyse_model(name: str, overrides: dict[str, Any] | None = None, *, weights
         load_weights(model, weights)
     test = make_shapes(cfg.images, img_size=size[-1], seed=1_000_003)  # fixed images, apart from any training set
     batch = eval_images(Dataset("shapes", test, test, []), cfg.images, dev)
-    result = analyse(model.to(dev), batch, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    result = analyse(model.to(dev), batch, cfg)
     return result, {"model": name, "weights": weights or "initialisation", "images": len(batch),
                     "data": "shapes (built-in) test images", "attention": _attention_types(model)}
 
@@ -412,7 +397,7 @@ def analyse_trial(study: str, trial: str, *, context: RunContext | None = None,
     model = load_weights(build_model(variant), path).to(dev)
     data = load_data(DataConfig(**config["data"]), variant.img_size)
     batch = eval_images(data, cfg.images, dev)
-    result = analyse(model, batch, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    result = analyse(model, batch, cfg)
     return result, {"model": f"{study} trial {record['trial']} ({record['key']})", "weights": path,
                     "images": len(batch), "data": f"{data.name} test images", "top1": record.get("top1"),
                     "attention": _attention_types(model)}

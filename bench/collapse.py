@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from bench.config import CollapseConfig
 from bench.models import capture_attention, capture_blocks
 
 KS = (1, 2, 3)
@@ -33,8 +34,8 @@ KS = (1, 2, 3)
 class CollapseStats:
     """Running sums over an evaluation batch; ``result()`` gives the metrics."""
 
-    threshold: float = 0.8
-    head_threshold: float = 0.5
+    threshold: float = CollapseConfig.threshold  # the thresholds' one home: CollapseConfig
+    head_threshold: float = CollapseConfig.head_threshold
     gram: torch.Tensor | None = None          # (D, D) Σ cos over (b, h, t), float64
     above: dict[int, torch.Tensor] = field(default_factory=dict)  # k -> (D - k,) counts of M^{p,p+k} > thr
     head_sum: torch.Tensor | None = None      # (D,) Σ cos over head pairs
@@ -156,12 +157,13 @@ class TokenStats:
 
 
 @torch.inference_mode()
-def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: int | None = None,
-            threshold: float = 0.8, head_threshold: float = 0.5, budget_mb: float = 256) -> dict[str, Any]:
-    """Run ``images`` through ``model`` in chunks (eval mode) and measure attention collapse:
-    the map metrics (``CollapseStats``) and the token metrics (``TokenStats``), one dict.
+def analyse(model: nn.Module, images: torch.Tensor, cfg: CollapseConfig | None = None, *, chunk: int | None = None,
+            budget_mb: float = 256) -> dict[str, Any]:
+    """Run ``images`` through ``model`` in chunks (eval mode) and measure attention collapse as
+    ``cfg`` says (default: CollapseConfig's, the paper's thresholds): the map metrics
+    (``CollapseStats``) and the token metrics (``TokenStats``), one dict.
 
-    ``which='v'``: the map that multiplies V (re-generated for re-attention blocks);
+    ``cfg.which='v'``: the map that multiplies V (re-generated for re-attention blocks);
     ``'raw'``: the softmax maps. Memory is bounded: ``chunk`` images at a time (default:
     as many as keep one copy of every block's maps under ``budget_mb``).
     """
@@ -173,10 +175,11 @@ def analyse(model: nn.Module, images: torch.Tensor, *, which: str = "v", chunk: 
         chunk = max(1, int(budget_mb // max(per_image, 1e-9)))
     was_training = model.training
     model.eval()
-    stats, tokens = CollapseStats(threshold, head_threshold), TokenStats()
+    cfg = cfg or CollapseConfig()
+    stats, tokens = CollapseStats(cfg.threshold, cfg.head_threshold), TokenStats()
     prefix = getattr(model, "num_prefix_tokens", 1)
     try:
-        with capture_attention(model, which=which) as maps, capture_blocks(model) as outputs:
+        with capture_attention(model, which=cfg.which) as maps, capture_blocks(model) as outputs:
             for start in range(0, len(images), chunk):
                 maps.clear()
                 outputs.clear()

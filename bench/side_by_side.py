@@ -76,39 +76,13 @@ def side_by_side(variants: Mapping[str, Variant], how: Pass, *, device: torch.de
     say = on_progress or (lambda _msg: None)
     dtype, batch_size, rounds, iters, warmup, compiled = (how.dtype, how.batch_size, how.rounds, how.iters,
                                                           how.warmup, how.compiled)
-    steps: dict[str, Callable[[], Any]] = {}
-    resident: dict[str, int] = {}
-    kernels: dict[str, str] = {}
-    failed: dict[str, str] = {}
     cuda = device.type == "cuda"
     limit = torch._dynamo.config.recompile_limit
     if compiled:  # every variant's forward is one code object to dynamo: each model is its own entry
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = max(limit, 4 * len(variants) + 8)
     try:
-        for name, v in variants.items():
-            before = torch.cuda.memory_allocated(device) if cuda else 0
-            torch.manual_seed(0)
-            model = build_model(v).to(device)
-            kernels[name] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
-                                           device_name=device_name(device))
-            x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
-            y = torch.randint(v.num_classes, (batch_size,), device=device)
-            trained = copy.deepcopy(model)
-            opt = torch.optim.AdamW(trained.parameters(), lr=1e-4)
-            make = {"infer": lambda n, x=x: inference_step(n, x, dtype),
-                    "train": lambda n, x=x, y=y, opt=opt: train_step(n, x, y, dtype, opt)}
-            for mode, m in (("infer", model), ("train", trained)):
-                if compiled:  # the first call compiles (and recovers from a damaged cache), out of every round
-                    net, _, why = compiled_call(m, lambda n, mode=mode: make[mode](n)(), fresh=False)
-                    if why is not None:
-                        failed[name] = why
-                else:
-                    net = m
-                    if mode == "train":
-                        make[mode](net)()  # optimizer state exists from here on
-                steps[f"{name}/{mode}"] = make[mode](net)
-            resident[name] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
+        steps, resident, kernels, failed = _set_up(variants, how, device)
     except BaseException:
         torch._dynamo.config.recompile_limit = limit
         raise
@@ -143,6 +117,44 @@ def side_by_side(variants: Mapping[str, Variant], how: Pass, *, device: torch.de
             "batch_size": batch_size, "rounds": rounds, "iters": iters, "warmup": warmup,
             "seconds": time.perf_counter() - t0,
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _set_up(variants: Mapping[str, Variant], how: Pass, device: torch.device
+            ) -> tuple[dict[str, Callable[[], Any]], dict[str, int], dict[str, str], dict[str, str]]:
+    """Build every variant (seed 0) with its batch and optimizer, and compile its step functions
+    when ``how.compiled`` (the first call, out of every round). Returns (the step functions, by
+    ``name/mode``; the bytes each variant holds on CUDA, else 0; its attention kernel; why it
+    could not compile, for those that could not)."""
+    dtype, batch_size, compiled = how.dtype, how.batch_size, how.compiled
+    steps: dict[str, Callable[[], Any]] = {}
+    resident: dict[str, int] = {}
+    kernels: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    cuda = device.type == "cuda"
+    for name, v in variants.items():
+        before = torch.cuda.memory_allocated(device) if cuda else 0
+        torch.manual_seed(0)
+        model = build_model(v).to(device)
+        kernels[name] = choose_kernels(model, device=device, dtype=dtype, batch=batch_size,
+                                       device_name=device_name(device))
+        x = torch.randn(batch_size, v.in_chans, v.img_size, v.img_size, device=device)
+        y = torch.randint(v.num_classes, (batch_size,), device=device)
+        trained = copy.deepcopy(model)
+        opt = torch.optim.AdamW(trained.parameters(), lr=1e-4)
+        make = {"infer": lambda n, x=x: inference_step(n, x, dtype),
+                "train": lambda n, x=x, y=y, opt=opt: train_step(n, x, y, dtype, opt)}
+        for mode, m in (("infer", model), ("train", trained)):
+            if compiled:  # the first call compiles (and recovers from a damaged cache), out of every round
+                net, _, why = compiled_call(m, lambda n, mode=mode: make[mode](n)(), fresh=False)
+                if why is not None:
+                    failed[name] = why
+            else:
+                net = m
+                if mode == "train":
+                    make[mode](net)()  # optimizer state exists from here on
+            steps[f"{name}/{mode}"] = make[mode](net)
+        resident[name] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
+    return steps, resident, kernels, failed
 
 
 def _peak_tracked(name: str, step: Callable[[], Any], device: torch.device, peaks: dict[str, float]):

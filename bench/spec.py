@@ -317,20 +317,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     if train is not None:
         _section(raw, "train")
         train = _build(TrainConfig, train, "train")
-    data_raw = _section(raw, "data")
-    if train is not None and data_raw is None:
-        raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
-    if data_raw is not None:
-        kind = data_raw.get("name", DataConfig.name)
-        if isinstance(kind, str) and kind in DATA_KEYS:  # keys that mean nothing for this dataset are mistakes
-            try:
-                check_keys(data_raw, DATA_KEYS[kind], f"key for data {kind!r}")
-            except SpecError as err:
-                raise err.within(prefix="data.") from None
-    data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
-    if train is not None and data is not None and data.augment.mixes and train.batch_size % 2:
-        raise SpecError("train.batch_size", train.batch_size, "Mixup/CutMix (data.augment) mixes pairs of images "
-                        "within a batch: must be even")
+    data = _data(raw, train)
     profile = _build(ProfileConfig, _section(raw, "profile"), "profile")
     collapse = raw["collapse"] if "collapse" in raw else {}  # an explicit null: off
     if collapse is not None:
@@ -357,15 +344,7 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
                 raise SpecError(section, raw[section], "a study searches (search, study): leave out grid and compare")
     grid = _grid(raw.get("grid"))
     variants = _variants(base, grid, data, num_classes)
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds:
-        raise SpecError("seeds", seeds, "expected a non-empty list of integers")
-    for s in seeds:
-        check_seed("seeds", s)
-    if len(set(seeds)) != len(seeds):
-        raise SpecError("seeds", seeds, "lists a seed twice")
+    seeds = _seeds(raw.get("seeds", [0]))
     compare = _compare(raw.get("compare"), variants)
     description = raw.get("description")
     check_type("description", description, (str, None))
@@ -377,6 +356,40 @@ def _parse(raw: Mapping[str, Any], default_name: str) -> Sweep:
     return Sweep(name=name, path="", data=data, model=model, train=train, profile=profile, grid=grid,
                  seeds=seeds, compare=compare, variants=variants, description=description, collapse=collapse,
                  **extra)
+
+
+def _data(raw: Mapping[str, Any], train: TrainConfig | None) -> DataConfig | None:
+    """The data section as a DataConfig (None when left out, which only profiling may): keys
+    that mean nothing for its dataset are refused, and so is an odd batch that Mixup/CutMix
+    would pair."""
+    data_raw = _section(raw, "data")
+    if train is not None and data_raw is None:
+        raise SpecError("data", None, "training needs a dataset, e.g. data: {name: shapes} (or train: null)")
+    if data_raw is not None:
+        kind = data_raw.get("name", DataConfig.name)
+        if isinstance(kind, str) and kind in DATA_KEYS:  # keys that mean nothing for this dataset are mistakes
+            try:
+                check_keys(data_raw, DATA_KEYS[kind], f"key for data {kind!r}")
+            except SpecError as err:
+                raise err.within(prefix="data.") from None
+    data = _build(DataConfig, data_raw, "data") if data_raw is not None else None
+    if train is not None and data is not None and data.augment.mixes and train.batch_size % 2:
+        raise SpecError("train.batch_size", train.batch_size, "Mixup/CutMix (data.augment) mixes pairs of images "
+                        "within a batch: must be even")
+    return data
+
+
+def _seeds(seeds: Any) -> list[int]:
+    """The seeds section: one integer or a non-empty list of distinct ones."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise SpecError("seeds", seeds, "expected a non-empty list of integers")
+    for s in seeds:
+        check_seed("seeds", s)
+    if len(set(seeds)) != len(seeds):
+        raise SpecError("seeds", seeds, "lists a seed twice")
+    return seeds
 
 
 def _study(raw: Mapping[str, Any], base: Variant, data: DataConfig | None, num_classes: int | None,

@@ -342,6 +342,104 @@ def _interpolated_spread(arm: tuple[float, int], left: tuple[float, int], right:
 GRID = 256  # points per width segment where the multiplier's confidence set is searched, then refined
 
 
+@dataclass(frozen=True)
+class _Band:
+    """What ``iso_cost``'s intervals read the width curve with: the arm's mean top-1, the curve
+    (log cost ``x``, mean top-1 ``y``, sorted by cost), each variant's (variance of its mean,
+    seeds) — the arm's, then the width points' in the curve's order — and the level."""
+
+    arm_mean: float
+    x: np.ndarray
+    y: np.ndarray
+    arm: tuple[float, int]
+    width: list[tuple[float, int]]
+    level: float
+
+
+def _gain_half(band: _Band, arm_cost: float) -> float:
+    """The half-width of the gain's interval at ``arm_cost``: q·se of arm − ((1 − t)·ȳ_L + t·ȳ_R),
+    the two width points around the arm's cost with the interpolation weight t (in log cost)."""
+    x = band.x
+    c = math.log(arm_cost)
+    j = int(np.clip(np.searchsorted(x, c), 1, len(x) - 1))
+    t = (c - x[j - 1]) / (x[j] - x[j - 1]) if x[j] > x[j - 1] else 0.0
+    se, q = _interpolated_spread(band.arm, band.width[j - 1], band.width[j], t, band.level)
+    return float(q * se)
+
+
+def _along(u: np.ndarray | float | list[float], band: _Band) -> tuple[np.ndarray, np.ndarray]:
+    """arm − curve(u), and q·se there; u in [0, K − 1] runs along the curve of K points,
+    segment k = floor(u) (the last segment at its end), weight u − k."""
+    last = len(band.x) - 1
+    y = band.y
+    u = np.atleast_1d(np.asarray(u, float))
+    k = np.clip(np.floor(u).astype(int), 0, last - 1)
+    t = u - k
+    gap, spread = band.arm_mean - ((1 - t) * y[k] + t * y[k + 1]), np.empty_like(u)
+    for seg in np.unique(k):
+        m = k == seg
+        se, q = _interpolated_spread(band.arm, band.width[seg], band.width[seg + 1], t[m], band.level)
+        spread[m] = q * se
+    return gap, spread
+
+
+def _excess(u: np.ndarray | float, band: _Band) -> np.ndarray:
+    """|arm − curve(u)| − q·se: ≤ 0 where the curve cannot be told from the arm."""
+    gap, spread = _along(u, band)
+    return np.abs(gap) - spread
+
+
+def _excess_at(v: float, band: _Band) -> float:
+    """``_excess`` at one point, as a float (the function ``_edge``'s root-finding solves)."""
+    return float(_excess(v, band)[0])
+
+
+def _cost_at(u: float, x: np.ndarray, base: float) -> float:
+    """The cost (× ``base``, the narrowest) at u along the curve of log costs ``x``."""
+    last = len(x) - 1
+    k = min(int(math.floor(u)), last - 1)
+    return math.exp(x[k] + (u - k) * (x[k + 1] - x[k])) / base
+
+
+def _edge(i: int, j: int, u: np.ndarray, h: np.ndarray, band: _Band) -> float:
+    """The boundary between u[i] (outside the confidence set) and u[j] (inside), ``h`` the
+    excess on the grid ``u``: the point itself for a crossing with no spread at all, else the
+    root of the excess between them."""
+    if h[j] > 0:
+        return float(u[j])
+    return float(optimize.brentq(_excess_at, u[i], u[j], args=(band,), xtol=1e-13))
+
+
+def _multiplier_interval(band: _Band, base: float, multiplier: float) -> tuple[float, float]:
+    """The multiplier's interval (× ``base``): the span of the costs whose t-interval of
+    arm − curve(c) contains 0, searched on a grid of ``GRID`` points per segment with the
+    curve's crossings of the arm added, and refined by root-finding; ×1 joins it when the arm
+    is not significantly above the narrowest point, inf when not significantly below the
+    widest. An empty set gives ``multiplier`` itself at both ends."""
+    x, y, arm_mean, last = band.x, band.y, band.arm_mean, len(band.x) - 1
+    u = np.linspace(0.0, last, GRID * last + 1)
+    crossings = [k + (arm_mean - y[k]) / (y[k + 1] - y[k]) for k in range(last)
+                 if y[k + 1] != y[k] and min(y[k], y[k + 1]) <= arm_mean <= max(y[k], y[k + 1])]
+    u = np.unique(np.concatenate([u, crossings]))
+    h = _excess(u, band)
+    inside = np.flatnonzero((h <= 0) | np.isin(u, crossings))  # a crossing is plausible, rounding aside
+    lows, highs = [], []
+    (gap0, gap1), (spread0, spread1) = _along([0.0, float(last)], band)
+    if gap0 <= spread0:  # the arm is not significantly above the narrowest point: ×1 (none needed) is plausible
+        lows.append(1.0)
+        highs.append(1.0)
+    if gap1 >= -spread1:  # not significantly below the widest: widening may never reach it
+        lows.append(math.inf)
+        highs.append(math.inf)
+    if len(inside):
+        i, j = inside[0], inside[-1]
+        low = u[i] if i == 0 else _edge(i - 1, i, u, h, band)  # the set's ends, refined unless at the curve's
+        high = u[j] if j == len(u) - 1 else _edge(j + 1, j, u, h, band)
+        lows.append(_cost_at(low, x, base))
+        highs.append(_cost_at(high, x, base))
+    return (min(lows), max(highs)) if lows else (multiplier,) * 2
+
+
 def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float, Sequence[float]]],
              level: float = LEVEL) -> IsoCost:
     """``arm``: the re-attention arm's top-1 over seeds, at ``arm_cost``; ``width``: (cost,
@@ -383,61 +481,9 @@ def iso_cost(arm: Sequence[float], arm_cost: float, width: Sequence[tuple[float,
     x, y = _curve(costs, means)
     order = np.argsort(costs, kind="stable")
     spreads = [(s.var(ddof=1) / len(s), len(s)) for s in points]  # each variant's (variance of its mean, seeds)
-    a, w = spreads[0], [spreads[1 + i] for i in order]  # the arm; the width points sorted by cost
-
+    band = _Band(arm_mean, x, y, spreads[0], [spreads[1 + i] for i in order], level)  # width points sorted by cost
     if at is not None:  # the gain's interval
-        c = math.log(arm_cost)
-        j = int(np.clip(np.searchsorted(x, c), 1, len(x) - 1))
-        t = (c - x[j - 1]) / (x[j] - x[j - 1]) if x[j] > x[j - 1] else 0.0
-        se, q = _interpolated_spread(a, w[j - 1], w[j], t, level)
-        half = float(q * se)
+        half = _gain_half(band, arm_cost)
         out["gain_low"], out["gain_high"] = out["gain"] - half, out["gain"] + half
-
-    # the multiplier's: u in [0, K − 1] runs along the curve, segment k = floor(u), weight u − k
-    last = len(x) - 1
-
-    def along(u: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:  # arm − curve(u), and q·se there
-        u = np.atleast_1d(np.asarray(u, float))
-        k = np.clip(np.floor(u).astype(int), 0, last - 1)
-        t = u - k
-        gap, spread = arm_mean - ((1 - t) * y[k] + t * y[k + 1]), np.empty_like(u)
-        for seg in np.unique(k):
-            m = k == seg
-            se, q = _interpolated_spread(a, w[seg], w[seg + 1], t[m], level)
-            spread[m] = q * se
-        return gap, spread
-
-    def excess(u: np.ndarray | float) -> np.ndarray:  # ≤ 0 where the curve cannot be told from the arm
-        gap, spread = along(u)
-        return np.abs(gap) - spread
-
-    def cost(u: float) -> float:
-        k = min(int(math.floor(u)), last - 1)
-        return math.exp(x[k] + (u - k) * (x[k + 1] - x[k])) / base
-
-    u = np.linspace(0.0, last, GRID * last + 1)
-    crossings = [k + (arm_mean - y[k]) / (y[k + 1] - y[k]) for k in range(last)
-                 if y[k + 1] != y[k] and min(y[k], y[k + 1]) <= arm_mean <= max(y[k], y[k + 1])]
-    u = np.unique(np.concatenate([u, crossings]))
-    h = excess(u)
-    inside = np.flatnonzero((h <= 0) | np.isin(u, crossings))  # a crossing is plausible, rounding aside
-
-    def edge(i: int, j: int) -> float:  # the boundary between u[i] (outside) and u[j] (inside)
-        if h[j] > 0:  # a crossing with no spread at all: the point itself
-            return float(u[j])
-        return float(optimize.brentq(lambda v: float(excess(v)[0]), u[i], u[j], xtol=1e-13))
-
-    lows, highs = [], []
-    (gap0, gap1), (spread0, spread1) = along([0.0, float(last)])
-    if gap0 <= spread0:  # the arm is not significantly above the narrowest point: ×1 (none needed) is plausible
-        lows.append(1.0)
-        highs.append(1.0)
-    if gap1 >= -spread1:  # not significantly below the widest: widening may never reach it
-        lows.append(math.inf)
-        highs.append(math.inf)
-    if len(inside):
-        i, j = inside[0], inside[-1]
-        lows.append(cost(u[i]) if i == 0 else cost(edge(i - 1, i)))
-        highs.append(cost(u[j]) if j == len(u) - 1 else cost(edge(j + 1, j)))
-    out["mult_low"], out["mult_high"] = (min(lows), max(highs)) if lows else (out["multiplier"],) * 2
+    out["mult_low"], out["mult_high"] = _multiplier_interval(band, base, out["multiplier"])
     return IsoCost(**out)

@@ -6,6 +6,7 @@ settings and their defaults are ``bench.config.TrainConfig``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from bench import __version__, console
 from bench.attention_kernels import choose_kernels
 from bench.config import DataConfig, TrainConfig, resolve_compile
 from bench.data.augment import Recipe, seed_streams, set_streams_state, streams_state
-from bench.data.loader import Loader, residency
+from bench.data.loader import PLAIN, Loader, residency
 from bench.data.sources import Dataset
 from bench.device import autocast, compiled_call, device_name
 from bench.errors import first_line
@@ -227,6 +228,194 @@ def _apart(result: dict[str, Any], steps: int) -> None:
     result["train_time_s"] -= result["compile_s"]
 
 
+@dataclass
+class _Run:
+    """One ``train`` call in progress: what ``_start`` sets up, and what its epochs share and
+    move on. Fixed from the start: the settings, the device and dtype, the augmentation, the
+    hooks, the stateful parts (``Parts``: the train loader among them), the test loader, the
+    trained parameters, the step counts, whether to compile, and the checkpoint's path (None:
+    none) with the run's ``identity``; ``start`` is when the clock started. Moving on: the
+    ``result`` so far, ``net`` (what the steps call: the model, compiled at this run's first
+    step), ``step`` (steps done, a resumed run's included) and ``first_step`` (where this
+    run's own steps began: the step that compiles)."""
+    cfg: TrainConfig
+    device: torch.device
+    dtype: str
+    aug: Recipe
+    hooks: Hooks
+    parts: Parts
+    test_loader: Loader
+    params: list[nn.Parameter]
+    steps_per_epoch: int
+    total: int
+    compiled: bool
+    path: Path | None
+    ident: dict[str, str]
+    result: dict[str, Any]
+    start: float
+    net: nn.Module
+    step: int = 0
+    first_step: int = 0
+
+
+def _loaders(data: Dataset, cfg: TrainConfig, device: torch.device, seed: int, recipe: DataConfig,
+             aug: Recipe) -> tuple[Loader, Loader, str, int]:
+    """The train and test loaders, where the data lives (bench.data.loader.residency) and the
+    train batch: ``cfg.batch_size`` at most the training set, even under Mixup/CutMix. Every
+    random stream is seeded here (``seed_streams``), just before the loaders are made."""
+    where, _ = residency(data, device, recipe.residency, recipe.memory_budget_gb, host_transform=aug.host is not None)
+    batch = min(cfg.batch_size, len(data.train))
+    if aug.mixup is not None:
+        batch -= batch % 2  # Mixup/CutMix pair images within a batch
+    seed_streams(seed)
+    train_loader = Loader(data.train, batch_size=batch, device=device, train=True, seed=seed, recipe=recipe,
+                          residency=where, host_transform=aug.host)
+    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, recipe=recipe,
+                         residency=where)
+    return train_loader, test_loader, where, batch
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -> tuple[Any, Any, int]:
+    """AdamW over ``param_groups`` (fused on CUDA) and its schedule (``lr_lambda``: warm-up,
+    then cosine to ``cfg.min_lr``, stepped once per step); and the run's total steps."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    floor = cfg.min_lr / cfg.lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, total=total, warmup=warmup, floor=floor))
+    return optimizer, schedule, total
+
+
+def _start(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
+           recipe: DataConfig | None, hooks: Hooks | None,
+           checkpoint: Checkpoint | None) -> tuple[_Run, dict[str, Any] | None]:
+    """Everything ``train`` does before its first step (its arguments, as ``train``'s), in this
+    order: the model onto the device, the checkpoint read (``_load``: before anything is
+    touched), the augmentation, the loaders (every stream seeded), the optimizer and its
+    schedule, the attention kernel, whether to compile, the result's first fields, the clock.
+    Returns the run and the checkpoint's state to resume from (None: from scratch)."""
+    model.to(device)
+    dtype = cfg.resolved_dtype(device)
+    recipe = recipe or PLAIN
+    hooks = hooks or Hooks()
+    path = Path(checkpoint.path) if checkpoint is not None else None
+    ident = identity(cfg, recipe, seed, dtype, checkpoint.extra if checkpoint is not None else None)
+    state = _load(path, ident, model) if path is not None and path.is_file() else None
+    aug = Recipe(recipe.augment, num_classes=data.num_classes, img_size=data.img_size,
+                 label_smoothing=cfg.label_smoothing, device=device)
+    train_loader, test_loader, where, batch = _loaders(data, cfg, device, seed, recipe, aug)
+    steps_per_epoch = len(train_loader)
+    optimizer, schedule, total = _optimizer(model, cfg, device, steps_per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    parts = Parts(model, optimizer, schedule, train_loader)
+    kernel = choose_kernels(model, device=device, dtype=dtype, batch=batch, device_name=device_name(device))
+    compiled = resolve_compile(cfg.compile, device)
+    result: dict[str, Any] = {TEST_LIST: list_key(data.test.labels), "top1": None, "top1_per_epoch": [], "train_loss": None,
+                              "train_loss_per_epoch": [], "diverged": False, "stopped": False,
+                              "resumed": state is not None, "epochs": 0, "steps": 0,
+                              "train_dtype": dtype, "data_residency": where, "compiled": compiled,
+                              "attn_kernel": kernel}
+    # net: compiled at the first step (compiled_call); evaluation stays eager: one compile, not two
+    run = _Run(cfg=cfg, device=device, dtype=dtype, aug=aug, hooks=hooks, parts=parts, test_loader=test_loader,
+               params=params, steps_per_epoch=steps_per_epoch, total=total, compiled=compiled, path=path,
+               ident=ident, result=result, start=time.perf_counter(), net=model)
+    return run, state
+
+
+def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor, net: nn.Module) -> torch.Tensor:
+    """The loss of ``net`` on the batch (x, y), under the run's autocast, back-propagated."""
+    with autocast(run.device, run.dtype):
+        out = run.aug.loss(net(x), y)
+    out.backward()
+    return out
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on the batch (x, y): forward and backward (compiling the model at
+    this run's first step when the run compiles), clipping, the optimizer's step, the schedule's;
+    the step's loss, on the device. ``run.step`` is the caller's to count."""
+    parts = run.parts
+    forward_backward = functools.partial(_forward_backward, run, x, y)
+    if run.compiled and run.step == run.first_step:  # the first step compiles: its time, less a step's, is compile_s
+        t0 = time.perf_counter()
+        run.net, loss, why = compiled_call(parts.model, forward_backward, reset=_snapshot(parts.model, run.device))
+        loss.item()  # waits for the device
+        if why is None:
+            run.result["compile_s"] = time.perf_counter() - t0
+        else:  # a compile fault (bench.device.compiled_call): eager, and the trial says why
+            run.result.update(compiled=False, compile_error=why)
+    else:
+        loss = forward_backward(run.net)
+    if run.cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip, foreach=True)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.schedule.step()
+    return loss
+
+
+def train_one_epoch(run: _Run, epoch: int) -> torch.Tensor | None:
+    """Epoch ``epoch`` (0-based) of training: a step per train batch (augmented when the recipe
+    says so), the loss summed on the device; every ``cfg.check_every`` steps and at the epoch's
+    end the mean so far is checked (one sync) and told to ``hooks.on_step``. Returns the
+    epoch's summed loss, or None when the loss turned NaN/inf: ``run.result`` then says the
+    run diverged, and is the run's result as it stands."""
+    run.parts.model.train()
+    loss_sum = torch.zeros((), device=run.device)  # summed on device: no sync per step
+    for i, (x, y) in enumerate(run.parts.loader, 1):
+        if run.aug.active:
+            x, y = run.aug(x, y)
+        loss = _step(run, x, y)
+        loss_sum += loss.detach().float()
+        run.step += 1
+        if i % run.cfg.check_every == 0 or i == run.steps_per_epoch:
+            mean = loss_sum.item() / i
+            if not math.isfinite(mean):
+                run.result.update(diverged=True, train_loss=mean, steps=run.step, epochs=epoch + 1,
+                                  train_time_s=time.perf_counter() - run.start)
+                run.result.pop(PER_EXAMPLE, None)  # an earlier epoch's: not this run's result
+                return None
+            if run.hooks.on_step:
+                run.hooks.on_step(run.step, run.total, mean)
+    return loss_sum
+
+
+def _close_epoch(run: _Run, epoch: int, loss_sum: torch.Tensor) -> bool:
+    """After epoch ``epoch`` (0-based) has trained: its top-1 (``evaluate``) and mean loss into
+    the result, the checkpoint written (then ``hooks.on_checkpoint``), ``hooks.on_epoch`` told.
+    True: the hook stops the run here (pruning; the result says ``stopped``)."""
+    result, hooks = run.result, run.hooks
+    top1, right = evaluate(run.parts.model, run.test_loader, run.dtype)
+    result["top1_per_epoch"].append(top1)
+    result[PER_EXAMPLE] = pack_bits(right.numpy())  # the last epoch's stands
+    result["train_loss_per_epoch"].append(loss_sum.item() / run.steps_per_epoch)
+    if run.path is not None:  # the last epoch's too: --keep-checkpoints keeps the final state
+        _save(run.path, run.ident, epoch + 1, run.step, run.parts, result)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(run.path, epoch + 1)
+    if hooks.on_epoch and hooks.on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
+        result["stopped"] = True
+        return True
+    return False
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """The result of a run whose epochs are done (or stopped): the last epoch's top-1 and loss,
+    the counts, the time (compile time apart: ``_apart``); weights that turned NaN/inf after
+    the last check make it diverged after all."""
+    result = run.result
+    result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
+                  epochs=len(result["top1_per_epoch"]), steps=run.step, train_time_s=time.perf_counter() - run.start)
+    _apart(result, run.step - run.first_step)
+    if not all(torch.isfinite(p).all() for p in run.params):  # the last steps can break weights after the last check
+        result.update(diverged=True, top1=None)
+        result.pop(PER_EXAMPLE, None)
+    return result
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.device, seed: int,
           recipe: DataConfig | None = None, hooks: Hooks | None = None,
           checkpoint: Checkpoint | None = None) -> dict[str, Any]:
@@ -246,109 +435,24 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, device: torch.de
     Returns top1, top1_per_epoch, train_loss (last epoch's mean), train_loss_per_epoch,
     diverged, stopped, resumed, epochs, steps, train_time_s, train_dtype, data_residency.
     """
-    model.to(device)
-    dtype = cfg.resolved_dtype(device)
-    recipe = recipe or DataConfig(crop_padding=0, flip=False)
-    hooks = hooks or Hooks()
-    path = Path(checkpoint.path) if checkpoint is not None else None
-    ident = identity(cfg, recipe, seed, dtype, checkpoint.extra if checkpoint is not None else None)
-    state = _load(path, ident, model) if path is not None and path.is_file() else None
-    aug = Recipe(recipe.augment, num_classes=data.num_classes, img_size=data.img_size,
-                 label_smoothing=cfg.label_smoothing, device=device)
-    where, _ = residency(data, device, recipe.residency, recipe.memory_budget_gb, host_transform=aug.host is not None)
-    batch = min(cfg.batch_size, len(data.train))
-    if aug.mixup is not None:
-        batch -= batch % 2  # Mixup/CutMix pair images within a batch
-    seed_streams(seed)
-    train_loader = Loader(data.train, batch_size=batch, device=device, train=True, seed=seed, recipe=recipe,
-                          residency=where, host_transform=aug.host)
-    test_loader = Loader(data.test, batch_size=cfg.eval_batch_size, device=device, train=False, recipe=recipe,
-                         residency=where)
-    steps_per_epoch = len(train_loader)
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), fused=fused or None)
-    floor = cfg.min_lr / cfg.lr
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, total=total, warmup=warmup, floor=floor))
-    params = [p for p in model.parameters() if p.requires_grad]
-    parts = Parts(model, optimizer, schedule, train_loader)
-    kernel = choose_kernels(model, device=device, dtype=dtype, batch=batch, device_name=device_name(device))
-    compiled = resolve_compile(cfg.compile, device)
-    net = model  # compiled at the first step (compiled_call); evaluation stays eager: one compile, not two
-
-    result: dict[str, Any] = {TEST_LIST: list_key(data.test.labels), "top1": None, "top1_per_epoch": [], "train_loss": None,
-                              "train_loss_per_epoch": [], "diverged": False, "stopped": False,
-                              "resumed": state is not None, "epochs": 0, "steps": 0,
-                              "train_dtype": dtype, "data_residency": where, "compiled": compiled,
-                              "attn_kernel": kernel}
-    start = time.perf_counter()
-    step, first = 0, 0
+    run, state = _start(model, data, cfg, device=device, seed=seed, recipe=recipe, hooks=hooks,
+                        checkpoint=checkpoint)
+    first = 0
     try:
         if state is not None:
-            first, step = _resume(state, parts, result)
-            result.pop("compile_s", None)  # this run compiles again
+            first, run.step = _resume(state, run.parts, run.result)
+            run.result.pop("compile_s", None)  # this run compiles again
             del state  # its tensors: not held through the run
-            if hooks.on_resume:  # after every stream is restored: the hook cannot move them
-                hooks.on_resume(list(result["top1_per_epoch"]))
-        first_step = step
+            if run.hooks.on_resume:  # after every stream is restored: the hook cannot move them
+                run.hooks.on_resume(list(run.result["top1_per_epoch"]))
+        run.first_step = run.step
         for epoch in range(first, cfg.epochs):
-            model.train()
-            loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
-            for i, (x, y) in enumerate(train_loader, 1):
-                if aug.active:
-                    x, y = aug(x, y)
-                def forward_backward(n: nn.Module) -> torch.Tensor:
-                    with autocast(device, dtype):
-                        out = aug.loss(n(x), y)
-                    out.backward()
-                    return out
-                if compiled and step == first_step:  # the first step compiles: its time, less a step's, is compile_s
-                    t0 = time.perf_counter()
-                    net, loss, why = compiled_call(model, forward_backward, reset=_snapshot(model, device))
-                    loss.item()  # waits for the device
-                    if why is None:
-                        result["compile_s"] = time.perf_counter() - t0
-                    else:  # a compile fault (bench.device.compiled_call): eager, and the trial says why
-                        result.update(compiled=False, compile_error=why)
-                else:
-                    loss = forward_backward(net)
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                loss_sum += loss.detach().float()
-                step += 1
-                if i % cfg.check_every == 0 or i == steps_per_epoch:
-                    mean = loss_sum.item() / i
-                    if not math.isfinite(mean):
-                        result.update(diverged=True, train_loss=mean, steps=step, epochs=epoch + 1,
-                                      train_time_s=time.perf_counter() - start)
-                        result.pop(PER_EXAMPLE, None)  # an earlier epoch's: not this run's result
-                        return result
-                    if hooks.on_step:
-                        hooks.on_step(step, total, mean)
-            top1, right = evaluate(model, test_loader, dtype)
-            result["top1_per_epoch"].append(top1)
-            result[PER_EXAMPLE] = pack_bits(right.numpy())  # the last epoch's stands
-            result["train_loss_per_epoch"].append(loss_sum.item() / steps_per_epoch)
-            if path is not None:  # the last epoch's too: --keep-checkpoints keeps the final state
-                _save(path, ident, epoch + 1, step, parts, result)
-                if hooks.on_checkpoint:
-                    hooks.on_checkpoint(path, epoch + 1)
-            if hooks.on_epoch and hooks.on_epoch(epoch + 1, top1, result["train_loss_per_epoch"][-1]):
-                result["stopped"] = True
+            loss_sum = train_one_epoch(run, epoch)
+            if loss_sum is None:  # diverged: the result as it stands
+                return run.result
+            if _close_epoch(run, epoch, loss_sum):
                 break
     finally:
-        train_loader.close()  # its RandAugment workers, if any, and cache files
-        test_loader.close()
-    result.update(top1=result["top1_per_epoch"][-1], train_loss=result["train_loss_per_epoch"][-1],
-                  epochs=len(result["top1_per_epoch"]), steps=step, train_time_s=time.perf_counter() - start)
-    _apart(result, step - first_step)
-    if not all(torch.isfinite(p).all() for p in params):  # the last steps can break weights after the last check
-        result.update(diverged=True, top1=None)
-        result.pop(PER_EXAMPLE, None)
-    return result
+        run.parts.loader.close()  # its RandAugment workers, if any, and cache files
+        run.test_loader.close()
+    return _finish(run)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.costs import train_tflops
+from bench.costs import FLOPS_PER_MAC, train_tflops
 from bench.own_files import PEAKS_FILE, Memo, default_dir, remembered
 
 # dense (no sparsity) peak TFLOP/s by GPU name and dtype; fp32 is the plain (non-tensor-core) rate
@@ -67,7 +67,7 @@ def gemm_tflops(device: torch.device, dtype: str, size: int, reps: int) -> float
             a @ b
             seconds = time.perf_counter() - t0
         best = min(best, seconds)
-    return 2 * size ** 3 / best / 1e12
+    return FLOPS_PER_MAC * size ** 3 / best / 1e12  # size³ multiply-accumulates
 
 
 def measured_peak(device: torch.device, dtype: str, device_name: str, cache_dir: Path | None = None) -> float:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+import math
+from typing import Any, Iterable, Mapping
 
+from bench.console import fmt
 from bench.errors import SpecError, check_keys, check_type
 
 RE_NORMS = ("batch", "layer", "none")  # how re-attention normalises the mixed maps over heads
@@ -146,3 +148,47 @@ FIELD_TYPES: dict[str, Any] = {
     "drop_path_rate": float, "attention": str, "re_blocks": (int, None), "re_norm": str,
     "re_transform_scale": bool,
 }
+
+
+# --- names: how every command and report calls a variant -------------------------------------
+
+LABEL_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: labels, tables, sort order
+LABEL_ORDER += [f for f in FIELD_TYPES if f not in LABEL_ORDER]
+
+
+def is_missing(value: Any) -> bool:
+    """None, pandas' NA or NaN: a cell with no figure (pandas not imported: specs load without it)."""
+    return value is None or type(value).__name__ == "NAType" or (isinstance(value, float) and math.isnan(value))
+
+
+def show_value(field: str, value: Any) -> str:
+    """A variant field's value as labels and table cells show it."""
+    if is_missing(value):
+        return "all" if field == "re_blocks" else "–"  # re_blocks None: every block
+    return fmt(value)
+
+
+def varying_fields(rows: Any) -> list[str]:
+    """The variant fields, in LABEL_ORDER, that take more than one value among ``rows``: Variants,
+    mappings, or a DataFrame of records (None and NaN count as a value). Linear in the rows."""
+    if hasattr(rows, "columns"):  # a DataFrame: pandas counts it column by column
+        return [f for f in LABEL_ORDER if f in rows and rows[f].nunique(dropna=False) > 1]
+    seen: dict[str, set[Any]] = {f: set() for f in LABEL_ORDER}
+    for row in rows:
+        get = row.get if isinstance(row, Mapping) else lambda f, r=row: getattr(r, f, None)
+        for f in LABEL_ORDER:
+            value = get(f)
+            seen[f].add("–" if is_missing(value) else value)
+    return [f for f in LABEL_ORDER if len(seen[f]) > 1]
+
+
+def variant_label(row: Any, fields: Iterable[str], seed: int | None = None) -> str:
+    """``"depth=4 attention=re"``: the ``fields`` (``varying_fields``', over the variants it is told apart
+    from) that mean something for this variant — re-attention options only with re-attention —
+    and the seed when given; ``base`` when nothing tells it apart. The one label of a variant: the
+    runner's progress lines, report.md and its plots, ``bench time``, ``bench plan`` and searches."""
+    get = row.get if isinstance(row, Mapping) else lambda f: getattr(row, f, None)
+    shown = [f"{f}={show_value(f, get(f))}" for f in fields
+             if (get(f) is not None or f == "re_blocks") and (not is_re_option(f) or get("attention") == "re")]
+    text = " ".join(shown) or "base"
+    return text if seed is None else f"{text} seed={seed}"

@@ -19,11 +19,12 @@ import argparse
 import pandas as pd
 
 from bench.report.formats import interval, md_table, signed
-from bench.report.tables import comparison, show_value
+from bench.report.tables import comparison
 from bench.sequential import out_of_reach
 from bench.spec import BASELINE
 from bench.study.ledger import Ledger
 from bench.study.stored_reports import records_frame
+from bench.variant import show_value
 
 
 def decision(row: dict) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench import spec
 from bench.api import run_sweep
+from bench.study.context import RunContext
 from bench.study.storage import safe_url
 
 SWEEP = """
@@ -46,8 +47,9 @@ def main() -> None:
             import uuid
             sweep = dataclasses.replace(sweep, name=f"overhead-{uuid.uuid4().hex[:8]}")
         t0 = time.perf_counter()
-        summary = run_sweep(sweep, storage=url, results_dir=Path(tmp) / "results", device="cpu", quiet=True,
-                            report=False)
+        summary = run_sweep(sweep,
+                            RunContext(storage=url, results_dir=Path(tmp) / "results", device="cpu", quiet=True,
+                                       report=False))
         wall = time.perf_counter() - t0
         records = summary["records"]
         inside = [r["time_trial_s"] - r["time_profile_s"] - r["time_train_s"] for r in records]

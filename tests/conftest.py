@@ -6,7 +6,8 @@ import re
 import pytest
 import yaml
 
-from bench import spec, api
+from bench import api, spec
+from bench.study.context import RunContext
 from bench.study.ledger import Ledger
 
 # 16² images, 16-dim models, 48 training images: 4 trials in a few seconds on a CPU
@@ -61,11 +62,11 @@ def sweep_file(tmp_path):
 
 @pytest.fixture
 def run(tmp_path):
-    """run(path, sets=None, **run_sweep kwargs): the sweep (or study) at ``path``, on the CPU,
-    into tmp_path/results (bench.api.run_sweep: the kwargs are RunContext's fields)."""
+    """run(path, sets=None, **fields): the sweep (or study) at ``path``, on the CPU,
+    into tmp_path/results (bench.api.run_sweep with a RunContext of those fields)."""
     def run(path, sets=None, **kwargs):
-        return api.run_sweep(spec.load(path, sets), results_dir=tmp_path / "results", device="cpu", quiet=True,
-                             **kwargs)
+        return api.run_sweep(spec.load(path, sets), RunContext(results_dir=tmp_path / "results", device="cpu",
+                                                               quiet=True, **kwargs))
     return run
 
 

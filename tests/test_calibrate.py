@@ -10,6 +10,7 @@ from bench import api, spec
 from bench.cli import main
 from bench.errors import SpecError
 from bench.report.calibration import RungStudy, agreement, calibration, rung_cost, write_calibration
+from bench.study.context import RunContext
 from bench.variant import Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
@@ -167,7 +168,7 @@ def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tm
     path.write_text("name: hand\ndata: {name: shapes, train_size: 48, test_size: 24}\n"
                     "model: {img_size: 16, patch_size: 4, embed_dim: 16, num_heads: 2}\ngrid: {depth: [1]}\n")
     out = api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]), stop_when_stable=True,
-                        results_dir=tmp_path / "results", quiet=True)
+                        context=RunContext(results_dir=tmp_path / "results", quiet=True))
     assert ran == ["hand@epochs=2", "hand@epochs=4", "hand@epochs=8"]
     assert out["stopped"] == ("rungs epochs=4 and epochs=8 agree (τ 0.87 over the pairs the higher orders, every "
                               "decision kept); not run: epochs=16")
@@ -175,7 +176,8 @@ def test_the_climb_stops_exactly_when_two_successive_rungs_agree(monkeypatch, tm
     assert "Stopped climbing (`--stop-when-stable`): rungs epochs=4 and epochs=8 agree" in text
     assert json.loads((tmp_path / "results" / "hand" / "calibration.json").read_text())["stable_from"] == "epochs=4"
     ran.clear()
-    api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]), results_dir=tmp_path / "results", quiet=True)
+    api.calibrate(path, spec.parse_ladder(["train.epochs=2,4,8,16"]),
+                  context=RunContext(results_dir=tmp_path / "results", quiet=True))
     assert ran == ["hand@epochs=2", "hand@epochs=4", "hand@epochs=8", "hand@epochs=16"]  # without it: every rung
 
 
@@ -254,7 +256,8 @@ def test_each_rung_runs_once_a_rerun_runs_nothing_and_a_new_rung_runs_alone(make
     capsys.readouterr()
 
     def ran(ladder):
-        found = api.calibrate(path, spec.parse_ladder(ladder), results_dir=results, device="cpu", quiet=True)
+        found = api.calibrate(path, spec.parse_ladder(ladder),
+                              context=RunContext(results_dir=results, device="cpu", quiet=True))
         return [r["ran"] for r in found["rungs"]], found
 
     assert ran(["train.epochs=1,2"])[0] == [0, 0]  # a rerun runs nothing
@@ -314,8 +317,8 @@ def test_a_rung_reads_only_the_trials_of_the_current_sweep(make_spec, tmp_path, 
     assert main([args[0], str(make_spec(seeds=[0, 1])), *args[1:]]) == 0
     before = json.loads((results / "tiny" / "calibration.json").read_text())
     assert [r["trials"] for r in before["rungs"]] == [8, 8]
-    found = api.calibrate(make_spec(seeds=[0]), spec.parse_ladder(["train.epochs=1,2"]), results_dir=results,
-                          device="cpu", quiet=False)
+    found = api.calibrate(make_spec(seeds=[0]), spec.parse_ladder(["train.epochs=1,2"]),
+                          context=RunContext(results_dir=results, device="cpu", quiet=False))
     err = capsys.readouterr().err
     assert "rung epochs=1: 4 trial(s) of study tiny@epochs=1 are not in this sweep" in err
     rows = found["result"]["rows"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench.collapse import CollapseStats, analyse
+from bench.config import CollapseConfig
 from bench.models import build_model, resolve
 
 
@@ -91,7 +92,7 @@ def test_analyse_a_model_in_chunks_and_both_maps():
     three = analyse(model, images, chunk=3)
     assert torch.allclose(torch.tensor(one["similarity"]), torch.tensor(three["similarity"]), atol=1e-5)
     assert len(one["similarity"]) == 3 and len(one["cross_head_similarity"]) == 3
-    raw = analyse(model, images, which="raw", chunk=4)
+    raw = analyse(model, images, CollapseConfig(which="raw"), chunk=4)
     assert not torch.allclose(torch.tensor(raw["similarity"]), torch.tensor(one["similarity"]), atol=1e-3)
     assert model.training  # analyse switches to eval and back
     assert all(0.0 <= s <= 1.0 + 1e-6 for row in raw["similarity"] for s in row)  # softmax maps: cos >= 0

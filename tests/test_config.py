@@ -10,8 +10,7 @@ from bench.device import autocast
 from bench.errors import SpecError, first_line
 from bench.models import build_model
 from bench.profiling import profile_model
-from bench.study.trials import label
-from bench.variant import FIELD_TYPES, Variant, is_re_option
+from bench.variant import FIELD_TYPES, Variant, is_re_option, variant_label, varying_fields
 
 
 def test_zero_warm_up_means_zero_in_profiling_and_in_the_plan(sweep_file):
@@ -41,8 +40,9 @@ def test_re_attention_options_exist_only_with_re_attention():
     assert all(getattr(vit, f) == getattr(Variant(), f) for f in options)  # reset: one spelling per model
     assert not any(vit.applies(f) for f in options) and all(Variant(attention="re").applies(f) for f in options)
     grid = [Variant(depth=2, attention=a, re_norm=n) for a in ("self", "re") for n in ("batch", "layer")]
-    assert label(grid[0], grid) == "attention=self"  # no re_norm in a ViT's label
-    assert label(grid[3], grid) == "attention=re re_norm=layer"
+    fields = varying_fields(grid)
+    assert variant_label(grid[0], fields) == "attention=self"  # no re_norm in a ViT's label
+    assert variant_label(grid[3], fields) == "attention=re re_norm=layer"
 
 
 def test_one_set_of_dtypes_for_specs_profiling_and_the_cli():
@@ -55,7 +55,7 @@ def test_one_set_of_dtypes_for_specs_profiling_and_the_cli():
         with autocast(torch.device("cpu"), dtype):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
     profile = build_parser()._subparsers._group_actions[0].choices["profile"]
-    assert next(a for a in profile._actions if a.dest == "dtype").choices == config.DTYPES
+    assert next(a for a in profile._actions if a.dest == "dtype").choices == config.DTYPE_SETTINGS
     assert config.resolve_dtype("auto", "cuda") == "bf16" and config.resolve_dtype("auto", torch.device("cpu")) == "fp32"
 
 

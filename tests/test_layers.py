@@ -1,7 +1,8 @@
 """The package's structure: one order of layers (bench/__init__.py lists it), sub-packages whose
 modules stand together (so no arrow points up between packages), no import circle, no private
-name used across modules, no function with more than 8 named parameters, and the torch-free
-modules really free of it."""
+name used across modules, no function with more than 8 named parameters or longer than a screen,
+no keyword pass-through, each concept in the one module docs/architecture.md names, and the
+torch-free modules really free of it."""
 import ast
 import subprocess
 import sys
@@ -32,6 +33,14 @@ LAYER = {m: name for name, modules in LAYERS for m in modules}
 PACKAGES = {"data", "study", "report"}
 LAZY_OK = {"cli"}  # imports per command keep `bench --version` and `bench report` free of torch
 MAX_PARAMS = 8
+MAX_LINES = 60  # a function, its docstring included, fits on one screen
+ARCHITECTURE = Path(__file__).parent.parent / "docs" / "architecture.md"
+# the only functions that take **keywords: each hands them to a callee that checks every name at the call
+PASS_THROUGH_OK = {"variant.Variant.replace", "study.context.RunContext.replace",  # dataclasses.replace
+                   "models.build_model", "models._entrypoint.create", "models._block_fn",  # timm's model and
+                   # block keywords (timm's create_model protocol): VisionTransformer checks each name
+                   "reattention.ReAttention.__init__",  # timm's Attention keywords
+                   "study.artifacts.TrialFiles.upload"}  # extra metadata stored with the upload, not passed on
 
 
 def modules_on_disk() -> list[str]:
@@ -137,3 +146,77 @@ def test_specs_and_reports_load_without_torch(modules):
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def functions(module: str):
+    """(qualified name, node) of every function and method in ``module``."""
+    def walk(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f"{prefix}{child.name}", child
+                yield from walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                yield from walk(child, f"{prefix}{child.name}.")
+    yield from walk(ast.parse(path_of(module).read_text()), f"{module}.")
+
+
+def test_no_function_is_longer_than_a_screen():
+    """A function past 60 lines wants splitting (timm's train_one_epoch and validate)."""
+    long = [f"{name} ({node.end_lineno - node.lineno + 1})" for module in ORDER for name, node in functions(module)
+            if node.end_lineno - node.lineno + 1 > MAX_LINES]
+    assert not long, long
+
+
+def test_no_function_passes_loose_keywords_through():
+    """``**options`` forwarded to a callee fails late and far from a misspelt keyword: the API
+    takes a RunContext or typed keywords. The few exceptions hand the keywords to a callee that
+    checks each name where it is called."""
+    found = sorted(name for module in ORDER for name, node in functions(module) if node.args.kwarg is not None)
+    assert found == sorted(PASS_THROUGH_OK), found
+
+
+def homes() -> list[tuple[str, str, list[str]]]:
+    """docs/architecture.md's "where does X live" table: (concept, module, names)."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("| concept | module | names |"):].split("\n\n")[0].splitlines()[2:]
+    rows = []
+    for line in table:
+        concept, module, names = (c.strip() for c in line.strip("|").split("|"))
+        rows.append((concept, module.strip("`"), [n.strip().strip("`") for n in names.split(",")]))
+    return rows
+
+
+def top_level_names(module: str) -> set[str]:
+    out = set()
+    for node in ast.parse(path_of(module).read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return out
+
+
+def test_each_concept_lives_in_the_one_module_the_architecture_page_names():
+    rows = homes()
+    assert len(rows) >= 20 and {"costs", "device", "own_files", "variant", "cli"} <= {m for _, m, _ in rows}
+    defined = {m: top_level_names(m) for m in ORDER}
+    for concept, module, names in rows:
+        assert module in ORDER, f"{concept}: no module {module}"
+        for name in names:
+            assert name in defined[module], f"{concept}: {name} is not defined in bench.{module}"
+            elsewhere = [m for m in ORDER if m != module and name in defined[m]]
+            assert not elsewhere, f"{concept}: {name} is defined in bench.{module} and again in {elsewhere}"
+
+
+def test_every_cost_figure_has_its_one_definition_in_costs():
+    """No module but bench.costs defines a MAC, PMAC or FLOP figure of a model (bench.utilisation's
+    GEMM peaks measure the device, not a model), and the report's PMACs call costs' definition."""
+    named = {"report.tables.train_pmacs",  # a DataFrame's column of costs.trained_pmacs
+             "report.plots._top1_vs_gmacs",  # a plot, named for its axes
+             "utilisation.datasheet_tflops", "utilisation.gemm_tflops"}  # the device's peak
+    found = [name for module in ORDER if module != "costs" for name, _ in functions(module)
+             if any(w in name.rpartition(".")[2] for w in ("macs", "flops"))]
+    assert sorted(found) == sorted(named), found
+    body = dict(functions("report.tables"))["report.tables.train_pmacs"]
+    assert "trained_pmacs" in {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}

@@ -10,9 +10,9 @@ from bench.own_files import atomic_write
 from bench.report import plots
 from bench.report.fidelity import fidelity, fidelity_markdown
 from bench.report.markdown import markdown, study_section, write_report
-from bench.report.tables import VARIANT_FIELDS, comparison, pareto_front, ranking_by_epoch, summarize, variant_label
+from bench.report.tables import VARIANT_FIELDS, comparison, pareto_front, ranking_by_epoch, summarize
 from bench.study.stored_reports import report_study, shown_storage
-from bench.variant import Variant
+from bench.variant import variant_label, Variant
 
 MICRO = Variant(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
                 num_classes=10).to_dict()
@@ -62,7 +62,7 @@ def test_variant_label_names_only_varying_fields():
     row = {**MICRO, "attention": "re", "re_blocks": None}
     assert variant_label(row, ["depth", "attention", "re_blocks"]) == "depth=4 attention=re re_blocks=all"
     assert variant_label({**row, "mlp_ratio": 2.5}, ["mlp_ratio"]) == "mlp_ratio=2.5"
-    assert variant_label(row, []) == "all"
+    assert variant_label(row, []) == "base" and variant_label(row, ["depth"], 3) == "depth=4 seed=3"
     assert VARIANT_FIELDS[:2] == ["img_size", "patch_size"] and "re_transform_scale" in VARIANT_FIELDS
 
 
@@ -97,7 +97,7 @@ def test_re_blocks_none_groups_as_one_variant(as_float):
     assert len(s) == 3
     by_label = dict(zip(s["variant"], s["top1_mean"], strict=True))
     assert by_label == {"attention=re re_blocks=all": 61.0, "attention=re re_blocks=2": 70.0,
-                        "attention=self re_blocks=all": 50.0}
+                        "attention=self": 50.0}  # re-attention's options label re-attention only
 
 
 def test_comparison_deltas(sweep):
@@ -347,3 +347,21 @@ def test_a_delta_of_exactly_zero_has_no_sign_to_flip():
     assert decision_state({"d_top1": -1.0, "d_low": -1.5, "d_high": -0.5}, decided) == "wrong"
     assert decision_state({"d_top1": 2.0, "d_low": 1.5, "d_high": 2.5}, decided) == "kept"
     assert decision_state(decided, open_(1.0)) == "undecided"
+
+
+def test_one_label_for_a_variant_everywhere():
+    """The runner, report.md, bench time, plan and searches named variants with four functions:
+    one now, linear in the variants (plan's 10,000 corners took minutes quadratically), and a
+    self-attention variant is never labelled with re-attention options."""
+    from bench.variant import Variant, varying_fields
+    base = Variant(**{**MICRO, "attention": "self"})
+    variants = [base, base.replace(attention="re", re_norm="layer"), base.replace(embed_dim=48, num_heads=4)]
+    fields = varying_fields(variants)
+    assert fields == ["attention", "embed_dim", "re_norm"]  # the paper's axes first
+    assert [variant_label(v, fields) for v in variants] == [
+        "attention=self embed_dim=64", "attention=re embed_dim=64 re_norm=layer", "attention=self embed_dim=48"]
+    frame = pd.DataFrame([v.to_dict() for v in variants])  # records: the same fields, the same labels
+    assert varying_fields(frame) == fields
+    assert [variant_label(r, fields) for r in frame.to_dict("records")] == [variant_label(v, fields) for v in variants]
+    many = [base.replace(depth=d) for d in range(1, 10_001)]
+    assert varying_fields(many) == ["depth"] and variant_label(many[-1], ["depth"], 0) == "depth=10000 seed=0"

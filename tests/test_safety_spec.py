@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from bench import spec, api
 from bench.cli import main, parse_sets
 from bench.errors import SpecError
+from bench.study.context import RunContext
 
 from conftest import TINY
 
@@ -150,8 +151,8 @@ def studies(tmp_path_factory):
     results = root / "results"
     for sets in ({}, {"name": "one", "grid": {"depth": [1], "attention": ["self"]}, "compare": None},
                  {"name": "two", "grid": {"depth": [1], "attention": ["self", "re"]}, "train.epochs": 2}):
-        api.run_sweep(spec.load(path, {"profile.rounds": 0, **sets}), results_dir=results, device="cpu",
-                      quiet=True)
+        api.run_sweep(spec.load(path, {"profile.rounds": 0, **sets}),
+                      RunContext(results_dir=results, device="cpu", quiet=True))
     return results
 
 

@@ -68,8 +68,9 @@ def written(tmp_path_factory):
     env = os.environ.get("BENCH_CACHE_DIR")
     os.environ["BENCH_CACHE_DIR"] = str(tmp / "cache")
     try:
-        api.run_sweep(spec.load(tmp / "tiny.yaml"), storage=f"journal:{path}", results_dir=tmp / "results",
-                      device="cpu", quiet=True, report=False)
+        api.run_sweep(spec.load(tmp / "tiny.yaml"),
+                      RunContext(storage=f"journal:{path}", results_dir=tmp / "results", device="cpu", quiet=True,
+                                 report=False))
     finally:
         if env is None:
             os.environ.pop("BENCH_CACHE_DIR")
@@ -394,8 +395,8 @@ def finished(tmp_path_factory):
     env = os.environ.get("BENCH_CACHE_DIR")
     os.environ["BENCH_CACHE_DIR"] = str(tmp / "cache")
     try:
-        api.run_sweep(spec.load(tmp / "tiny.yaml"), results_dir=tmp / "results", device="cpu", quiet=True,
-                      report=False)
+        api.run_sweep(spec.load(tmp / "tiny.yaml"),
+                      RunContext(results_dir=tmp / "results", device="cpu", quiet=True, report=False))
     finally:
         if env is None:
             os.environ.pop("BENCH_CACHE_DIR")

@@ -42,8 +42,8 @@ def interrupt_after_epoch_1(monkeypatch, run, sweep_file, sets, **kwargs):
 
 def fresh(sweep_file, tmp_path, sets):
     """The record of ``sets``'s one trial run from scratch in a folder of its own."""
-    (record,) = api.run_sweep(spec.load(sweep_file, sets), results_dir=tmp_path / "fresh", device="cpu",
-                              quiet=True)["records"]
+    (record,) = api.run_sweep(spec.load(sweep_file, sets),
+                              RunContext(results_dir=tmp_path / "fresh", device="cpu", quiet=True))["records"]
     assert record["resumed"] is False
     return record
 

@@ -86,7 +86,7 @@ def test_rerun_skips_finished_trials_and_is_reproducible(sweep_file, tmp_path, r
     # same spec, fresh study: the same accuracies (seeded CPU training)
     other = tmp_path / "other"
     other.mkdir()
-    redo = api.run_sweep(spec.load(sweep_file), results_dir=other, device="cpu", quiet=True, report=False)
+    redo = api.run_sweep(spec.load(sweep_file), RunContext(results_dir=other, device="cpu", quiet=True, report=False))
     results = lambda s: sorted((r["depth"], r["attention"], r["top1"], r["train_loss"])  # noqa: E731
                                for r in s["records"])
     assert results(first) == results(redo)
@@ -155,7 +155,8 @@ def test_an_interrupted_trial_resumes_from_its_last_epoch(sweep_file, tmp_path, 
     monkeypatch.setattr(trials, "train", real)
     resumed = run(sweep_file, three)["records"][0]
     assert resumed["resumed"] and not checkpoint.exists()  # done: its checkpoint removed
-    clean = api.run_sweep(spec.load(sweep_file, three), results_dir=tmp_path / "clean", device="cpu", quiet=True)
+    clean = api.run_sweep(spec.load(sweep_file, three),
+                          RunContext(results_dir=tmp_path / "clean", device="cpu", quiet=True))
     assert resumed["top1_per_epoch"] == clean["records"][0]["top1_per_epoch"]  # to the last digit
     assert resumed["top1"] == clean["records"][0]["top1"] and not clean["records"][0]["resumed"]
 
@@ -193,7 +194,8 @@ def test_every_grid_trial_reports_each_epoch_s_top1_as_it_ends(make_spec, tmp_pa
     # reporting moves no random stream: the same numbers as a run that reports nothing
     monkeypatch.setattr(trials, "train", real)
     monkeypatch.setattr(trials, "_reporting", lambda ledger, handle, prune: (None, None))
-    silent = api.run_sweep(spec.load(path), results_dir=tmp_path / "silent", device="cpu", quiet=True, report=False)
+    silent = api.run_sweep(spec.load(path),
+                           RunContext(results_dir=tmp_path / "silent", device="cpu", quiet=True, report=False))
     numbers = lambda s: sorted((r["depth"], r["attention"], r["top1_per_epoch"],  # noqa: E731
                                 r["train_loss_per_epoch"]) for r in s["records"])
     assert numbers(summary) == numbers(silent)
@@ -363,7 +365,7 @@ def test_an_interrupted_record_without_its_flag_is_still_interrupted(sweep_file,
 def test_fidelity_command_compares_a_proxy_with_a_longer_run(sweep_file, tmp_path, capsys, run):
     run(sweep_file, {"profile.rounds": 0})
     api.run_sweep(spec.load(sweep_file, {"train.epochs": 2, "profile.rounds": 0, "name": "tiny-ref"}),
-                  results_dir=tmp_path / "results", device="cpu", quiet=True)
+                  RunContext(results_dir=tmp_path / "results", device="cpu", quiet=True))
     code = main(["fidelity", "tiny", "--reference", "tiny-ref", "--results", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0 and "4 variants, Kendall τ" in out

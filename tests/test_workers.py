@@ -14,8 +14,9 @@ import uuid
 
 import pytest
 
-from bench import spec, api
+from bench import api, spec
 from bench.cli import main
+from bench.study.context import RunContext
 from bench.study.ledger import Ledger
 from bench.study.storage import default_url
 
@@ -110,7 +111,7 @@ def test_workers_option_starts_local_processes_on_a_journal_file(tmp_path):
     assert len(states) == 6 and all(s == ["COMPLETE"] for s in states.values())
     assert (results / name / "report.md").is_file()
     # the default storage is now the journal: a plain rerun finds everything done
-    summary = api.run_sweep(spec.load(path), results_dir=results, device="cpu", quiet=True)
+    summary = api.run_sweep(spec.load(path), RunContext(results_dir=results, device="cpu", quiet=True))
     assert summary["ran"] == 0 and summary["plan"].done == 6
 
 

@@ -569,8 +569,16 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
             keep(path, why)
         else:
             removed.append({"cache": path.name, "kind": kind, "gib": gib, "path": str(path)})
+    removed += _prune_locks(root, made)
+    return removed, kept
+
+
+def _prune_locks(root: Path, made: set[str]) -> list[dict[str, Any]]:
+    """Remove the lock files under ``root`` whose cache and builds are gone (those prune just
+    removed included) and nobody holds; returns them, less those prune itself created (``made``)."""
+    removed: list[dict[str, Any]] = []
     names = set(os.listdir(root)) if root.is_dir() else set()
-    for name in sorted(names):  # lock files whose cache and builds are gone (those just removed included)
+    for name in sorted(names):
         path = root / name
         if _whose(path)[0] != "lock":
             continue
@@ -583,7 +591,7 @@ def prune(days: float, cache_dir: Path | None = None) -> tuple[list[dict[str, An
                 path.unlink()
                 if name not in made:
                     removed.append({"cache": name, "kind": "lock", "gib": 0.0, "path": str(path)})
-    return removed, kept
+    return removed
 
 
 @contextmanager
@@ -746,12 +754,7 @@ def _build(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], classes: lis
            workers: int | None, quiet: bool, held: bool) -> float:
     """Build the cache at ``entry`` (under its lock when ``held``): the seconds it took."""
     final, name, size, key = entry.path, entry.name, entry.size, entry.key
-    for split, (_, labels) in splits.items():
-        labels = np.asarray(labels)
-        outside = (labels < 0) | (labels >= len(classes))
-        if outside.any():
-            raise BenchError(f"{name}: {split} label {labels[outside][0]} is outside 0…{len(classes) - 1} "
-                             f"({len(classes)} classes); no cache written")
+    _check_labels(name, splits, classes)
     for stale in final.parent.glob(glob.escape(final.name) + ".partial-*") if held else ():
         if _whose(stale)[0] == "partial":  # a crashed build's leftovers (and only those)
             _remove_own(stale)
@@ -760,52 +763,13 @@ def _build(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], classes: lis
             "counts": {s: int(len(labels)) for s, (_, labels) in splits.items()}, "sources": sources,
             "checksums": {f: "blake2b-8m:" + "0" * 32 for f in ARRAYS},
             "built": "0000-00-00T00:00:00Z", "build_s": 1e9, "workers": w}
-    try:
-        st = os.statvfs(final.parent)
-        block, free = st.f_frsize or 4096, shutil.disk_usage(final.parent).free
-    except OSError as err:
-        raise BenchError(f"{name}: cannot read the free space of {final.parent}: {err.strerror or err}") from None
-    need = _needs(splits, size, meta, block)
-    if need > free:
-        raise BenchError(f"{name}: the cache needs {_bytes(need)} at {size}px, {final.parent} has {_bytes(free)} "
-                         "free; free space there or set data.cache_dir elsewhere")
+    need = _check_space(entry, splits, meta)
     t0 = time.perf_counter()
     partial = final.with_name(f"{final.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         try:
-            partial.mkdir()
-            jobs = []
-            for split, (items, labels) in splits.items():
-                out = partial / f"{split}.images.npy"
-                if isinstance(items, np.ndarray) and items.shape[-1] == size and items.shape[-2] == size:
-                    _write_npy(out, np.ascontiguousarray(items, dtype=np.uint8))  # already at size: no decoding
-                else:
-                    _allocate(out, (len(labels), 3, size, size), np.uint8)
-                    jobs.append((out, items))
-                _write_npy(partial / f"{split}.labels.npy", np.asarray(labels, dtype=np.int64))
-            todo = sum(len(items) for _, items in jobs)
-            failed = _decode_all(jobs, size, w, f"{name}: caching {todo} images at {size}px", quiet) if jobs else []
-            if failed:
-                named = "; ".join(f"{path}: {why}" for path, why in failed[:MAX_NAMED])
-                more = f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
-                raise BenchError(f"{name}: {len(failed)} unreadable image{'s' if len(failed) > 1 else ''}, "
-                                 f"no cache written (fix or remove them): {named}{more}")
-            for f in ARRAYS:
-                _fsync(partial / f)
-            meta["checksums"] = {f: checksum(partial / f) for f in ARRAYS}
-            meta.update(built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        build_s=round(time.perf_counter() - t0, 2))
-            (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            _fsync(partial / "meta.json")
-            _stamp(partial, _identities(partial))  # hashed just now: verified here
-            try:
-                os.rename(partial, final)
-            except OSError:  # someone else finished first (no flock here): theirs stands
-                if not (final / "meta.json").is_file():
-                    raise
-                shutil.rmtree(partial, ignore_errors=True)  # ours, made by this process
-            else:
-                _fsync(final.parent)
+            _fill(partial, entry, splits, w, quiet)
+            _finish(partial, final, meta, t0)
         except OSError as err:  # a full disk (the allocation), a vanished folder: name the cache
             if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise BenchError(f"{name}: no space left writing the cache {final} ({_bytes(need)} needed); "
@@ -815,6 +779,75 @@ def _build(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], classes: lis
         shutil.rmtree(partial, ignore_errors=True)  # ours, made by this process
         raise
     return time.perf_counter() - t0
+
+
+def _check_labels(name: str, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str]) -> None:
+    """Refuse a label outside ``classes`` before anything is written."""
+    for split, (_, labels) in splits.items():
+        labels = np.asarray(labels)
+        outside = (labels < 0) | (labels >= len(classes))
+        if outside.any():
+            raise BenchError(f"{name}: {split} label {labels[outside][0]} is outside 0…{len(classes) - 1} "
+                             f"({len(classes)} classes); no cache written")
+
+
+def _check_space(entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], meta: dict[str, Any]) -> int:
+    """The bytes the cache at ``entry`` needs (``_needs``), refused when its folder has less free."""
+    final, name, size = entry.path, entry.name, entry.size
+    try:
+        st = os.statvfs(final.parent)
+        block, free = st.f_frsize or 4096, shutil.disk_usage(final.parent).free
+    except OSError as err:
+        raise BenchError(f"{name}: cannot read the free space of {final.parent}: {err.strerror or err}") from None
+    need = _needs(splits, size, meta, block)
+    if need > free:
+        raise BenchError(f"{name}: the cache needs {_bytes(need)} at {size}px, {final.parent} has {_bytes(free)} "
+                         "free; free space there or set data.cache_dir elsewhere")
+    return need
+
+
+def _fill(partial: Path, entry: Entry, splits: dict[str, tuple[Any, np.ndarray]], workers: int, quiet: bool) -> None:
+    """Make ``partial`` and write every array into it (allocated first, then decoded by
+    ``workers`` processes); every unreadable image is named in one error."""
+    name, size = entry.name, entry.size
+    partial.mkdir()
+    jobs = []
+    for split, (items, labels) in splits.items():
+        out = partial / f"{split}.images.npy"
+        if isinstance(items, np.ndarray) and items.shape[-1] == size and items.shape[-2] == size:
+            _write_npy(out, np.ascontiguousarray(items, dtype=np.uint8))  # already at size: no decoding
+        else:
+            _allocate(out, (len(labels), 3, size, size), np.uint8)
+            jobs.append((out, items))
+        _write_npy(partial / f"{split}.labels.npy", np.asarray(labels, dtype=np.int64))
+    todo = sum(len(items) for _, items in jobs)
+    failed = _decode_all(jobs, size, workers, f"{name}: caching {todo} images at {size}px", quiet) if jobs else []
+    if failed:
+        named = "; ".join(f"{path}: {why}" for path, why in failed[:MAX_NAMED])
+        more = f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
+        raise BenchError(f"{name}: {len(failed)} unreadable image{'s' if len(failed) > 1 else ''}, "
+                         f"no cache written (fix or remove them): {named}{more}")
+
+
+def _finish(partial: Path, final: Path, meta: dict[str, Any], t0: float) -> None:
+    """Seal the arrays written into ``partial`` (fsync, checksums, meta.json, the verified stamp)
+    and rename it to ``final``; when another builder got there first, theirs stands."""
+    for f in ARRAYS:
+        _fsync(partial / f)
+    meta["checksums"] = {f: checksum(partial / f) for f in ARRAYS}
+    meta.update(built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                build_s=round(time.perf_counter() - t0, 2))
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    _fsync(partial / "meta.json")
+    _stamp(partial, _identities(partial))  # hashed just now: verified here
+    try:
+        os.rename(partial, final)
+    except OSError:  # someone else finished first (no flock here): theirs stands
+        if not (final / "meta.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # ours, made by this process
+    else:
+        _fsync(final.parent)
 
 
 # --- the real sources' caches ---------------------------------------------------------------

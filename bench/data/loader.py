@@ -26,7 +26,8 @@ from bench.data.sources import Dataset, Split, mapped_file, read_rows
 
 MEAN = (0.5, 0.5, 0.5)  # images are scaled to [-1, 1]: the datasets here are not ImageNet-like
 STD = (0.5, 0.5, 0.5)
-PLAIN = DataConfig(crop_padding=0, flip=False)  # no augmentation
+# no augmentation: the one plain recipe (the loader's and training's default)
+PLAIN = DataConfig(crop_padding=0, flip=False)
 
 
 def to_device(split: Split, device: torch.device) -> torch.Tensor:

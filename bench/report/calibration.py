@@ -25,8 +25,9 @@ from bench.report.fidelity import (FLIPPED, KEPT, STATE_SAID, STATES, UNDECIDED,
                                    verdicts)
 from bench.records import Status
 from bench.report.formats import changed_settings, interval, md_table, signed, two_places
-from bench.report.tables import comparison, has_accuracy, is_missing, show_value, train_pmacs
+from bench.report.tables import comparison, has_accuracy, train_pmacs
 from bench.sequential import HORIZON
+from bench.variant import is_missing, show_value
 
 THRESHOLD = 0.8  # Kendall τ from which two rankings count as agreeing (NAS-Bench-201: ≈ 0.9, 12 vs 200 epochs)
 FILES = ("calibration.md", "calibration.json", "calibration_verdicts.png", "calibration_agreement.png")
@@ -215,6 +216,88 @@ def conclusion(rows: list[dict[str, Any]], table: pd.DataFrame, by: list[str], s
 
 # --- the files ----------------------------------------------------------------------------------
 
+def _tau_cell(r: Mapping[str, Any], p: str) -> str:
+    """Kendall's τ against rung ``p`` (top: the largest, next: the next one) with its interval and
+    the pairs it orders; – when not finite."""
+    if not math.isfinite(r[f"tau_{p}"]):
+        return "–"
+    return (f"{two_places(r[f'tau_{p}'])}{interval(r[f'tau_low_{p}'], r[f'tau_high_{p}'], two_places)} "
+            f"({r[f'ordered_{p}']} of {r[f'pairs_{p}']})")
+
+
+def _rho_cell(r: Mapping[str, Any], p: str) -> str:
+    """Spearman's ρ against rung ``p``; – when not finite."""
+    return "–" if not math.isfinite(r[f"rho_{p}"]) else two_places(r[f"rho_{p}"])
+
+
+def _agreement_section(rows: list[dict[str, Any]]) -> list[str]:
+    """calibration.md's "Cost and agreement per rung": one row per rung, then what the columns mean."""
+    cells = []
+    for r in rows:
+        decided = "–" if r["agrees"] is None else ", ".join(f"{r[st]} {st}" for st in STATES if r[st] or st == KEPT)
+        agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
+        cells.append([r["rung"], str(r["trials"]), _minutes(r["train_s"]),
+                      "–" if not math.isfinite(r["train_pmacs"]) else f"{r['train_pmacs']:.3g}",
+                      "–" if not math.isfinite(r["cost_x"]) else f"×{r['cost_x']:.3g}", _tau_cell(r, "top"),
+                      _rho_cell(r, "top"), _tau_cell(r, "next"), _rho_cell(r, "next"), decided, agrees])
+    return ["## Cost and agreement per rung", "",
+            md_table(["rung", "trials", "train time", "train PMACs", "cost", "τ vs largest [95 % CI] (pairs)",
+                      "ρ vs largest", "τ vs next [95 % CI] (pairs)", "ρ vs next", "decisions vs largest",
+                      "agrees with largest"], cells, left=1), "",
+            "τ: Kendall's, over the pairs of variants the other rung orders (the interval of their difference "
+            "excludes 0: a pair it cannot order is neither agreement nor disagreement), with how many of all "
+            "pairs that is; ρ: Spearman's over every variant both measured (mean top-1 over seeds); 95 % "
+            f"bootstrap intervals over variants. A rung agrees with the largest when τ ≥ {THRESHOLD} and every "
+            "decision is *kept*: both rungs' 95 % intervals exclude 0, on the same side. The other states, the "
+            "dangerous one first: *wrong* — both exclude 0, on opposite sides; *flipped* — the largest rung "
+            "decides, the rung leans the other way without deciding; *unsure* — the rung leans the same way "
+            "without deciding; *undecided* — the largest rung's own interval spans 0, never counted as "
+            f"agreement. Train time: the trials' measured training, summed; {TRAIN_PMACS_SAID} (evaluation and "
+            "profiling left out); cost: against the first rung.", "",
+            "![Ranking agreement against cost](calibration_agreement.png)", ""]
+
+
+def _open_section(open_: pd.DataFrame, by: list[str]) -> list[str]:
+    """calibration.md's "What would decide the largest rung": the seeds each open arm needs."""
+    cells = [[show_value(f, p[f]) for f in by] + [p["arm"], signed(p["d_top1"]), str(p["seeds"]), needed_cell(p)]
+             for p in open_.to_dict("records")]
+    return ["## What would decide the largest rung", "",
+            md_table([*by, "arm", "Δtop-1", "seeds", "seeds that decide it (80 % power): what they cost"], cells,
+                     left=len(by) + 1), "",
+            "At each open arm's observed Δ and spread at the largest rung: the seeds at which `--until-decided` "
+            "would decide it 4 times in 5, and their cost at that rung's own trials. The largest rung is the "
+            "reference: until it decides, no rung can be said to agree on that arm.", ""]
+
+
+def _verdict_section(rows: list[dict[str, Any]], table: pd.DataFrame, by: list[str]) -> list[str]:
+    """calibration.md's "Verdict against budget": each arm's Δtop-1 at every rung, marked by its
+    decision state, then the cheaper route at equal GMACs where any rung has one."""
+    labels = [r["rung"] for r in rows]
+    groups = table.drop_duplicates([*by, "arm"])[[*by, "arm"]].to_dict("records")
+    marks = {KEPT: "", WRONG: " ✗✗", FLIPPED: " ✗", UNSURE: " ~", UNDECIDED: " ?", None: ""}
+    delta_rows, iso_rows = [], []
+    for g in groups:
+        mine = table[np.logical_and.reduce([table[f] == g[f] for f in [*by, "arm"]])].set_index("rung")
+        head = [show_value(f, g[f]) for f in by] + [g["arm"]]
+        delta_rows.append(head + [
+            signed(mine.loc[x, "d_top1"]) + interval(mine.loc[x, "d_low"], mine.loc[x, "d_high"])
+            + marks.get(None if is_missing(mine.loc[x, "state"]) else mine.loc[x, "state"], "")
+            if x in mine.index else "–" for x in labels])
+        if mine["iso"].notna().any():
+            iso_rows.append(head + [mine.loc[x, "iso"] or "–" if x in mine.index else "–" for x in labels])
+    lines = ["## Verdict against budget", "", "![Δtop-1 against cost per rung](calibration_verdicts.png)", "",
+             "Δtop-1 against the baseline, percentage points (95 % interval, as each rung's report computes "
+             "it) at each rung; ✗✗: decided and wrong (the rung's interval excludes 0 on the other side of the "
+             "largest rung's), ✗: flipped (the other sign, undecided at the rung), ~: the same sign but "
+             "undecided at the rung, ?: the largest rung cannot tell the sign (its interval spans 0).", "",
+             md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
+    if iso_rows:
+        lines += ["The cheaper route at equal GMACs per rung (re: re-attention beats what widening buys for "
+                  "the same cost; width: widening matches it for less):", "",
+                  md_table([*by, "arm", *labels], iso_rows, left=len(by) + 1), ""]
+    return lines
+
+
 def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[str, list[Any]],
                          spec: Mapping[str, Any], stopped: str | None = None) -> str:
     """calibration.md from ``calibration``'s result; ``ladder``: key → values (those run),
@@ -233,66 +316,12 @@ def calibration_markdown(result: Mapping[str, Any], name: str, ladder: Mapping[s
         lines += ["Left out: trials of the rung's study that are not in this sweep (another ladder's, or a grid or "
                   f"seeds edited since): {', '.join(outside)}. Every figure below comes from this sweep's own trials.",
                   ""]
-    cells = []
-    for r in rows:
-        def tau(p: str) -> str:
-            if not math.isfinite(r[f"tau_{p}"]):
-                return "–"
-            return (f"{two_places(r[f'tau_{p}'])}{interval(r[f'tau_low_{p}'], r[f'tau_high_{p}'], two_places)} "
-                    f"({r[f'ordered_{p}']} of {r[f'pairs_{p}']})")
-        rho = lambda p: "–" if not math.isfinite(r[f"rho_{p}"]) else two_places(r[f"rho_{p}"])  # noqa: E731
-        decided = "–" if r["agrees"] is None else ", ".join(f"{r[st]} {st}" for st in STATES if r[st] or st == KEPT)
-        agrees = "reference" if r["agrees"] is None else ("✓" if r["agrees"] else f"✗ ({r['why']})")
-        cells.append([r["rung"], str(r["trials"]), _minutes(r["train_s"]),
-                      "–" if not math.isfinite(r["train_pmacs"]) else f"{r['train_pmacs']:.3g}",
-                      "–" if not math.isfinite(r["cost_x"]) else f"×{r['cost_x']:.3g}", tau("top"), rho("top"),
-                      tau("next"), rho("next"), decided, agrees])
-    lines += ["## Cost and agreement per rung", "",
-              md_table(["rung", "trials", "train time", "train PMACs", "cost", "τ vs largest [95 % CI] (pairs)",
-                        "ρ vs largest", "τ vs next [95 % CI] (pairs)", "ρ vs next", "decisions vs largest",
-                        "agrees with largest"], cells, left=1), "",
-              "τ: Kendall's, over the pairs of variants the other rung orders (the interval of their difference "
-              "excludes 0: a pair it cannot order is neither agreement nor disagreement), with how many of all "
-              "pairs that is; ρ: Spearman's over every variant both measured (mean top-1 over seeds); 95 % "
-              f"bootstrap intervals over variants. A rung agrees with the largest when τ ≥ {THRESHOLD} and every "
-              "decision is *kept*: both rungs' 95 % intervals exclude 0, on the same side. The other states, the "
-              "dangerous one first: *wrong* — both exclude 0, on opposite sides; *flipped* — the largest rung "
-              "decides, the rung leans the other way without deciding; *unsure* — the rung leans the same way "
-              "without deciding; *undecided* — the largest rung's own interval spans 0, never counted as "
-              f"agreement. Train time: the trials' measured training, summed; {TRAIN_PMACS_SAID} (evaluation and "
-              "profiling left out); cost: against the first rung.", "", "![Ranking agreement against cost](calibration_agreement.png)", ""]
+    lines += _agreement_section(rows)
     open_ = result.get("open")
     if open_ is not None and len(open_):
-        cells = [[show_value(f, p[f]) for f in by] + [p["arm"], signed(p["d_top1"]), str(p["seeds"]), needed_cell(p)]
-                 for p in open_.to_dict("records")]
-        lines += ["## What would decide the largest rung", "",
-                  md_table([*by, "arm", "Δtop-1", "seeds", "seeds that decide it (80 % power): what they cost"], cells,
-                           left=len(by) + 1), "",
-                  "At each open arm's observed Δ and spread at the largest rung: the seeds at which `--until-decided` "
-                  "would decide it 4 times in 5, and their cost at that rung's own trials. The largest rung is the "
-                  "reference: until it decides, no rung can be said to agree on that arm.", ""]
+        lines += _open_section(open_, by)
     if len(table):
-        labels = [r["rung"] for r in rows]
-        groups = table.drop_duplicates([*by, "arm"])[[*by, "arm"]].to_dict("records")
-        marks = {KEPT: "", WRONG: " ✗✗", FLIPPED: " ✗", UNSURE: " ~", UNDECIDED: " ?", None: ""}
-        delta_rows, iso_rows = [], []
-        for g in groups:
-            mine = table[np.logical_and.reduce([table[f] == g[f] for f in [*by, "arm"]])].set_index("rung")
-            head = [show_value(f, g[f]) for f in by] + [g["arm"]]
-            delta_rows.append(head + [
-                signed(mine.loc[x, "d_top1"]) + interval(mine.loc[x, "d_low"], mine.loc[x, "d_high"])
-                + marks.get(None if is_missing(mine.loc[x, "state"]) else mine.loc[x, "state"], "") if x in mine.index else "–" for x in labels])
-            if mine["iso"].notna().any():
-                iso_rows.append(head + [mine.loc[x, "iso"] or "–" if x in mine.index else "–" for x in labels])
-        lines += ["## Verdict against budget", "", "![Δtop-1 against cost per rung](calibration_verdicts.png)", "",
-                  "Δtop-1 against the baseline, percentage points (95 % interval, as each rung's report computes "
-                  "it) at each rung; ✗✗: decided and wrong (the rung's interval excludes 0 on the other side of the "
-                  "largest rung's), ✗: flipped (the other sign, undecided at the rung), ~: the same sign but "
-                  "undecided at the rung, ?: the largest rung cannot tell the sign (its interval spans 0).", "", md_table([*by, "arm", *labels], delta_rows, left=len(by) + 1), ""]
-        if iso_rows:
-            lines += ["The cheaper route at equal GMACs per rung (re: re-attention beats what widening buys for "
-                      "the same cost; width: widening matches it for less):", "",
-                      md_table([*by, "arm", *labels], iso_rows, left=len(by) + 1), ""]
+        lines += _verdict_section(rows, table, by)
     return "\n".join(lines)
 
 

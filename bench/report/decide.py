@@ -15,10 +15,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.report.tables import examples_by_seed, is_missing, variant_label, varying_fields, work
+from bench.report.tables import examples_by_seed, work
+
 from bench.sequential import HORIZON, seeds_needed
 from bench.spec import BASELINE
 from bench.stats import two_way
+from bench.variant import is_missing, variant_label, varying_fields
 
 POWER = 0.8
 

@@ -13,10 +13,10 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.own_files import atomic_write
 from bench.report.formats import interval, md_table, settings, signed, two_places
-from bench.report.tables import (by_seed, comparison, examples_by_seed, has_accuracy, is_missing, iso_costs,
-                                 show_value, variant_means, work)
+from bench.report.tables import by_seed, comparison, examples_by_seed, has_accuracy, iso_costs, variant_means, work
 from bench.spec import BASELINE, variant_of
 from bench.stats import delta, rank_agreement, resolved_tau
+from bench.variant import is_missing, show_value
 
 MIN_RANKED = 3  # shared variants τ and ρ need: with two, either is ±1 whatever the studies say
 VERDICT_COLS = ("d_top1", "d_low", "d_high", "significant")  # what a study decides per arm, with iso

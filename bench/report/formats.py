@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 from bench.config import DataConfig, TrainConfig
 from bench.console import fmt
 from bench.records import Status
-from bench.report.tables import is_missing
+from bench.variant import is_missing
 
 MINUS = "−"  # every signed figure in report.md uses this sign, never ASCII '-'
 

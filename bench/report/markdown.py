@@ -26,13 +26,12 @@ from bench.report import plots
 from bench.report.decide import needed_cell, projections, spread, spread_sentence, totals
 from bench.report.formats import (interval, md_table, multiplier, num, ratio, settings, signed, space,
                                   top1_cell)
-from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, is_missing, iso_costs,
-                                 pareto_front, ranking_by_epoch, show_value, summarize, variant_label,
-                                 varying_fields, width_and_re_arms)
+from bench.report.tables import (COST_AXES, VARIANT_FIELDS, comparison, has_accuracy, iso_costs, pareto_front,
+                                 ranking_by_epoch, summarize, width_and_re_arms)
 from bench.records import ACCURACY_COLS, COST_COLS, DETAILS, ENV_COLS, IDENTITY_COLS, PER_EXAMPLE, Status
 from bench.sequential import HORIZON, out_of_reach
 from bench.spec import BASELINE, variant_of
-from bench.variant import is_re_option
+from bench.variant import is_missing, show_value, variant_label, varying_fields, is_re_option
 
 _MAX_LISTED = 50  # failed/diverged trials named in report.md; runs.csv has them all
 # searched fields' importance for each objective ({objective: {field: share}}), or why there are none

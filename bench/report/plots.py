@@ -17,9 +17,9 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.config import OBJECTIVES
 from bench.own_files import atomic_write
-from bench.report.tables import (arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, variant_label,
-                                 varying_fields, width_and_re_arms)
 from bench.records import DETAILS, Status
+from bench.report.tables import arm_points, has_accuracy, pareto_front, ranking_by_epoch, summarize, width_and_re_arms
+from bench.variant import variant_label, varying_fields
 
 _COLOURS = {"self": "tab:blue", "re": "tab:red"}
 _SHADES = {"self": "Blues", "re": "Reds"}  # one hue per attention type, shades for its other fields

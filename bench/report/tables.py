@@ -14,44 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from bench.console import fmt
 from bench.costs import train_tflops, trained_pmacs
 from bench.errors import did_you_mean
 from bench.records import COLLAPSE_COLS, COST_COLS, PER_EXAMPLE, TEST_LIST, Status, unpack_bits
 from bench.spec import BASELINE, variant_of
-from bench.stats import Delta, delta, holm, iso_cost, mean_interval
-from bench.variant import FIELD_TYPES
+from bench.stats import LEVEL, Delta, delta, holm, iso_cost, mean_interval
+from bench.variant import FIELD_TYPES, LABEL_ORDER, is_missing, variant_label, varying_fields
 
 VARIANT_FIELDS: list[str] = list(FIELD_TYPES)
-_FIELD_ORDER = ["depth", "attention", "embed_dim"]  # the paper's axes first: tables, labels, sort order
-_FIELD_ORDER += [f for f in VARIANT_FIELDS if f not in _FIELD_ORDER]
-
-
-# --- labels ---------------------------------------------------------------------------
-
-def varying_fields(df: pd.DataFrame) -> list[str]:
-    """Variant fields that take more than one value in ``df`` (None counts as a value)."""
-    return [f for f in _FIELD_ORDER if f in df and df[f].nunique(dropna=False) > 1]
-
-
-def is_missing(value: Any) -> bool:
-    """None, pandas' NA or NaN: a cell with no figure."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def show_value(field: str, value: Any) -> str:
-    """A variant field's value as labels and table cells show it (here, not in bench.report.formats:
-    ``summarize`` labels its rows with it)."""
-    if is_missing(value):
-        return "all" if field == "re_blocks" else "–"  # re_blocks None: every block
-    return fmt(value)
-
-
-def variant_label(row: Mapping[str, Any], varying: list[str]) -> str:
-    """``"depth=4 attention=re"``: the fields that tell this variant apart in its sweep."""
-    return " ".join(f"{f}={show_value(f, row.get(f))}" for f in varying if f in row) or "all"
-
-
 # --- tables ---------------------------------------------------------------------------
 
 def work(df: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +102,7 @@ def examples_by_seed(rows: pd.DataFrame) -> tuple[dict[int, np.ndarray], str | N
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: top-1 mean/std/min/max over seeds, mean costs, failure counts."""
-    keys = [f for f in _FIELD_ORDER if f in df]
+    keys = [f for f in LABEL_ORDER if f in df]
     if not keys:
         raise ValueError("no variant fields in the trial records: expected some of " + ", ".join(VARIANT_FIELDS))
     out = _aggregate(work(df), keys)
@@ -182,6 +152,46 @@ def _groups(rows: pd.DataFrame, keys: list[str]):
         yield (key if isinstance(key, tuple) else (key,)), rows.loc[part.index]
 
 
+def _deltas(rows: pd.DataFrame, keys: list[str], sequential: bool) -> dict[tuple, Delta]:
+    """Each arm's delta against the baseline of its group (keyed by (*group, arm)), image by image
+    where both kept the same test list; none for the baseline itself or a group without one."""
+    deltas: dict[tuple, Delta] = {}
+    for group, g in _groups(rows, keys):
+        base = g[g["arm"] == BASELINE]
+        base_seeds, (base_ex, base_list) = by_seed(base), examples_by_seed(base)
+        for arm in g["arm"].unique():
+            if arm != BASELINE and base_seeds:
+                mine = g[g["arm"] == arm]
+                arm_ex, arm_list = examples_by_seed(mine)
+                same = arm_ex and base_ex and arm_list == base_list
+                deltas[(*group, arm)] = delta(by_seed(mine), base_seeds, examples=(arm_ex, base_ex) if same else None,
+                                              sequential=sequential)
+    return deltas
+
+
+def _delta_columns(out: pd.DataFrame, found: list[Delta | None], sequential: bool) -> None:
+    """``comparison``'s delta columns, in place, from each row's delta (None: no baseline, or the
+    baseline itself: NaN, None or 0); ``p_holm`` adjusted over every arm of the table."""
+    nan = float("nan")
+    out["d_top1"] = [d.mean if d else nan for d in found]
+    out["d_low"] = [d.low if d and d.low is not None else nan for d in found]
+    out["d_high"] = [d.high if d and d.high is not None else nan for d in found]
+    out["paired"] = [d.paired if d else None for d in found]
+    out["pairs"] = [d.n if d else 0 for d in found]
+    out["p_improve"] = [d.p_improve if d and d.p_improve is not None else nan for d in found]
+    out["p_value"] = [d.p_value if d and d.p_value is not None else nan for d in found]
+    adjusted = holm([d.p_value if d else None for d in found])
+    out["p_holm"] = [nan if p is None else p for p in adjusted]
+    out["significant"] = out["p_holm"] < 0.05
+    if sequential:
+        out["significant"] = [bool(d and d.excludes_zero) for d in found]
+    out["sequential"] = sequential
+    out["m"] = [d.m if d else 0 for d in found]
+    out["seed_var"] = [d.seed_var if d and d.seed_var is not None else nan for d in found]
+    out["test_var"] = [d.test_var if d and d.test_var is not None else nan for d in found]
+    out["discordant"] = [d.discordant if d else None for d in found]
+
+
 def comparison(df: pd.DataFrame, compare: Mapping[str, Any], sequential: bool = False) -> pd.DataFrame:
     """Baseline then each arm, per group of ``compare["by"]``, with deltas against the baseline.
 
@@ -212,37 +222,10 @@ def comparison(df: pd.DataFrame, compare: Mapping[str, Any], sequential: bool = 
     out["d_gmacs_pct"] = (out["infer_gmacs"] / out["base_infer_gmacs"] - 1) * 100
     out["d_params_pct"] = (out["param_count"] / out["base_param_count"] - 1) * 100
     out["d_train_sps_pct"] = (out["train_samples_per_sec"] / out["base_train_samples_per_sec"] - 1) * 100
-    deltas: dict[tuple, Delta] = {}
-    for group, g in _groups(rows, keys):
-        base = g[g["arm"] == BASELINE]
-        base_seeds, (base_ex, base_list) = by_seed(base), examples_by_seed(base)
-        for arm in g["arm"].unique():
-            if arm != BASELINE and base_seeds:
-                mine = g[g["arm"] == arm]
-                arm_ex, arm_list = examples_by_seed(mine)
-                same = arm_ex and base_ex and arm_list == base_list
-                deltas[(*group, arm)] = delta(by_seed(mine), base_seeds, examples=(arm_ex, base_ex) if same else None,
-                                              sequential=sequential)
+    deltas = _deltas(rows, keys, sequential)
     filled = out[keys].astype(object).where(out[keys].notna(), "\0none")
     found = [deltas.get((*k, a)) for k, a in zip(filled.itertuples(index=False, name=None), out["arm"], strict=True)]
-    nan = float("nan")
-    out["d_top1"] = [d.mean if d else nan for d in found]
-    out["d_low"] = [d.low if d and d.low is not None else nan for d in found]
-    out["d_high"] = [d.high if d and d.high is not None else nan for d in found]
-    out["paired"] = [d.paired if d else None for d in found]
-    out["pairs"] = [d.n if d else 0 for d in found]
-    out["p_improve"] = [d.p_improve if d and d.p_improve is not None else nan for d in found]
-    out["p_value"] = [d.p_value if d and d.p_value is not None else nan for d in found]
-    adjusted = holm([d.p_value if d else None for d in found])
-    out["p_holm"] = [nan if p is None else p for p in adjusted]
-    out["significant"] = out["p_holm"] < 0.05
-    if sequential:
-        out["significant"] = [bool(d and d.excludes_zero) for d in found]
-    out["sequential"] = sequential
-    out["m"] = [d.m if d else 0 for d in found]
-    out["seed_var"] = [d.seed_var if d and d.seed_var is not None else nan for d in found]
-    out["test_var"] = [d.test_var if d and d.test_var is not None else nan for d in found]
-    out["discordant"] = [d.discordant if d else None for d in found]
+    _delta_columns(out, found, sequential)
     out["arm"] = pd.Categorical(out["arm"], categories=order, ordered=True)
     out = out.sort_values([*keys, "arm"], kind="stable").reset_index(drop=True)
     out["arm"] = out["arm"].astype(str)
@@ -289,10 +272,10 @@ def arm_points(df: pd.DataFrame, compare: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*by, "arm", "kind", "infer_gmacs", "top1_mean", "low", "high", "n"])
 
 
-def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **options: Any) -> pd.DataFrame:
+def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], level: float = LEVEL) -> pd.DataFrame:
     """Per group and re-attention arm, along each cost of COST_AXES: the width curve's top-1 at
     the arm's cost and the arm's gain over it, and the cost multiplier widening needs to
-    match the arm (bench.stats.iso_cost), with Welch t-intervals over seeds. Train time
+    match the arm (bench.stats.iso_cost), with Welch t-intervals over seeds at ``level``. Train time
     per sample is 1 / train samples/s (side by side where measured so)."""
     width, re_arms = width_and_re_arms(compare)
     cols = [*(compare.get("by") or []), "arm", "axis", "arm_top1", "d_top1", "points", "cost_ratio", "widest_ratio",
@@ -318,7 +301,7 @@ def iso_costs(df: pd.DataFrame, compare: Mapping[str, Any], **options: Any) -> p
                 cost = float(arm_rows[axis].mean())
                 if not all(np.isfinite(c) and c > 0 for c, _ in points) or not (np.isfinite(cost) and cost > 0):
                     continue
-                r = iso_cost(list(seeds.values()), cost, points, **options)
+                r = iso_cost(list(seeds.values()), cost, points, level)
                 head = dict(zip(by, group, strict=False)) if by else {}
                 base_mean = float(np.mean(points[0][1]))
                 out.append({**{k: (None if v == "\0none" else v) for k, v in head.items()}, "arm": arm, "axis": axis,

@@ -21,20 +21,22 @@ from bench import console
 from bench.errors import BenchError
 
 try:  # Optuna's names for its journal operations: its own enum, which Optuna keeps in a private module
-    from optuna.storages.journal._storage import JournalOperation as Op
+    from optuna.storages.journal._storage import JournalOperation
 except ImportError:  # the numbers are the on-disk format, fixed since Optuna 3.1: the same names, here
-    class Op(enum.IntEnum):  # type: ignore[no-redef]
+    class JournalOperation(enum.IntEnum):  # type: ignore[no-redef]
         CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR, CREATE_TRIAL = range(5)
         SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES, SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR = range(5, 9)
         SET_TRIAL_SYSTEM_ATTR, DISCARD_TRIALS = 9, 10
 
-CREATE_STUDY, CREATE_TRIAL = Op.CREATE_STUDY, Op.CREATE_TRIAL
-STUDY_OPS = (Op.DELETE_STUDY, Op.SET_STUDY_USER_ATTR, Op.SET_STUDY_SYSTEM_ATTR)
-TRIAL_OPS = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_STATE_VALUES, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
-             Op.SET_TRIAL_SYSTEM_ATTR)
+STUDY_OPS = (JournalOperation.DELETE_STUDY, JournalOperation.SET_STUDY_USER_ATTR,
+             JournalOperation.SET_STUDY_SYSTEM_ATTR)
+TRIAL_OPS = (JournalOperation.SET_TRIAL_PARAM, JournalOperation.SET_TRIAL_STATE_VALUES,
+             JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, JournalOperation.SET_TRIAL_USER_ATTR,
+             JournalOperation.SET_TRIAL_SYSTEM_ATTR)
 # the id each operation refers to: a line without it is no journal record
-_OP_FIELDS = {Op.CREATE_STUDY: ("study_name", str), **{op: ("study_id", int) for op in (*STUDY_OPS, Op.CREATE_TRIAL)},
-              **{op: ("trial_id", int) for op in TRIAL_OPS}, Op.DISCARD_TRIALS: (None, None)}
+_OP_FIELDS = {JournalOperation.CREATE_STUDY: ("study_name", str),
+              **{op: ("study_id", int) for op in (*STUDY_OPS, JournalOperation.CREATE_TRIAL)},
+              **{op: ("trial_id", int) for op in TRIAL_OPS}, JournalOperation.DISCARD_TRIALS: (None, None)}
 _START = b'{"op_code":'  # how Optuna writes every record: op_code first, then worker_id, then the id
 _OP = re.compile(rb'\{"op_code":(\d+),')
 _ID = re.compile(rb'"(study_id|trial_id)":(\d+)[,}]')  # where it stands in a damaged line (quotes in strings are escaped)
@@ -109,11 +111,11 @@ class _Replay:
 
     def apply(self, rec: dict[str, Any]) -> None:
         op = rec["op_code"]
-        if op == CREATE_STUDY and rec["study_name"] not in self.studies:
+        if op == JournalOperation.CREATE_STUDY and rec["study_name"] not in self.studies:
             self.studies[rec["study_name"]] = self.names_add(rec["study_name"])
-        elif op == Op.DELETE_STUDY and rec["study_id"] in self.names:
+        elif op == JournalOperation.DELETE_STUDY and rec["study_id"] in self.names:
             self.studies.pop(self.names.pop(rec["study_id"]), None)
-        elif op == CREATE_TRIAL and rec["study_id"] in self.names:
+        elif op == JournalOperation.CREATE_TRIAL and rec["study_id"] in self.names:
             sid = rec["study_id"]
             self.trials[len(self.trials)] = (sid, self.counts.get(sid, 0))
             self.counts[sid] = self.counts.get(sid, 0) + 1
@@ -134,7 +136,7 @@ def _stand_in(study_id: int) -> bytes:
     """A failed trial in the place of a torn trial creation: Optuna numbers trials by counting
     creations, so without it every later record would land on the trial after its own."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000000")
-    rec = {"op_code": CREATE_TRIAL, "worker_id": "bench-journal-repair", "study_id": study_id,
+    rec = {"op_code": JournalOperation.CREATE_TRIAL, "worker_id": "bench-journal-repair", "study_id": study_id,
            "datetime_start": now, "datetime_complete": now, "state": FAIL, "value": None, "values": None,
            "params": {}, "distributions": {}, "user_attrs": {"dropped": "torn in the journal (set aside by bench)"},
            "system_attrs": {}, "intermediate_values": {}}
@@ -163,74 +165,101 @@ def plan_repair(data: bytes) -> Repair | None:
     if lines and _record(lines[0]) is None and not (len(lines) == 1 and lines[0].startswith(_START)
                                                     and not lines[0].endswith(b"\n")):
         raise BenchError("not an Optuna journal (its first line is not a journal record)")
-    out, aside = [], []
-    rep = Repair(b"", b"")
-    replay = _Replay()
-    dead: set[int] = set()  # trials whose later records go aside
-    touched: set[int] = set()
-
+    plan = _Planner()
     for at, line in enumerate(lines):
-        rec = recs[at]
+        plan.line(recs, at, line)
+    return plan.result(data)
+
+
+class _Planner:
+    """A repair as ``plan_repair`` plans it, line by line: the lines kept and set aside, what
+    Optuna would replay of those kept, and the trials whose later records go aside."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.aside: list[bytes] = []
+        self.rep = Repair(b"", b"")
+        self.replay = _Replay()
+        self.dead: set[int] = set()  # trials whose later records go aside
+        self.touched: set[int] = set()
+
+    def line(self, recs: list[dict[str, Any] | None], at: int, line: bytes) -> None:
+        """Keep or set aside line ``at`` (``recs[at]``: it as a record, or None)."""
+        rec, rep = recs[at], self.rep
         if rec is None and not rep.unreadable:
             cut = _salvage(line)
             if cut or not line.endswith(b"\n"):  # a write cut short: a whole record may follow on its line
                 rep.cut_short += 1
-                aside.append(line[:cut] if cut else line)
+                self.aside.append(line[:cut] if cut else line)
                 if not cut:
-                    continue
+                    return
                 line, rec = line[cut:], _record(line[cut:])
             else:
-                rep.damaged += 1
-                aside.append(line)
-                op, kind, ident = _readable(line)
-                if op in TRIAL_OPS and kind is None:  # cut before its trial id: which trial, from around it
-                    kind, ident = "trial_id", _nearby_trials(recs, at, line)
-                if op == CREATE_TRIAL and kind is None and len(replay.names) == 1:  # one study: its trial
-                    kind, ident = "study_id", next(iter(replay.names))
-                ids = ident if isinstance(ident, set) else {ident} - {None}
-                if op in TRIAL_OPS and kind == "trial_id" and ids:
-                    dead.update(ids)
-                    touched.update(ids)
-                elif op in STUDY_OPS and kind == "study_id":
-                    study = replay.names.get(ident, f"study {ident}")
-                    rep.studies[study] = rep.studies.get(study, 0) + 1
-                elif op == Op.DISCARD_TRIALS or (op == CREATE_TRIAL and kind == "study_id" and ident not in replay.names):
-                    pass  # it changed nothing Optuna replays
-                elif op == CREATE_TRIAL and kind == "study_id":
-                    stand_in = _stand_in(ident)
-                    out.append(stand_in)
-                    dead.add(len(replay.trials))
-                    touched.add(len(replay.trials))
-                    replay.apply(_record(stand_in))
-                    rep.stand_ins += 1
-                else:
-                    rep.unreadable = True
-                continue
+                self.damaged(recs, at, line)
+                return
         if rep.unreadable:  # every record after an unreadable one
-            aside.append(line)
-            if rec is None:
-                rep.damaged += 1
-                continue
+            self.after_unreadable(line, rec)
+            return
+        if rec.get("trial_id") in self.dead:
+            self.aside.append(line)
             rep.dependent += 1
-            replay.apply(rec)
-            if rec["op_code"] == CREATE_TRIAL and rec["study_id"] in replay.names:
-                touched.add(len(replay.trials) - 1)
-            if "trial_id" in rec:
-                touched.add(rec["trial_id"])
-            continue
-        if rec.get("trial_id") in dead:
-            aside.append(line)
-            rep.dependent += 1
-            continue
-        out.append(line)
-        replay.apply(rec)
-    for tid in sorted(touched):
-        found = replay.label(tid)
-        if found:
-            rep.trials.setdefault(found[0], []).append(found[1])
-    rep.keep, rep.aside = b"".join(out), b"".join(aside)
-    rep.tail = rep.intact and rep.cut_short == 1 and data == rep.keep + rep.aside
-    return rep
+            return
+        self.out.append(line)
+        self.replay.apply(rec)
+
+    def damaged(self, recs: list[dict[str, Any] | None], at: int, line: bytes) -> None:
+        """Set aside a whole line damaged in place, and what depends on it (``plan_repair``)."""
+        rep, replay = self.rep, self.replay
+        rep.damaged += 1
+        self.aside.append(line)
+        op, kind, ident = _readable(line)
+        if op in TRIAL_OPS and kind is None:  # cut before its trial id: which trial, from around it
+            kind, ident = "trial_id", _nearby_trials(recs, at, line)
+        if op == JournalOperation.CREATE_TRIAL and kind is None and len(replay.names) == 1:  # one study: its trial
+            kind, ident = "study_id", next(iter(replay.names))
+        ids = ident if isinstance(ident, set) else {ident} - {None}
+        if op in TRIAL_OPS and kind == "trial_id" and ids:
+            self.dead.update(ids)
+            self.touched.update(ids)
+        elif op in STUDY_OPS and kind == "study_id":
+            study = replay.names.get(ident, f"study {ident}")
+            rep.studies[study] = rep.studies.get(study, 0) + 1
+        elif op == JournalOperation.DISCARD_TRIALS or (op == JournalOperation.CREATE_TRIAL and kind == "study_id"
+                                                       and ident not in replay.names):
+            pass  # it changed nothing Optuna replays
+        elif op == JournalOperation.CREATE_TRIAL and kind == "study_id":
+            stand_in = _stand_in(ident)
+            self.out.append(stand_in)
+            self.dead.add(len(replay.trials))
+            self.touched.add(len(replay.trials))
+            replay.apply(_record(stand_in))
+            rep.stand_ins += 1
+        else:
+            rep.unreadable = True
+
+    def after_unreadable(self, line: bytes, rec: dict[str, Any] | None) -> None:
+        """Set aside a line after a damaged record of unknown kind, noting the trials it touched."""
+        self.aside.append(line)
+        if rec is None:
+            self.rep.damaged += 1
+            return
+        self.rep.dependent += 1
+        self.replay.apply(rec)
+        if rec["op_code"] == JournalOperation.CREATE_TRIAL and rec["study_id"] in self.replay.names:
+            self.touched.add(len(self.replay.trials) - 1)
+        if "trial_id" in rec:
+            self.touched.add(rec["trial_id"])
+
+    def result(self, data: bytes) -> Repair:
+        """The repair planned, once every line of ``data`` is through ``line``."""
+        rep = self.rep
+        for tid in sorted(self.touched):
+            found = self.replay.label(tid)
+            if found:
+                rep.trials.setdefault(found[0], []).append(found[1])
+        rep.keep, rep.aside = b"".join(self.out), b"".join(self.aside)
+        rep.tail = rep.intact and rep.cut_short == 1 and data == rep.keep + rep.aside
+        return rep
 
 
 def _readable(line: bytes) -> tuple[int | None, str | None, int | None]:
@@ -259,9 +288,11 @@ def _nearby_trials(recs: list[dict[str, Any] | None], at: int, line: bytes) -> s
             i += step
         return None
     before, after = near(-1), near(+1)
-    if before is not None and before["op_code"] == Op.SET_TRIAL_USER_ATTR and "record" in before.get("user_attr", {}):
+    if (before is not None and before["op_code"] == JournalOperation.SET_TRIAL_USER_ATTR
+            and "record" in before.get("user_attr", {})):
         return {before["trial_id"]}
-    if after is not None and after["op_code"] == Op.SET_TRIAL_USER_ATTR and "worker" in after.get("user_attr", {}):
+    if (after is not None and after["op_code"] == JournalOperation.SET_TRIAL_USER_ATTR
+            and "worker" in after.get("user_attr", {})):
         return {after["trial_id"]}
     return {r["trial_id"] for r in (before, after) if r is not None}
 

@@ -29,8 +29,8 @@ from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, Plan
 from bench.study.search import budget_used, run_search
 from bench.study.storage import check_workers, safe_url
-from bench.study.trials import label, load_checked, result_line, run_trial
-from bench.variant import Variant
+from bench.study.trials import load_checked, result_line, run_trial
+from bench.variant import Variant, variant_label, varying_fields
 
 
 @dataclass
@@ -236,7 +236,7 @@ def work(ledger: Ledger, sweep: Sweep, ctx: RunContext, *, total: int | None = N
                 handle, trial = claimed
                 if trial.variant not in variants:
                     variants.append(trial.variant)
-                name = label(trial.variant, variants, trial.seed)
+                name = variant_label(trial.variant, varying_fields(variants), trial.seed)
                 record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress,
                                    handle=handle, name=name)
                 finished.append(record)

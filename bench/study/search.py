@@ -26,8 +26,8 @@ from bench.records import Status
 from bench.spec import Sweep, Trial, trial_key
 from bench.study.context import RunContext
 from bench.study.ledger import DONE, Ledger, interrupted
-from bench.study.trials import label, result_line, run_trial
-from bench.variant import Variant, is_re_option
+from bench.study.trials import result_line, run_trial
+from bench.variant import LABEL_ORDER, Variant, is_re_option, variant_label
 
 
 def suggest(trial: Any, dims: dict[str, Dim], base: Variant, grid: bool = False) -> Variant:
@@ -104,7 +104,7 @@ def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | Non
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     datasets = {} if datasets is None else datasets  # by image size, loaded once
     finished: list[dict[str, Any]] = []
-    seen: list[Variant] = [sweep.variants[0]]
+    fields = [f for f in LABEL_ORDER if f in dims and len(set(dims[f].ends())) > 1]  # what tells trials apart
     dropped = 0
     with console.SweepProgress(max(budget - budget_used(ledger), 0), quiet=quiet, tag=tag) as progress:
         while True:
@@ -128,7 +128,7 @@ def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | Non
             if prev is not None and prev.number != handle.number and prev.state in DONE:
                 first = ledger.repeat(handle, trial.key, prev)  # measured before: repeat its values
                 console.info(f"{tag + ' ' if tag else ''}#{handle.number} "
-                             f"{label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)}: "
+                             f"{variant_label(variant, fields, train_seed)}: "
                              f"measured before (trial #{first}), its values repeated")
                 continue
             if prev is not None and prev.number != handle.number and prev.state == TrialState.RUNNING:
@@ -138,23 +138,9 @@ def run_search(sweep: Sweep, ledger: Ledger, ctx: RunContext, *, seed: int | Non
                     time.sleep(poll)
                 continue
             ledger.adopt(handle, trial)
-            if variant not in seen:
-                seen.append(variant)
-            name = f"#{handle.number} " + label(variant, [*seen, *_spread(dims, sweep.variants[0])], train_seed)
+            name = f"#{handle.number} " + variant_label(variant, fields, train_seed)
             record = run_trial(trial, sweep, ctx, loaded=datasets, ledger=ledger, progress=progress, handle=handle,
                                name=name)
             finished.append(record)
             progress.finish(name, result_line(record))
     return finished
-
-
-def _spread(dims: dict[str, Dim], base: Variant) -> list[Variant]:
-    """Two variants that differ in every searched field: labels then name all of them."""
-    out = []
-    for pick in (0, -1):
-        values = {n: d.ends()[pick] for n, d in dims.items() if not is_re_option(n)}
-        try:
-            out.append(base.replace(**values))
-        except SpecError:
-            pass
-    return out

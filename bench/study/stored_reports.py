@@ -22,11 +22,12 @@ from bench.report.decide import needed_cell, projections
 from bench.report.fidelity import write_fidelity
 from bench.report.formats import signed
 from bench.report.markdown import Importances, study_objectives, write_report
-from bench.report.tables import comparison, has_accuracy, show_value
+from bench.report.tables import comparison, has_accuracy
 from bench.sequential import HORIZON
 from bench.spec import Rung, Sweep, check_name
 from bench.study.ledger import Ledger
 from bench.study.storage import safe_url
+from bench.variant import show_value
 
 FILE_SCHEMES = ("sqlite:///", "journal:")  # storages that are one file (the rest are servers)
 

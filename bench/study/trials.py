@@ -28,13 +28,12 @@ from bench.errors import BenchError, first_line
 from bench.models import build_model, save_weights
 from bench.profiling import profile_model
 from bench.records import COLLAPSE_SUMMARY, Status
-from bench.report.tables import variant_label
 from bench.spec import Sweep, Trial
 from bench.study.artifacts import CHECKPOINT, WEIGHTS, TrialFiles, open_store
 from bench.study.context import RunContext
 from bench.study.ledger import Ledger
 from bench.training import Checkpoint, Hooks, train
-from bench.variant import Variant
+from bench.variant import variant_label
 
 
 @contextmanager
@@ -102,18 +101,26 @@ def measure(trial: Trial, sweep: Sweep, ctx: RunContext, *, data: Dataset | None
             record["status"] = Status.PRUNED.value
         result.pop("stopped", None)
         record.update(result)
-        if weights_to is not None and record["status"] == Status.COMPLETE:
-            try:  # the trained result stands even if its weights cannot be kept
-                record["weights"] = str(save_weights(model, weights_to).resolve())
-            except OSError as err:
-                record["weights_error"] = f"cannot write {weights_to}: {err.strerror or err}"
-        if collapse and record["status"] == Status.COMPLETE:
-            say("attention collapse")
-            try:  # the trained result stands even if its analysis fails
-                _add_collapse(record, model, images, collapse)
-            except Exception as err:
-                record["collapse_error"] = f"{type(err).__name__}: {first_line(err)}"
+        _after_training(record, model, images, collapse, weights_to, say)
     return record
+
+
+def _after_training(record: dict[str, Any], model: torch.nn.Module, images: torch.Tensor | None,
+                    collapse: CollapseConfig | None, weights_to: Path | None, say: Callable[[str], None]) -> None:
+    """For a completed training (``measure``): its weights kept at ``weights_to``, then (with
+    ``collapse``) its attention collapse on ``images``, into ``record``. Either failing is noted
+    in ``record`` (``weights_error``, ``collapse_error``): the trained result stands."""
+    if weights_to is not None and record["status"] == Status.COMPLETE:
+        try:  # the trained result stands even if its weights cannot be kept
+            record["weights"] = str(save_weights(model, weights_to).resolve())
+        except OSError as err:
+            record["weights_error"] = f"cannot write {weights_to}: {err.strerror or err}"
+    if collapse and record["status"] == Status.COMPLETE:
+        say("attention collapse")
+        try:  # the trained result stands even if its analysis fails
+            _add_collapse(record, model, images, collapse)
+        except Exception as err:
+            record["collapse_error"] = f"{type(err).__name__}: {first_line(err)}"
 
 
 def load_checked(sweep: Sweep, img: int, ledger: Ledger, quiet: bool = True) -> Dataset:
@@ -133,7 +140,7 @@ def eval_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
 def _add_collapse(record: dict[str, Any], model: torch.nn.Module, images: torch.Tensor,
                   cfg: CollapseConfig, prefix: str = "") -> None:
     t0 = time.perf_counter()
-    result = analyse(model, images, which=cfg.which, threshold=cfg.threshold, head_threshold=cfg.head_threshold)
+    result = analyse(model, images, cfg)
     record[f"{prefix}collapse"] = result
     for key in COLLAPSE_SUMMARY:
         record[f"{prefix}{key}"] = result[key]
@@ -152,13 +159,6 @@ def result_line(record: dict[str, Any]) -> str:
         parts.insert(0, f"top-1 {record['top1']:.2f} %")
     parts.append(f"{record['time_trial_s']:.1f} s")
     return ", ".join(parts)
-
-
-def label(v: Variant, variants: list[Variant], seed: int | None = None) -> str:
-    """The fields of ``v`` that vary across ``variants`` (the sweep's grid), plus the seed."""
-    fields = [f for f in v.to_dict() if len({getattr(x, f) for x in variants}) > 1 and v.applies(f)]
-    text = variant_label(v.to_dict(), fields) if fields else "base"  # as the report labels it
-    return text if seed is None else f"{text} seed={seed}"
 
 
 def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, Dataset], ledger: Ledger,
@@ -180,14 +180,8 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
     base = {"seed": trial.seed, **trial.variant.to_dict(), "sweep": sweep.name,
             "config": {k: v for k, v in sweep.to_dict().items() if k in ("data", "train", "profile", "collapse")}}
     try:
-        progress.start(name or label(trial.variant, [trial.variant], trial.seed))
-        data = None
-        if sweep.train is not None:
-            img = trial.variant.img_size
-            if img not in loaded:
-                progress.phase("loading data")
-                loaded[img] = load_checked(sweep, img, ledger)
-            data = loaded[img]
+        progress.start(name or variant_label(trial.variant, [], trial.seed))
+        data = _trial_data(trial, sweep, loaded, ledger, progress)
         prune = sweep.study is not None and bool(sweep.study.pruner)  # a study with a pruner may stop it early
         on_epoch, on_resume = _reporting(ledger, handle, prune)
         files = trial_files(ctx, ledger)
@@ -219,14 +213,33 @@ def run_trial(trial: Trial, sweep: Sweep, ctx: RunContext, *, loaded: dict[int, 
     record["time_trial_s"] = time.perf_counter() - t0
     ledger.finish(handle, _jsonable(record), objectives)
     if checkpoint is not None and not ctx.keep_checkpoints and record["status"] != Status.FAILED:
-        checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
-        files = trial_files(ctx, ledger)
-        if files is not None:  # and every checkpoint the point's trials left in the store
-            for t in ledger.queries.trials():
-                meta = t.user_attrs.get(CHECKPOINT) if t.user_attrs.get("key") == trial.key else None
-                if isinstance(meta, dict):
-                    files.remove(meta["artifact_id"])
+        _remove_checkpoints(ctx, ledger, trial.key, checkpoint)
     return record
+
+
+def _trial_data(trial: Trial, sweep: Sweep, loaded: dict[int, Dataset], ledger: Ledger,
+                progress: console.SweepProgress) -> Dataset | None:
+    """The dataset ``trial`` trains on (None without the sweep's train section): from ``loaded``
+    (by image size), else loaded now (``load_checked``) and kept there for the worker's next trials."""
+    if sweep.train is None:
+        return None
+    img = trial.variant.img_size
+    if img not in loaded:
+        progress.phase("loading data")
+        loaded[img] = load_checked(sweep, img, ledger)
+    return loaded[img]
+
+
+def _remove_checkpoints(ctx: RunContext, ledger: Ledger, key: str, checkpoint: Path) -> None:
+    """A recorded trial's checkpoints removed (``run_trial``): this machine's at ``checkpoint``,
+    and every checkpoint the trials of point ``key`` left in the study's artifact store."""
+    checkpoint.unlink(missing_ok=True)  # recorded: the checkpoint's work is done
+    files = trial_files(ctx, ledger)
+    if files is not None:  # and every checkpoint the point's trials left in the store
+        for t in ledger.queries.trials():
+            meta = t.user_attrs.get(CHECKPOINT) if t.user_attrs.get("key") == key else None
+            if isinstance(meta, dict):
+                files.remove(meta["artifact_id"])
 
 
 def trial_files(ctx: RunContext, ledger: Ledger) -> TrialFiles | None:
