@@ -37,6 +37,13 @@ def decision(row: dict) -> str:
     return "undecided"
 
 
+def missed(made: dict[str, str], k: int) -> bool:
+    """Whether fixed K seeds decide an arm (a sign: "+ decided", "− decided") that the sequential
+    run does not decide the same way ("undecided" is no decision, though it ends in "decided")."""
+    fixed = made[f"fixed {k}"]
+    return fixed.endswith(" decided") and made["sequential"] != fixed
+
+
 def at_seeds(frame: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
     return frame[frame["seed"].isin(seeds)]
 
@@ -80,7 +87,7 @@ def main() -> None:
         spent["fixed 3"] += 3 * variants[key(r)]
         spent[f"fixed {k}"] += k * variants[key(r)]
         made = {"sequential": decision(s), "fixed 3": decision(f3[key(r)]), f"fixed {k}": decision(r)}
-        if made[f"fixed {k}"].endswith("decided") and made["sequential"] != made[f"fixed {k}"]:
+        if missed(made, k):
             disagree.append(" ".join(map(str, key(r))))
         rows.append([*(show_value(f, r[f]) for f in by), r["arm"],
                      f"{made['sequential']} after {n} seeds: {signed(s['d_top1'])}{interval(s['d_low'], s['d_high'])}",

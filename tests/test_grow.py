@@ -132,3 +132,16 @@ def test_plan_from_an_earlier_study_says_what_deciding_each_arm_costs(make_spec,
         assert r["needed"] is not None or r["why"] == "beyond 10 seeds at that effect and spread"
     assert main(["plan", str(path), "--from", "nothing", "--results", results]) == 1
     assert "no study database" in capsys.readouterr().err
+
+
+def test_the_savings_replay_counts_only_decisions_fixed_k_makes():
+    """benchmarks/sequential_savings.py names the decisions fixed K seeds make and the sequential
+    run does not; an arm undecided by both is no disagreement ("undecided" ends in "decided")."""
+    from benchmarks.sequential_savings import decision, missed
+
+    assert not missed({"sequential": "undecided (dropped: out of reach)", "fixed 10": "undecided"}, 10)
+    assert missed({"sequential": "undecided (dropped: out of reach)", "fixed 10": "+ decided"}, 10)
+    assert not missed({"sequential": "− decided", "fixed 10": "− decided"}, 10)
+    assert decision({"d_low": 0.01, "d_high": 12.0, "d_top1": 6.0}) == "+ decided"
+    assert decision({"d_low": -6.3, "d_high": 10.6, "d_top1": 2.1}) == "undecided"
+    assert decision({"dropped": True, "d_low": -1.0, "d_high": 1.0, "d_top1": 0.0}).startswith("undecided (dropped")
