@@ -241,3 +241,39 @@ def test_each_local_worker_gets_a_device_the_scheduler_granted(monkeypatch, tmp_
                                      results_dir=tmp_path, quiet=True))
     got = [env.get("CUDA_VISIBLE_DEVICES") for env in started]
     assert got == [granted if e is None else e for e in expected]  # None: left as inherited
+
+
+def test_after_ctrl_c_the_workers_get_one_wait_together_not_one_each(monkeypatch, tmp_path):
+    """Ctrl-C gives the local workers STOP_WAIT_S together to record their trials as interrupted;
+    then those still running are killed. Three workers that ignore SIGINT cost one wait, not three."""
+    import torch
+
+    from bench.study import workers
+
+    real, started, asked = subprocess.Popen, [], []
+
+    class Stubborn(real):
+        def __init__(self, cmd, env=None, preexec_fn=None):
+            super().__init__([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                              "signal.SIG_IGN); print(flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
+            started.append(self)
+
+        def wait(self, timeout=None):
+            if timeout is None and not asked:  # the parent's first wait: Ctrl-C arrives there
+                for p in started:
+                    p.stdout.readline()  # each has set SIGINT aside
+                asked.append(time.monotonic())
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Stubborn)
+    monkeypatch.setattr(workers, "STOP_WAIT_S", 2.0)
+    ctx = RunContext(study="s", storage=f"sqlite:///{tmp_path}/s.db", device=torch.device("cpu"), workers=3,
+                     results_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        workers.spawn_workers(ctx)
+    waited = time.monotonic() - asked[0]
+    assert 2.0 <= waited < 4.0, waited  # one wait each would be 6 s
+    assert all(p.poll() is not None for p in started)  # none left running
+    for p in started:
+        p.stdout.close()

@@ -24,6 +24,7 @@ from bench.study.search import run_search
 from bench.study.storage import STORAGE_ENV, safe_url
 
 PARENT_ENV = "BENCH_PARENT_PID"  # set for the workers `bench run --workers N` starts
+STOP_WAIT_S = 60.0  # after Ctrl-C or SIGTERM: how long the workers together get to record their trials as interrupted
 
 
 def spawn_workers(ctx: RunContext) -> list[dict[str, Any]]:
@@ -55,9 +56,10 @@ def spawn_workers(ctx: RunContext) -> list[dict[str, Any]]:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)  # each records its trial as interrupted
+        deadline = time.monotonic() + STOP_WAIT_S  # one wait for all: N workers never take N minutes
         for p in procs:
             try:
-                p.wait(timeout=60)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
