@@ -29,9 +29,9 @@ from bench.costs import closed_form, estimated_macs, planned_train_pmacs, train_
 from bench.data.sources import Dataset, load as load_data, make_shapes
 from bench.device import resolve_device
 from bench.errors import BenchError, SpecError
-from bench.models import build_model, load_weights
+from bench.models import build_model, create, input_size_of, load_weights
 from bench.own_files import atomic_write
-from bench.profiling import create, input_size_of, measure_speed
+from bench.profiling import measure_speed
 from bench.reattention import ReAttention
 from bench.records import Status
 from bench.report import plots

@@ -1,5 +1,6 @@
-"""ViT and DeepViT models built on timm: building a variant (bench.variant), the registry,
-trained weights (safetensors), attention capture.
+"""ViT and DeepViT models built on timm: building a variant (bench.variant), the registry, any
+model by name (bench's or timm's) and its input size, trained weights (safetensors), attention
+capture.
 
 DeepViT (Zhou et al. 2021, arXiv 2103.11886) is a ViT with one part swapped:
 self-attention becomes re-attention (bench.reattention), passed to timm's
@@ -14,13 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import timm
 import torch
 from timm.layers import Attention
 from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 from bench.own_files import atomic_write
 from bench.reattention import ReAttention
 from bench.variant import ATTENTION_TYPES, FIELD_TYPES, Variant  # noqa: F401 (re-exported)
@@ -91,6 +93,36 @@ def resolve(name: str, overrides: Mapping[str, Any] | None = None) -> Variant | 
     if name not in VARIANTS:
         return None
     return VARIANTS[name].replace(**(overrides or {}))
+
+
+def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, Variant | None]:
+    """A bench variant or any timm model by name; ``overrides`` change its fields."""
+    variant = resolve(name, overrides)
+    if variant is not None:
+        return build_model(variant), variant
+    if not timm.is_model(name):
+        known = list(VARIANTS) + timm.list_models()
+        raise BenchError(f"unknown model {name!r}{did_you_mean(name, known)}; "
+                         "`bench models` lists bench's, `timm.list_models()` timm's")
+    try:
+        return timm.create_model(name, **(overrides or {})), None
+    except TypeError as err:
+        raise BenchError(f"{name}: {err}") from None
+
+
+def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, int]:
+    """(C, H, W) of one input: the variant's, else what the timm model was built for. A ViT made
+    at another size (``--set img_size=32``) keeps its pretrained config's 224: its patch
+    embedding knows the size it was built for."""
+    if variant is not None:
+        return (variant.in_chans, variant.img_size, variant.img_size)
+    from timm.data import resolve_model_data_config  # on use: only timm models by name need it
+    size = tuple(resolve_model_data_config(model)["input_size"])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    chans = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "in_channels", size[0])
+    if isinstance(built, (tuple, list)) and len(built) == 2 and all(isinstance(n, int) for n in built):
+        return (chans, *built)
+    return size
 
 
 # --- weights ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Cost of one model: parameters, MACs, activations, speed and peak memory.
 
-The counts and their definitions are bench.costs'; this module builds the model, counts it
-there, and times it.
+The counts and their definitions are bench.costs'; the model by name is bench.models'; this
+module counts it there and times it.
 
 Timing: warm-up, then one measurement per iteration (CUDA events on GPU,
 ``time.perf_counter`` on CPU), reported as median and p10/p90.
@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,8 +24,8 @@ from bench.attention_kernels import choose_kernels
 from bench.config import ProfileConfig, resolve_compile, resolve_dtype
 from bench.costs import count_macs, count_train_macs, param_count
 from bench.device import autocast, compiled_call, device_name, environment, free_memory, is_oom, resolve_device
-from bench.errors import BenchError, did_you_mean
-from bench.models import VARIANTS, Variant, build_model, resolve
+from bench.errors import BenchError
+from bench.models import Variant, create, input_size_of
 from bench.utilisation import utilisation
 
 
@@ -158,36 +157,6 @@ def _measure_once(model, input_size, mode, device, dtype, batch_size, steps, com
 
 
 # --- one model ------------------------------------------------------------------------
-
-def create(name: str, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, Variant | None]:
-    """A bench variant or any timm model by name; ``overrides`` change its fields."""
-    variant = resolve(name, overrides)
-    if variant is not None:
-        return build_model(variant), variant
-    if not timm.is_model(name):
-        known = list(VARIANTS) + timm.list_models()
-        raise BenchError(f"unknown model {name!r}{did_you_mean(name, known)}; "
-                         "`bench models` lists bench's, `timm.list_models()` timm's")
-    try:
-        return timm.create_model(name, **(overrides or {})), None
-    except TypeError as err:
-        raise BenchError(f"{name}: {err}") from None
-
-
-def input_size_of(model: nn.Module, variant: Variant | None) -> tuple[int, int, int]:
-    """(C, H, W) of one input: the variant's, else what the timm model was built for. A ViT made
-    at another size (``--set img_size=32``) keeps its pretrained config's 224: its patch
-    embedding knows the size it was built for."""
-    if variant is not None:
-        return (variant.in_chans, variant.img_size, variant.img_size)
-    from timm.data import resolve_model_data_config  # on use: only timm models by name need it
-    size = tuple(resolve_model_data_config(model)["input_size"])
-    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    chans = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "in_channels", size[0])
-    if isinstance(built, (tuple, list)) and len(built) == 2 and all(isinstance(n, int) for n in built):
-        return (chans, *built)
-    return size
-
 
 def profile(name: str, overrides: dict[str, Any] | None = None, cfg: ProfileConfig | None = None, *,
             device: str | None = None, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
