@@ -52,11 +52,18 @@ def test_a_trial_interrupted_on_one_machine_resumes_on_another_from_the_shared_s
     a = subprocess.Popen(bench("worker", "art", "--device", "cpu", "--quiet", "--results", tmp_path / "machine-a",
                                "--storage", storage, "--save-weights"),
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and a.poll() is None:  # the first checkpoint in the store: kill A
-        if store.is_dir() and any(p.name[0] != "." for p in store.iterdir()):
-            break
+    # A's trial with a checkpoint recorded (uploaded and named in the study, not just a file in the
+    # store): freeze A, confirm the trial is still running (it cannot finish in between), kill A
+    ledger, deadline, held = Ledger.open(storage, "art"), time.monotonic() + 120, False
+    while time.monotonic() < deadline and a.poll() is None and not held:
+        if any(t.state.name == "RUNNING" and CHECKPOINT in t.user_attrs for t in ledger.study.get_trials()):
+            os.killpg(a.pid, signal.SIGSTOP)
+            held = any(t.state.name == "RUNNING" and CHECKPOINT in t.user_attrs
+                       for t in ledger.study.get_trials())
+            if not held:
+                os.killpg(a.pid, signal.SIGCONT)
         time.sleep(0.05)
+    assert held, "A never held a trial with a checkpoint in the store"
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     b = subprocess.run(bench("worker", "art", "--device", "cpu", "--results", tmp_path / "machine-b",
