@@ -292,7 +292,10 @@ class Run(Command):
                        "run none: workers (`bench worker NAME`, e.g. a Slurm array) run them")
 
     def run(self, args: argparse.Namespace) -> int:
-        sweep = _load_sweep(args)  # before torch loads: a bad spec fails at once
+        return self.run_sweep(args, _load_sweep(args))  # before torch loads: a bad spec fails at once
+
+    def run_sweep(self, args: argparse.Namespace, sweep: spec.Sweep) -> int:
+        """Run ``sweep`` (loaded and checked) and show what ran."""
         from bench import api
 
         summary = api.run_sweep(sweep, context_of(args))
@@ -337,10 +340,11 @@ class Study(Run):
                        help="seconds: no new trial starts after this (per worker)")
 
     def run(self, args: argparse.Namespace) -> int:
-        if _load_sweep(args).search is None:
+        sweep = _load_sweep(args)
+        if sweep.search is None:
             raise SpecError("search", None, "this file has no search section: `bench run` runs grid sweeps",
                             where=args.sweep)
-        return super().run(args)
+        return self.run_sweep(args, sweep)
 
 
 class Worker(Command):

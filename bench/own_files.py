@@ -182,7 +182,7 @@ def hold_folder(folder: Path) -> None:
     folder = Path(folder)
     mark = folder / MARK
     fd = _held.get(str(folder))
-    if fd is not None and _same_file(fd, mark):
+    if fd is not None and same_file(fd, mark):
         return
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(mark, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -196,7 +196,9 @@ def hold_folder(folder: Path) -> None:
     _held[str(folder)] = fd
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (not removed or replaced since; a
+    link at ``path`` is not followed)."""
     try:
         a, b = os.fstat(fd), os.lstat(path)
     except OSError:

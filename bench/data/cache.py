@@ -66,7 +66,7 @@ from bench.config import DataConfig
 from bench.data.folders import (cifar_classes, cifar_files, decode, fit, imagefolder_classes, list_split, read_cifar,
                                 select_classes, selection)
 from bench.errors import BenchError
-from bench.own_files import default_dir, is_own_name
+from bench.own_files import default_dir, is_own_name, same_file
 
 VERSION = 2  # bump when the cache's content or layout changes: old caches are then not read (2: checksums)
 FORMAT = "bench-cache"  # meta.json's marker: prune removes only a folder that says this (or a version-1 cache)
@@ -479,14 +479,6 @@ def _try_lock(path: Path, create: bool) -> Iterator[tuple[int | None, str | None
         os.close(fd)
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.lstat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def _last_used(path: Path) -> float:
     used = path / USED
     return (used if used.is_file() else path / "meta.json").stat().st_mtime
@@ -587,7 +579,7 @@ def _prune_locks(root: Path, made: set[str]) -> list[dict[str, Any]]:
             continue
         with _try_lock(path, create=False) as (fd, busy):
             # a builder that opened it but has not locked it yet sees it gone once it has, and takes a new one
-            if fd is not None and _same_file(fd, path):
+            if fd is not None and same_file(fd, path):
                 path.unlink()
                 if name not in made:
                     removed.append({"cache": name, "kind": "lock", "gib": 0.0, "path": str(path)})
@@ -631,7 +623,7 @@ def _locked(lock: Path, what: str, quiet: bool) -> Iterator[bool]:
                 fcntl.flock(f, fcntl.LOCK_EX)
             except OSError:
                 held = False
-            if held and not _same_file(f.fileno(), lock):  # removed (by a prune) while we waited
+            if held and not same_file(f.fileno(), lock):  # removed (by a prune) while we waited
                 continue
             yield held
             return
